@@ -1,0 +1,5 @@
+import sys
+
+from imcflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,306 @@
+"""QGraph: a quantised network, as integers, exactly as the chip computes it.
+
+Conventions (the contract between quantiser, reference executor, compiler and simulator):
+
+- Tensors are NCHW (batch first; shapes stored without the batch). A tensor's real value is
+  ``int * scale`` (no zero points): activations after ReLU are unsigned, weights are signed
+  two's complement, per output channel scale.
+- Every weight layer is an MVM (:class:`QOp.CONV` or :class:`QOp.LINEAR`). Its logical matrix has
+  rows in the order of ``weight.reshape(c_out, -1)`` (input channel major, then kernel row, then
+  kernel column) and ``c_out * w_bits`` physical columns.
+- Row tiles: a layer deeper than one array is split by input channels with :func:`row_tiles`;
+  each tile is one MVM through its own ADCs (``adc_full_scale_rows`` for every tile of the layer),
+  and the SIMD adds the tiles' accumulators digitally. Column tiling does not change results.
+- The MVM accumulator ``acc`` of :func:`imcflow.cima.mvm` estimates ``x @ w`` as ``acc * acc_scale``
+  with ``acc_scale = 1`` (ideal) or ``full_scale / 2**adc_bits`` (bit_true, analog).
+- Requantisation in the SIMD (:class:`Requant`), in integers, round half up::
+
+      v = acc * acc_scale                          # exact rational: num / 2**den_shift
+      y = clamp(floor((v * multiplier + bias) / 2**shift + 1/2), out_min, out_max)
+
+  computed as ``(acc*num*multiplier + (bias << den_shift) + (1 << (shift+den_shift-1))) >> (shift+den_shift)``
+  with arithmetic shifts; ReLU is ``out_min = 0``. See :meth:`Requant.apply`.
+- Average pooling: ``y = floor((sum + count // 2) / count)`` (round half up), count = kernel area.
+- Residual add: ``y = clamp((a*mult_a + b*mult_b + 2**(shift-1)) >> shift, out_min, out_max)``.
+- Concat needs inputs of equal scale, bits and signedness (the quantiser ensures it).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imcflow.errors import QuantError
+
+
+class QOp(str, enum.Enum):
+    """Operations of a QGraph."""
+
+    CONV = "conv"
+    LINEAR = "linear"
+    MAXPOOL = "maxpool"
+    AVGPOOL = "avgpool"
+    GLOBAL_AVGPOOL = "global_avgpool"
+    ADD = "add"
+    FLATTEN = "flatten"
+    CONCAT = "concat"
+
+
+MVM_OPS = (QOp.CONV, QOp.LINEAR)
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """Spec of an integer activation tensor: real value = int * scale."""
+
+    shape: tuple[int, ...]
+    """Shape without batch: (C, H, W) for feature maps, (C,) after flatten."""
+    bits: int
+    signed: bool
+    scale: float
+
+    @property
+    def min_int(self) -> int:
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @property
+    def max_int(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+
+@dataclass(frozen=True, eq=False)
+class Requant:
+    """Per-output-channel integer requantisation done by the near-memory SIMD (see module doc)."""
+
+    multiplier: np.ndarray
+    """int64 (C,): multiplier per output channel."""
+    bias: np.ndarray
+    """int64 (C,): bias per output channel, in units of 2**-shift output steps."""
+    shift: int
+    """Right shift >= 1 applied after multiply and bias."""
+    out_min: int
+    out_max: int
+
+    def apply(self, acc: np.ndarray, acc_scale_num: int = 1, acc_scale_shift: int = 0,
+              channel_axis: int = 1) -> np.ndarray:
+        """Requantise int64 ``acc`` (channels on ``channel_axis``), whose real value in
+        x@w units is ``acc * acc_scale_num / 2**acc_scale_shift``. Returns int64."""
+        shape = [1] * acc.ndim
+        shape[channel_axis] = -1
+        m = self.multiplier.astype(np.int64).reshape(shape)
+        b = self.bias.astype(np.int64).reshape(shape)
+        total_shift = self.shift + acc_scale_shift
+        v = acc.astype(np.int64) * (acc_scale_num * m) + (b << acc_scale_shift) + (1 << (total_shift - 1))
+        return np.clip(v >> total_shift, self.out_min, self.out_max)
+
+
+@dataclass(frozen=True, eq=False)
+class QNode:
+    """One operation of a QGraph. Fields unused by an op keep their defaults."""
+
+    name: str
+    op: QOp
+    inputs: tuple[str, ...]
+    out: QTensor
+    # MVM layers (CONV, LINEAR)
+    weight: np.ndarray | None = None
+    """int8, (C_out, C_in, kh, kw) for CONV or (C_out, C_in) for LINEAR."""
+    w_bits: int = 0
+    w_scale: np.ndarray | None = None
+    """float64 (C_out,): real weight = int * w_scale[c]."""
+    adc_full_scale_rows: int = 0
+    """ADC full scale, in rows, for every row tile of this layer (one of chip.adc.full_scales_rows)."""
+    requant: Requant | None = None
+    # CONV and pooling geometry
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    """Symmetric zero padding (top/bottom, left/right); max pooling pads with -inf."""
+    # ADD
+    add_multipliers: tuple[int, ...] = ()
+    add_shift: int = 0
+
+    @property
+    def is_mvm(self) -> bool:
+        return self.op in MVM_OPS
+
+    @property
+    def rows(self) -> int:
+        """Rows of the logical matrix: C_in * kh * kw."""
+        assert self.weight is not None
+        return int(np.prod(self.weight.shape[1:]))
+
+    @property
+    def c_out(self) -> int:
+        assert self.weight is not None
+        return int(self.weight.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class QGraph:
+    """A quantised network: a topologically ordered tuple of QNodes over one input."""
+
+    name: str
+    input_name: str
+    input: QTensor
+    nodes: tuple[QNode, ...]
+    output: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def node(self, name: str) -> QNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def spec(self, tensor: str) -> QTensor:
+        """The QTensor of the graph input or of a node's output."""
+        return self.input if tensor == self.input_name else self.node(tensor).out
+
+    def mvm_nodes(self) -> list[QNode]:
+        return [n for n in self.nodes if n.is_mvm]
+
+    def verify(self) -> None:
+        """Check invariants; raise QuantError naming the node and the problem."""
+        seen = {self.input_name}
+        for n in self.nodes:
+            for i in n.inputs:
+                if i not in seen:
+                    raise QuantError(f"node {n.name!r} ({n.op.value}): input {i!r} is not produced before it")
+            if n.name in seen:
+                raise QuantError(f"node {n.name!r}: duplicate name")
+            if n.is_mvm:
+                _verify_mvm(n, self.spec(n.inputs[0]))
+            seen.add(n.name)
+        if self.output not in seen:
+            raise QuantError(f"graph output {self.output!r} is not produced by any node")
+
+    # --- JSON -------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(_encode(self), indent=1)
+
+    @staticmethod
+    def from_json(text: str) -> "QGraph":
+        return _decode(json.loads(text))
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as fh:
+            fh.write(self.to_json())
+
+    @staticmethod
+    def load(path: str) -> "QGraph":
+        with open(path) as fh:
+            return QGraph.from_json(fh.read())
+
+    def __str__(self) -> str:
+        lines = [f"QGraph {self.name}: input {self.input_name} {self.input.shape} "
+                 f"{self.input.bits}b{'s' if self.input.signed else 'u'}"]
+        for n in self.nodes:
+            extra = ""
+            if n.is_mvm:
+                extra = (f" w{n.w_bits}b rows={n.rows} c_out={n.c_out} fs={n.adc_full_scale_rows}")
+            lines.append(f"  {n.name:<16} {n.op.value:<15} <- {','.join(n.inputs):<24} "
+                         f"out {n.out.shape} {n.out.bits}b{'s' if n.out.signed else 'u'}{extra}")
+        return "\n".join(lines)
+
+
+def _verify_mvm(n: QNode, x: QTensor) -> None:
+    if n.weight is None or n.requant is None or n.w_scale is None:
+        raise QuantError(f"layer {n.name!r} ({n.op.value}): missing weight, w_scale or requant")
+    lo, hi = -(1 << (n.w_bits - 1)), (1 << (n.w_bits - 1)) - 1
+    if n.weight.size and (n.weight.min() < lo or n.weight.max() > hi):
+        raise QuantError(f"layer {n.name!r}: weights outside {n.w_bits}-b signed range [{lo}, {hi}]")
+    if n.adc_full_scale_rows <= 0:
+        raise QuantError(f"layer {n.name!r}: adc_full_scale_rows must be > 0")
+    c_in = n.weight.shape[1]
+    if x.shape[0] != c_in:
+        raise QuantError(f"layer {n.name!r}: weight expects {c_in} input channels, input has {x.shape[0]}")
+
+
+def row_tiles(c_in: int, kh: int, kw: int, array_rows: int) -> list[tuple[int, int]]:
+    """Split a layer's input channels into near-equal contiguous groups [c0, c1) whose
+    rows (group size x kh x kw) each fit in ``array_rows``. One group per row tile.
+
+    Shared by the reference executor, training, compiler and simulator, so that every one of them
+    sends the same rows through the same ADCs.
+    """
+    per_channel = kh * kw
+    if per_channel > array_rows:
+        raise QuantError(f"a {kh}x{kw} kernel needs {per_channel} rows per input channel, "
+                         f"more than the array's {array_rows} rows")
+    max_ch = array_rows // per_channel
+    n = math.ceil(c_in / max_ch)
+    base, extra = divmod(c_in, n)
+    bounds, c0 = [], 0
+    for t in range(n):
+        c1 = c0 + base + (1 if t < extra else 0)
+        bounds.append((c0, c1))
+        c0 = c1
+    return bounds
+
+
+def pick_full_scale(rows_used: int, full_scales_rows: tuple[int, ...]) -> int:
+    """Default ADC full scale for a tile using ``rows_used`` rows: the smallest programmable full
+    scale that is >= rows_used (so a column cannot clip), or the largest if none is."""
+    fitting = [fs for fs in full_scales_rows if fs >= rows_used]
+    return min(fitting) if fitting else max(full_scales_rows)
+
+
+# --- JSON encoding of numpy arrays, enums and nested dataclasses ---------------------------
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return {"__nd__": base64.b64encode(np.ascontiguousarray(obj).tobytes()).decode(),
+                "dtype": str(obj.dtype), "shape": list(obj.shape)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if dataclasses.is_dataclass(obj):
+        return {"__dc__": type(obj).__name__,
+                **{f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _encode(v) for k, v in obj.items()}
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    return obj
+
+
+_TYPES = {"QTensor": QTensor, "Requant": Requant, "QNode": QNode, "QGraph": QGraph}
+
+
+def _decode(obj: Any) -> Any:
+    if isinstance(obj, dict) and "__nd__" in obj:
+        return np.frombuffer(base64.b64decode(obj["__nd__"]), dtype=obj["dtype"]).reshape(obj["shape"]).copy()
+    if isinstance(obj, dict) and "__dc__" in obj:
+        cls = _TYPES[obj["__dc__"]]
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in obj:
+                continue
+            v = _decode(obj[f.name])
+            if f.name == "op":
+                v = QOp(v)
+            elif isinstance(v, list) and f.name != "meta":
+                v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+            kwargs[f.name] = v
+        return cls(**kwargs)
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _decode(v) for k, v in obj.items()}
+    return obj
+
+
+def graphs_equal(a: QGraph, b: QGraph) -> bool:
+    """Structural equality, arrays compared exactly (used by round-trip tests)."""
+    return a.to_json() == b.to_json()
