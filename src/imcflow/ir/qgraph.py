@@ -27,8 +27,6 @@ Conventions (the contract between quantiser, reference executor, compiler and si
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import enum
 import json
 import math
@@ -38,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from imcflow.errors import QuantError
+from imcflow.ir.serialize import decode, encode
 
 
 class QOp(str, enum.Enum):
@@ -255,50 +254,13 @@ def pick_full_scale(rows_used: int, full_scales_rows: tuple[int, ...]) -> int:
 
 # --- JSON encoding of numpy arrays, enums and nested dataclasses ---------------------------
 
-def _encode(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return {"__nd__": base64.b64encode(np.ascontiguousarray(obj).tobytes()).decode(),
-                "dtype": str(obj.dtype), "shape": list(obj.shape)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if dataclasses.is_dataclass(obj):
-        return {"__dc__": type(obj).__name__,
-                **{f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
-    if isinstance(obj, (list, tuple)):
-        return [_encode(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _encode(v) for k, v in obj.items()}
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    return obj
-
+_encode = encode
 
 _TYPES = {"QTensor": QTensor, "Requant": Requant, "QNode": QNode, "QGraph": QGraph}
 
 
 def _decode(obj: Any) -> Any:
-    if isinstance(obj, dict) and "__nd__" in obj:
-        return np.frombuffer(base64.b64decode(obj["__nd__"]), dtype=obj["dtype"]).reshape(obj["shape"]).copy()
-    if isinstance(obj, dict) and "__dc__" in obj:
-        cls = _TYPES[obj["__dc__"]]
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in obj:
-                continue
-            v = _decode(obj[f.name])
-            if f.name == "op":
-                v = QOp(v)
-            elif isinstance(v, list) and f.name != "meta":
-                v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-            kwargs[f.name] = v
-        return cls(**kwargs)
-    if isinstance(obj, list):
-        return [_decode(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _decode(v) for k, v in obj.items()}
-    return obj
+    return decode(obj, _TYPES, {"op": QOp}, keep_lists=("meta",))
 
 
 def graphs_equal(a: QGraph, b: QGraph) -> bool:

@@ -1,0 +1,324 @@
+"""Graph: a float network as the frontend imports it (before quantisation).
+
+Conventions (the contract between the importers, :mod:`imcflow.frontend.normalize` and the quantiser):
+
+- Tensors are NCHW float32; shapes are stored WITHOUT the batch: ``(C, H, W)`` for feature maps,
+  ``(F,)`` after flatten. ``Graph.input_shape`` is ``(C, H, W)`` (or ``(F,)`` for a flat input).
+- ``Graph.nodes`` is topologically ordered; a node's inputs name the graph input or earlier nodes.
+  Every node produces one tensor, named like the node.
+- ``Node.params`` holds float32 numpy arrays, ``Node.attrs`` JSON-able scalars/tuples.
+
+Per op (params | attrs):
+
+=============== ========================================================= ==========================================
+op              params                                                    attrs
+=============== ========================================================= ==========================================
+conv            weight (Cout, Cin, kh, kw); bias (Cout,) optional          kernel (kh, kw), stride (sh, sw),
+                                                                          padding (ph, pw) symmetric zero padding
+linear          weight (out, in); bias (out,) optional                     -
+batchnorm       gamma, beta, mean, var: each (C,)                          eps (float); normalises axis 0 of the input
+relu            -                                                         -
+clamp           -                                                         min, max (floats; ReLU6 = 0, 6)
+maxpool         -                                                         kernel, stride, padding (pads with -inf)
+avgpool         -                                                         kernel, stride, padding (zero padding,
+                                                                          divisor = kernel area)
+global_avgpool  -                                                         -  (output (C, 1, 1))
+add             -                                                         -  (2 inputs of equal shape)
+flatten         -                                                         -  ((C, H, W) -> (C*H*W,))
+concat          -                                                         axis = 0 (channels, without batch)
+=============== ========================================================= ==========================================
+
+Optional attrs any op may carry, set by the ONNX importer for QCDQ models: ``w_bits`` (weight bit
+width inferred from the weight QuantizeLinear), ``act_scale`` (scale of the activation QDQ that
+followed this node's output; float). A *normalized* graph (see :mod:`imcflow.frontend.normalize`)
+has no batchnorm node.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imcflow.errors import ModelError
+from imcflow.ir.serialize import decode, encode
+
+
+class Op(str, enum.Enum):
+    """Operations of a float Graph."""
+
+    CONV = "conv"
+    LINEAR = "linear"
+    BATCHNORM = "batchnorm"
+    RELU = "relu"
+    CLAMP = "clamp"
+    MAXPOOL = "maxpool"
+    AVGPOOL = "avgpool"
+    GLOBAL_AVGPOOL = "global_avgpool"
+    ADD = "add"
+    FLATTEN = "flatten"
+    CONCAT = "concat"
+
+
+WEIGHT_OPS = (Op.CONV, Op.LINEAR)
+ELEMENTWISE_OPS = (Op.RELU, Op.CLAMP)
+POOL_OPS = (Op.MAXPOOL, Op.AVGPOOL)
+NORMALIZED_OPS = frozenset(Op) - {Op.BATCHNORM}
+"""Ops a normalized graph (what the quantiser consumes) may contain."""
+
+
+def _tuplify(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return tuple(_tuplify(x) for x in v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    return v
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One float operation. See the module docstring for the params and attrs of each op."""
+
+    name: str
+    op: Op
+    inputs: tuple[str, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    out_shape: tuple[int, ...] = ()
+    """Output shape without the batch."""
+
+    def __post_init__(self) -> None:
+        # Canonical forms, so that a JSON round trip gives back an identical node.
+        object.__setattr__(self, "op", Op(self.op))
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "out_shape", tuple(int(s) for s in self.out_shape))
+        object.__setattr__(self, "attrs", {k: _tuplify(v) for k, v in self.attrs.items()})
+        object.__setattr__(self, "params", {k: np.asarray(v, dtype=np.float32) for k, v in self.params.items()})
+
+    @property
+    def weight(self) -> np.ndarray | None:
+        return self.params.get("weight")
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self.params.get("bias")
+
+    @property
+    def is_weight_layer(self) -> bool:
+        return self.op in WEIGHT_OPS
+
+    def describe(self) -> str:
+        """``'name' (op)`` for error messages."""
+        return f"node {self.name!r} ({self.op.value})"
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """A float network: a topologically ordered tuple of Nodes over one input."""
+
+    name: str
+    input_name: str
+    input_shape: tuple[int, ...]
+    nodes: tuple[Node, ...]
+    output: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def shape(self, tensor: str) -> tuple[int, ...]:
+        """Shape (without batch) of the graph input or of a node's output."""
+        return self.input_shape if tensor == self.input_name else self.node(tensor).out_shape
+
+    def consumers(self, tensor: str) -> list[Node]:
+        """Nodes that read ``tensor``, in graph order."""
+        return [n for n in self.nodes if tensor in n.inputs]
+
+    def weight_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.is_weight_layer]
+
+    def ops(self) -> list[Op]:
+        return [n.op for n in self.nodes]
+
+    def is_normalized(self) -> bool:
+        return all(n.op in NORMALIZED_OPS for n in self.nodes)
+
+    def verify(self) -> None:
+        """Check names, order, params and every shape; raise ModelError naming the node."""
+        if not self.nodes:
+            raise ModelError(f"graph {self.name!r} has no operations: give a network with at least one layer")
+        _check_shape(self.input_shape, f"graph input {self.input_name!r}")
+        shapes = {self.input_name: self.input_shape}
+        for n in self.nodes:
+            if n.name in shapes:
+                raise ModelError(f"{n.describe()}: duplicate tensor name; rename the node")
+            for i in n.inputs:
+                if i not in shapes:
+                    raise ModelError(f"{n.describe()}: input {i!r} is not produced before it; "
+                                     f"nodes must be in topological order")
+            for key, p in n.params.items():
+                if not np.all(np.isfinite(p)):
+                    raise ModelError(f"{n.describe()}: parameter {key!r} has NaN or infinite values; "
+                                     f"fix the weights")
+            expected = infer_shape(n, [shapes[i] for i in n.inputs])
+            if expected != n.out_shape:
+                raise ModelError(f"{n.describe()}: stored output shape {n.out_shape} but the inputs give "
+                                 f"{expected}")
+            shapes[n.name] = n.out_shape
+        if self.output not in shapes:
+            raise ModelError(f"graph output {self.output!r} is not produced by any node")
+
+    # --- JSON -------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(encode(self), indent=1)
+
+    @staticmethod
+    def from_json(text: str) -> "Graph":
+        return decode(json.loads(text), _TYPES, {"op": Op}, keep_lists=("meta", "attrs", "params"))
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as fh:
+            fh.write(self.to_json())
+
+    @staticmethod
+    def load(path: str) -> "Graph":
+        with open(path) as fh:
+            return Graph.from_json(fh.read())
+
+    def __str__(self) -> str:
+        lines = [f"Graph {self.name}: input {self.input_name} {self.input_shape}"]
+        for n in self.nodes:
+            attrs = " ".join(f"{k}={v}" for k, v in n.attrs.items())
+            params = " ".join(f"{k}{tuple(v.shape)}" for k, v in n.params.items())
+            lines.append(f"  {n.name:<20} {n.op.value:<15} <- {','.join(n.inputs):<24} "
+                         f"out {n.out_shape} {params} {attrs}".rstrip())
+        lines.append(f"  output {self.output}")
+        return "\n".join(lines)
+
+
+_TYPES = {"Node": Node, "Graph": Graph}
+
+
+def graphs_equal(a: Graph, b: Graph) -> bool:
+    """Structural equality, arrays compared exactly (used by round-trip tests)."""
+    return a.to_json() == b.to_json()
+
+
+# --- shape inference ------------------------------------------------------------------------
+
+def _check_shape(shape: tuple[int, ...], what: str) -> None:
+    if not shape or any((not isinstance(s, int)) or s <= 0 for s in shape):
+        raise ModelError(f"{what}: shape {shape} must be positive static sizes (no dynamic or zero dims)")
+
+
+def _pair(n: Node, key: str, default: tuple[int, int] | None = None) -> tuple[int, int]:
+    v = n.attrs.get(key, default)
+    if v is None or len(v) != 2 or any(not isinstance(x, int) for x in v):
+        raise ModelError(f"{n.describe()}: attribute {key!r} = {v!r} must be a pair of ints")
+    return v
+
+
+def _window_out(n: Node, x: tuple[int, ...], kernel: tuple[int, int]) -> tuple[int, int]:
+    """Output (H, W) of a sliding window of ``kernel`` with the node's stride and padding."""
+    stride, padding = _pair(n, "stride", (1, 1)), _pair(n, "padding", (0, 0))
+    if min(stride) < 1 or min(padding) < 0:
+        raise ModelError(f"{n.describe()}: stride {stride} must be >= 1 and padding {padding} >= 0")
+    out = tuple((x[1 + a] + 2 * padding[a] - kernel[a]) // stride[a] + 1 for a in range(2))
+    if min(out) < 1:
+        raise ModelError(f"{n.describe()}: {kernel[0]}x{kernel[1]} window with padding {padding} does not fit "
+                         f"the {x[1]}x{x[2]} input; use a larger input or a smaller kernel")
+    return out
+
+
+def _need_rank(n: Node, x: tuple[int, ...], rank: int) -> None:
+    if len(x) != rank:
+        want = "(C, H, W) feature map" if rank == 3 else "flat (F,) vector"
+        raise ModelError(f"{n.describe()}: input has shape {x} but the op needs a {want}")
+
+
+def infer_shape(n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """Output shape of node ``n`` given its input shapes (without batch); ModelError on mismatch."""
+    arity = 2 if n.op is Op.ADD else (len(ins) if n.op is Op.CONCAT else 1)
+    if len(ins) != arity or (n.op is Op.CONCAT and len(ins) < 1):
+        raise ModelError(f"{n.describe()}: takes {arity} input(s), got {len(ins)}")
+    x = ins[0]
+    if n.op is Op.CONV:
+        return _conv_shape(n, x)
+    if n.op is Op.LINEAR:
+        return _linear_shape(n, x)
+    if n.op is Op.BATCHNORM:
+        for key in ("gamma", "beta", "mean", "var"):
+            if key not in n.params or n.params[key].shape != (x[0],):
+                raise ModelError(f"{n.describe()}: parameter {key!r} must have shape ({x[0]},)")
+        return x
+    if n.op in ELEMENTWISE_OPS:
+        if n.op is Op.CLAMP and not n.attrs.get("min", 0) < n.attrs.get("max", 0):
+            raise ModelError(f"{n.describe()}: clamp min {n.attrs.get('min')} must be below max {n.attrs.get('max')}")
+        return x
+    if n.op in POOL_OPS:
+        _need_rank(n, x, 3)
+        return (x[0], *_window_out(n, x, _pair(n, "kernel")))
+    if n.op is Op.GLOBAL_AVGPOOL:
+        _need_rank(n, x, 3)
+        return (x[0], 1, 1)
+    if n.op is Op.ADD:
+        if ins[0] != ins[1]:
+            raise ModelError(f"{n.describe()}: adds shapes {ins[0]} and {ins[1]}; they must be equal")
+        return x
+    if n.op is Op.FLATTEN:
+        return (int(np.prod(x)),)
+    if n.op is Op.CONCAT:
+        return _concat_shape(n, ins)
+    raise ModelError(f"{n.describe()}: unknown op")  # pragma: no cover - Op is closed
+
+
+def _conv_shape(n: Node, x: tuple[int, ...]) -> tuple[int, ...]:
+    _need_rank(n, x, 3)
+    w = n.weight
+    if w is None or w.ndim != 4:
+        raise ModelError(f"{n.describe()}: needs a 4-D weight (Cout, Cin, kh, kw)")
+    if w.shape[1] != x[0]:
+        raise ModelError(f"{n.describe()}: weight expects {w.shape[1]} input channels but the input has {x[0]}")
+    kernel = _pair(n, "kernel")
+    if kernel != tuple(w.shape[2:]):
+        raise ModelError(f"{n.describe()}: kernel attribute {kernel} differs from weight shape {w.shape}")
+    _check_bias(n, w.shape[0])
+    return (w.shape[0], *_window_out(n, x, kernel))
+
+
+def _linear_shape(n: Node, x: tuple[int, ...]) -> tuple[int, ...]:
+    _need_rank(n, x, 1)
+    w = n.weight
+    if w is None or w.ndim != 2:
+        raise ModelError(f"{n.describe()}: needs a 2-D weight (out, in)")
+    if w.shape[1] != x[0]:
+        raise ModelError(f"{n.describe()}: weight expects {w.shape[1]} inputs but the input has {x[0]}")
+    _check_bias(n, w.shape[0])
+    return (w.shape[0],)
+
+
+def _check_bias(n: Node, c_out: int) -> None:
+    b = n.bias
+    if b is not None and b.shape != (c_out,):
+        raise ModelError(f"{n.describe()}: bias shape {b.shape} must be ({c_out},)")
+
+
+def _concat_shape(n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
+    if n.attrs.get("axis", 0) != 0:
+        raise ModelError(f"{n.describe()}: only concatenation along channels is supported")
+    rest = {s[1:] for s in ins}
+    if len(rest) != 1 or any(len(s) != len(ins[0]) for s in ins):
+        raise ModelError(f"{n.describe()}: inputs {ins} differ outside the channel axis")
+    return (sum(s[0] for s in ins), *ins[0][1:])
