@@ -1,0 +1,108 @@
+"""``cifar10-cnn11``: imcflow's 11-weight-layer CIFAR-10 CNN, sized for the 16 arrays at 4 b.
+
+The paper (Jia et al., JSSC 2022) reports 91.51 % on CIFAR-10 with an "11-layer CNN" at 4-b weights and
+activations and 7815 img/s, but does not publish the topology. This one is imcflow's own, chosen for
+throughput on 16 cores and accuracy (reasoning in docs/cnn11.md):
+
+=====  ==========================================  ===========  =================
+layer  op                                          output       weights
+=====  ==========================================  ===========  =================
+c1     conv3x3 3->32, BN, ReLU                     32x32x32     864
+c2     conv3x3 32->64, BN, ReLU, maxpool 2         16x16x64     18,432
+c3     conv3x3 64->128, BN, ReLU                   16x16x128    73,728
+c4     conv3x3 128->128, BN, ReLU, maxpool 2       8x8x128      147,456
+c5     conv3x3 128->128, BN, ReLU                  8x8x128      147,456
+c6     conv3x3 128->128, BN, ReLU, maxpool 2       4x4x128      147,456
+c7     conv3x3 128->128, BN, ReLU                  4x4x128      147,456
+c8     conv3x3 128->128, BN, ReLU                  4x4x128      147,456
+c9     conv1x1 128->128, BN, ReLU                  4x4x128      16,384
+c10    conv1x1 128->128, BN, ReLU, global avgpool  128          16,384
+fc     linear 128->10 (with bias)                  10           1,280
+=====  ==========================================  ===========  =================
+
+864,352 weights in all, below the 16 x 1152 x 64 = 1,179,648 a 4-b chip holds. The input is the raw
+pixel scaled to [0, 1] (pixel / 255) with no mean/std normalisation: the chip's first layer takes the
+8-b unsigned pixel integers directly, and the BN after c1 absorbs any normalisation.
+
+The module is plain ``nn.Sequential`` of standard layers so that ``torch.fx`` traces it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from imcflow.errors import ModelError
+
+NAME = "cifar10-cnn11"
+NUM_CLASSES = 10
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_FILE = WEIGHTS_DIR / f"{NAME}.pt"
+RECORD_FILE = WEIGHTS_DIR / f"{NAME}.json"
+
+# (name, in_ch, out_ch, kernel, pool after) for c1..c10; "gap" = global average pool.
+LAYERS: tuple[tuple[str, int, int, int, str | None], ...] = (
+    ("c1", 3, 32, 3, None),
+    ("c2", 32, 64, 3, "max"),
+    ("c3", 64, 128, 3, None),
+    ("c4", 128, 128, 3, "max"),
+    ("c5", 128, 128, 3, None),
+    ("c6", 128, 128, 3, "max"),
+    ("c7", 128, 128, 3, None),
+    ("c8", 128, 128, 3, None),
+    ("c9", 128, 128, 1, None),
+    ("c10", 128, 128, 1, "gap"),
+)
+
+
+def _block(in_ch: int, out_ch: int, kernel: int, pool: str | None) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=False),
+    ]
+    if pool == "max":
+        layers.append(nn.MaxPool2d(2))
+    elif pool == "gap":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+def cnn11(num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """A fresh (untrained) ``cifar10-cnn11``: input (N, 3, 32, 32) in [0, 1], output (N, num_classes) logits."""
+    blocks = [(name, _block(i, o, k, p)) for name, i, o, k, p in LAYERS]
+    return nn.Sequential(OrderedDict(blocks + [("fc", nn.Linear(LAYERS[-1][2], num_classes))]))
+
+
+def load_trained(weights: str | Path | None = None) -> nn.Sequential:
+    """``cifar10-cnn11`` with the shipped trained weights (``models/weights/cifar10-cnn11.pt``), in eval mode.
+
+    Raises ModelError if the weights file is absent or does not match the topology.
+    """
+    path = Path(weights) if weights is not None else WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelError(f"trained weights for {NAME} not found at {path}: train them with "
+                         f"'imcflow train {NAME} --data ../shared/data/cifar10 --out runs/cnn11' (see docs/cnn11.md)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        raise ModelError(f"{path} is not a readable torch state_dict ({exc})") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a full training checkpoint
+    model = cnn11()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{path} does not match the {NAME} topology: {str(exc).splitlines()[0]}") from exc
+    return model.eval()
+
+
+def trained_record() -> dict:
+    """The JSON record shipped with the weights (command, epochs, seed, data, accuracies, date)."""
+    if not RECORD_FILE.is_file():
+        raise ModelError(f"no training record for {NAME} at {RECORD_FILE}; train the model first (docs/cnn11.md)")
+    return json.loads(RECORD_FILE.read_text())

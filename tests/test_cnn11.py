@@ -1,0 +1,75 @@
+"""The zoo network cifar10-cnn11: topology, weight count within the chip, fx tracing, trained weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from imcflow.config import get_preset
+from imcflow.errors import ModelError
+from imcflow.models import get_model, input_shape
+from imcflow.models.cnn11 import WEIGHTS_FILE, cnn11, load_trained
+
+
+def _convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_topology_and_shapes() -> None:
+    model = get_model("cifar10-cnn11")
+    assert input_shape("cifar10-cnn11") == (3, 32, 32)
+    convs = _convs(model)
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [
+        (3, 32, 3), (32, 64, 3), (64, 128, 3)] + [(128, 128, 3)] * 5 + [(128, 128, 1)] * 2
+    assert all(c.bias is None for c in convs)
+    weight_layers = convs + [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(weight_layers) == 11
+    assert sum(m.weight.numel() for m in weight_layers) == 864_352
+    out = model.eval()(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+
+
+def test_fits_the_chip_at_4_bits() -> None:
+    chip = get_preset("jssc2022")
+    model = cnn11()
+    n_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    capacity = chip.n_cores * chip.array.rows * (chip.array.cols // 4)
+    assert capacity == 1_179_648 and n_weights <= capacity
+    # every 3x3 layer's rows (kh * kw * C_in) fit one array: no row tiles needed
+    assert all(c.in_channels * c.kernel_size[0] * c.kernel_size[1] <= chip.array.rows for c in _convs(model))
+
+
+def test_fx_traces_to_plain_ops() -> None:
+    gm = torch.fx.symbolic_trace(cnn11())
+    kinds = {type(gm.get_submodule(n.target)).__name__ for n in gm.graph.nodes if n.op == "call_module"}
+    assert kinds == {"Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "AdaptiveAvgPool2d", "Flatten", "Linear"}
+    x = torch.rand(3, 3, 32, 32)
+    model = cnn11().eval()
+    gm = torch.fx.symbolic_trace(model)
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+
+
+def test_load_trained_errors_and_roundtrip(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        load_trained(tmp_path / "absent.pt")
+    bad = tmp_path / "bad.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
+    with pytest.raises(ModelError, match="does not match"):
+        load_trained(bad)
+    torch.manual_seed(0)
+    model = cnn11()
+    good = tmp_path / "good.pt"
+    torch.save({"model": model.state_dict(), "epoch": 1}, good)  # a full checkpoint also loads
+    loaded = load_trained(good)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not WEIGHTS_FILE.is_file(), reason="trained weights not shipped yet")
+def test_shipped_weights_load() -> None:
+    model = load_trained()
+    assert not model.training
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
