@@ -1,1 +1,45 @@
-"""frontend"""
+"""Frontend: import a network (zoo name, ONNX file or torch module) as a float Graph.
+
+``load_graph`` is the one entry point; :func:`normalize` turns its result into what the quantiser
+consumes; :func:`run_graph` executes a Graph in float32 (the importers are checked against it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from imcflow.errors import ModelError
+from imcflow.frontend.execute import run_graph
+from imcflow.frontend.normalize import normalize
+from imcflow.ir.graph import Graph
+
+__all__ = ["load_graph", "normalize", "run_graph"]
+
+
+def load_graph(model: str | Path | Any, input_shape: tuple[int, ...] | None = None) -> Graph:
+    """Import ``model``: a zoo name (see :mod:`imcflow.models`), a path to an ``.onnx`` file, or a
+    ``torch.nn.Module`` (then ``input_shape`` (C, H, W) is required). Raises ModelError."""
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if path.suffix.lower() == ".onnx" or path.exists():
+            from imcflow.frontend.onnx_import import from_onnx
+            return from_onnx(path)
+        from imcflow import models
+        module = models.get_model(str(model)).eval()
+        shape = tuple(input_shape) if input_shape is not None else models.input_shape(str(model))
+        from imcflow.frontend.torch_fx import from_torch
+        return from_torch(module, shape, name=str(model))
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is not None and isinstance(model, torch.nn.Module):
+        from imcflow.frontend.torch_fx import from_torch
+        return from_torch(model, input_shape)
+    import onnx
+    if isinstance(model, onnx.ModelProto):
+        from imcflow.frontend.onnx_import import from_onnx
+        return from_onnx(model)
+    raise ModelError(f"cannot import a {type(model).__name__}: give a zoo name, an .onnx path, an onnx.ModelProto "
+                     f"or a torch.nn.Module")

@@ -202,8 +202,9 @@ class Graph:
         for n in self.nodes:
             attrs = " ".join(f"{k}={v}" for k, v in n.attrs.items())
             params = " ".join(f"{k}{tuple(v.shape)}" for k, v in n.params.items())
+            tail = " ".join(t for t in (params, attrs) if t)
             lines.append(f"  {n.name:<20} {n.op.value:<15} <- {','.join(n.inputs):<24} "
-                         f"out {n.out_shape} {params} {attrs}".rstrip())
+                         f"out {n.out_shape} {tail}".rstrip())
         lines.append(f"  output {self.output}")
         return "\n".join(lines)
 

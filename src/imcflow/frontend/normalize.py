@@ -1,0 +1,115 @@
+"""Normalisation: the canonical float Graph the quantiser consumes.
+
+Passes, in order (each a small function from Graph to Graph):
+
+1. :func:`fold_batchnorm` - batch norm folded into the conv/linear layer that feeds it:
+   ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``.
+2. :func:`remove_identities` - ops that do nothing dropped: 1x1 stride-1 unpadded pooling, global
+   pooling of a 1x1 map, flatten of a flat tensor (consecutive flattens fused), a ReLU of a ReLU,
+   single-input concat; ``clamp(0, inf)`` becomes ``relu``.
+
+The result contains only conv/linear, relu/clamp, pooling, add, flatten and concat
+(:data:`imcflow.ir.graph.NORMALIZED_OPS`) and computes the same function up to float rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from imcflow.errors import ModelError
+from imcflow.ir.graph import Graph, Node, Op, WEIGHT_OPS
+
+
+def normalize(graph: Graph) -> Graph:
+    """``graph`` with batch norm folded and identity ops removed; verified."""
+    graph.verify()
+    out = remove_identities(fold_batchnorm(graph))
+    out = dataclasses.replace(out, meta={**out.meta, "normalized": True})
+    out.verify()
+    return out
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    """Fold every batchnorm node into the conv/linear node that produces its input."""
+    nodes = {n.name: n for n in graph.nodes}
+    renames: dict[str, str] = {}
+    for bn in graph.nodes:
+        if bn.op is not Op.BATCHNORM:
+            continue
+        src = nodes.get(bn.inputs[0])
+        if src is None or src.op not in WEIGHT_OPS:
+            what = "the graph input" if src is None else f"{src.describe()}"
+            raise ModelError(f"{bn.describe()}: follows {what}, not a convolution or linear layer, so it cannot "
+                             f"be folded; place batch norm directly after a conv/linear layer")
+        readers = [c.name for c in graph.consumers(src.name)]
+        if readers != [bn.name] or src.name == graph.output:
+            raise ModelError(f"{bn.describe()}: the output of {src.describe()} is also used without the batch "
+                             f"norm ({', '.join(r for r in readers if r != bn.name) or 'graph output'}), so it "
+                             f"cannot be folded; use the normalized value only")
+        nodes[src.name] = _folded(src, bn)
+        del nodes[bn.name]
+        renames[bn.name] = src.name
+    return _rebuild(graph, [nodes[n.name] for n in graph.nodes if n.name in nodes], renames)
+
+
+def _folded(layer: Node, bn: Node) -> Node:
+    w = layer.params["weight"].astype(np.float64)
+    b = layer.params.get("bias")
+    b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
+    p = {k: bn.params[k].astype(np.float64) for k in ("gamma", "beta", "mean", "var")}
+    s = p["gamma"] / np.sqrt(p["var"] + float(bn.attrs["eps"]))
+    w = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+    b = (b - p["mean"]) * s + p["beta"]
+    attrs = {**layer.attrs, **{k: v for k, v in bn.attrs.items() if k == "act_scale"}}
+    return dataclasses.replace(layer, params={"weight": w.astype(np.float32), "bias": b.astype(np.float32)},
+                               attrs=attrs)
+
+
+def _is_identity(n: Node, graph: Graph) -> bool:
+    x = graph.shape(n.inputs[0])
+    if n.op in (Op.MAXPOOL, Op.AVGPOOL):
+        return (tuple(n.attrs["kernel"]) == (1, 1) and tuple(n.attrs.get("stride", (1, 1))) == (1, 1)
+                and tuple(n.attrs.get("padding", (0, 0))) == (0, 0))
+    if n.op is Op.GLOBAL_AVGPOOL:
+        return x[1:] == (1, 1)
+    if n.op is Op.FLATTEN:
+        return len(x) == 1
+    if n.op is Op.CONCAT:
+        return len(n.inputs) == 1
+    if n.op is Op.RELU and n.inputs[0] != graph.input_name:
+        return graph.node(n.inputs[0]).op is Op.RELU
+    return False
+
+
+def remove_identities(graph: Graph) -> Graph:
+    """Drop ops that compute the identity; turn ``clamp(0, inf)`` into ``relu``."""
+    kept: list[Node] = []
+    renames: dict[str, str] = {}
+    current = graph
+    for n in graph.nodes:
+        n = dataclasses.replace(n, inputs=tuple(renames.get(i, i) for i in n.inputs))
+        if n.op is Op.CLAMP and n.attrs.get("min") == 0 and math.isinf(n.attrs.get("max", 0)):
+            n = dataclasses.replace(n, op=Op.RELU, attrs={k: v for k, v in n.attrs.items() if k not in ("min", "max")})
+        if _is_identity(n, current):
+            renames[n.name] = n.inputs[0]
+        else:
+            kept.append(n)
+        current = dataclasses.replace(graph, nodes=tuple(kept))
+    return _rebuild(graph, kept, renames)
+
+
+def _rebuild(graph: Graph, nodes: list[Node], renames: dict[str, str]) -> Graph:
+    def resolve(name: str) -> str:
+        while name in renames:
+            name = renames[name]
+        return name
+
+    nodes = [dataclasses.replace(n, inputs=tuple(resolve(i) for i in n.inputs)) for n in nodes]
+    output = resolve(graph.output)
+    if output == graph.input_name:
+        raise ModelError(f"graph {graph.name!r} computes nothing: its output is its input after removing "
+                         f"identity ops; give a network with at least one layer")
+    return dataclasses.replace(graph, nodes=tuple(nodes), output=output)

@@ -1,0 +1,345 @@
+"""PyTorch importer: ``torch.fx`` symbolic tracing of an ``nn.Module`` into a float Graph.
+
+Supported: nn.Conv2d (groups 1, dilation 1, zero padding), nn.Linear, nn.BatchNorm1d/2d (running
+statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh, nn.MaxPool2d/AvgPool2d,
+nn.AdaptiveAvgPool2d(1), nn.Flatten/torch.flatten/view/reshape to (N, -1), + / torch.add,
+torch.cat(dim=1), nn.Identity and dropout (dropped: inference semantics). Anything else raises a
+ModelError naming the traced node, its op and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from imcflow.errors import ModelError
+from imcflow.ir.graph import Graph, Node, Op, infer_shape
+
+
+def from_torch(module: nn.Module, input_shape: tuple[int, ...], name: str | None = None) -> Graph:
+    """Trace ``module`` (inference semantics) on inputs of ``input_shape`` (C, H, W), no batch."""
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
+    if input_shape is None:
+        raise ModelError("a torch module needs an input shape (C, H, W) without batch, e.g. input_shape=(3, 32, 32)")
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or min(shape) <= 0:
+        raise ModelError(f"input shape {tuple(input_shape)} must be positive static sizes (C, H, W) without batch")
+    try:
+        traced = torch.fx.symbolic_trace(module)
+    except Exception as exc:  # user code may raise anything while being traced
+        raise ModelError(f"cannot trace {type(module).__name__} with torch.fx ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); remove data-dependent control flow "
+                         f"from forward() or export the model to ONNX") from None
+    graph = _Importer(traced, shape, name or type(module).__name__).run()
+    graph.verify()
+    return graph
+
+
+class _Importer:
+    """Walks the traced fx graph; ``self.alias`` maps fx node names to Graph tensor names."""
+
+    def __init__(self, gm: torch.fx.GraphModule, input_shape: tuple[int, ...], name: str) -> None:
+        self.gm, self.input_shape, self.name = gm, input_shape, name
+        self.modules = dict(gm.named_modules())
+        self.nodes: list[Node] = []
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.alias: dict[str, Any] = {}
+        self.input_name = ""
+        self.output = ""
+
+    def run(self) -> Graph:
+        for fx in self.gm.graph.nodes:
+            self.visit(fx)
+        if not self.output:
+            raise ModelError(f"model {self.name!r} has no output")
+        if not self.nodes:
+            raise ModelError(f"model {self.name!r} has no operations: give a network with at least one layer")
+        return Graph(self.name, self.input_name, self.input_shape, tuple(self.nodes), self.output,
+                     meta={"source": "torch"})
+
+    # --- helpers --------------------------------------------------------------------------
+    def tensor(self, fx: torch.fx.Node, arg: Any) -> str:
+        if not isinstance(arg, torch.fx.Node) or not isinstance(self.alias.get(arg.name), str):
+            raise ModelError(f"node {fx.name!r} ({_op_name(self, fx)}): argument {arg!r} is not a tensor computed "
+                             f"from the input; constants and shape arithmetic are not supported")
+        return self.alias[arg.name]
+
+    def add(self, fx: torch.fx.Node, op: Op, inputs: list[str], attrs: dict | None = None,
+            params: dict | None = None) -> None:
+        name = self.unique(str(fx.target) if fx.op == "call_module" else fx.name)
+        node = Node(name, op, tuple(inputs), attrs or {}, params or {}, ())
+        shape = infer_shape(node, [self.shapes[i] for i in inputs])
+        node = Node(name, op, tuple(inputs), node.attrs, node.params, shape)
+        self.nodes.append(node)
+        self.shapes[name] = shape
+        self.alias[fx.name] = name
+
+    def unique(self, name: str) -> str:
+        base, k = name, 1
+        while name in self.shapes:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def same(self, fx: torch.fx.Node, arg: Any) -> None:
+        """``fx`` is an identity of ``arg``."""
+        self.alias[fx.name] = self.tensor(fx, arg)
+
+    def fail(self, fx: torch.fx.Node, why: str, fix: str) -> ModelError:
+        return ModelError(f"node {fx.name!r} ({_op_name(self, fx)}): {why}; {fix}")
+
+    # --- dispatch -------------------------------------------------------------------------
+    def visit(self, fx: torch.fx.Node) -> None:
+        if fx.op == "placeholder":
+            if self.input_name:
+                raise self.fail(fx, "a second graph input", "give a model with exactly one input tensor")
+            self.input_name = fx.name
+            self.alias[fx.name] = fx.name
+            self.shapes[fx.name] = self.input_shape
+        elif fx.op == "output":
+            out = fx.args[0]
+            if not isinstance(out, torch.fx.Node):
+                raise self.fail(fx, "the model returns several values", "return one output tensor")
+            self.output = self.tensor(fx, out)
+        elif fx.op == "call_module":
+            self.visit_module(fx, self.modules[fx.target])
+        elif fx.op == "call_function":
+            self.visit_function(fx)
+        elif fx.op == "call_method":
+            self.visit_method(fx)
+        else:
+            raise self.fail(fx, f"{fx.op} nodes are not supported",
+                            "use parameters only through nn.Conv2d/nn.Linear/nn.BatchNorm modules")
+
+    def visit_module(self, fx: torch.fx.Node, m: nn.Module) -> None:
+        handler = _MODULES.get(type(m))
+        if handler is None:
+            raise self.fail(fx, "unsupported module", f"use only {', '.join(sorted(t.__name__ for t in _MODULES))}")
+        handler(self, fx, m)
+
+    def visit_function(self, fx: torch.fx.Node) -> None:
+        handler = _FUNCTIONS.get(fx.target)
+        if handler is None:
+            raise self.fail(fx, "unsupported function", "use relu, add, flatten, cat(dim=1) or the supported modules")
+        handler(self, fx)
+
+    def visit_method(self, fx: torch.fx.Node) -> None:
+        if fx.target in ("view", "reshape", "flatten"):
+            self.reshape(fx, fx.target)
+        elif fx.target in ("relu", "relu_"):
+            self.add(fx, Op.RELU, [self.tensor(fx, fx.args[0])])
+        elif fx.target == "size":
+            self.alias[fx.name] = ("size", fx.args[0])
+        elif fx.target == "contiguous":
+            self.same(fx, fx.args[0])
+        else:
+            raise self.fail(fx, f"unsupported tensor method .{fx.target}()", "use view/reshape/flatten/relu only")
+
+    # --- shape ops ------------------------------------------------------------------------
+    def reshape(self, fx: torch.fx.Node, how: str) -> None:
+        src = self.tensor(fx, fx.args[0])
+        shape = self.shapes[src]
+        if how == "flatten":
+            start = fx.args[1] if len(fx.args) > 1 else fx.kwargs.get("start_dim", 0 if fx.op == "call_method" else 0)
+            end = fx.args[2] if len(fx.args) > 2 else fx.kwargs.get("end_dim", -1)
+            if start != 1 or end != -1:
+                raise self.fail(fx, f"flatten(start_dim={start}, end_dim={end})", "flatten with start_dim=1 only")
+        else:
+            target = fx.args[1:] if len(fx.args) > 1 else fx.kwargs.get("shape", ())
+            if len(target) == 1 and isinstance(target[0], (tuple, list)):
+                target = tuple(target[0])
+            if not self.is_flat_target(target, shape):
+                raise self.fail(fx, f"{how} to {tuple(target)} of a {shape} tensor",
+                                "only reshape to (N, -1) (a flatten) is supported")
+        if len(shape) == 1:
+            self.same(fx, fx.args[0])
+        else:
+            self.add(fx, Op.FLATTEN, [src])
+
+    def is_flat_target(self, target: tuple, shape: tuple[int, ...]) -> bool:
+        if len(target) != 2:
+            return False
+        batch, rest = target
+        batch_ok = batch in (-1, 1) or (isinstance(batch, torch.fx.Node) and self.alias.get(batch.name, ("",))[0] == "size")
+        return batch_ok and rest in (-1, math.prod(shape))
+
+
+def _op_name(imp: _Importer, fx: torch.fx.Node) -> str:
+    if fx.op == "call_module":
+        return type(imp.modules[fx.target]).__name__
+    if fx.op == "call_function":
+        return getattr(fx.target, "__name__", str(fx.target))
+    if fx.op == "call_method":
+        return f".{fx.target}()"
+    return fx.op
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else tuple(int(x) for x in v)
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().cpu().to(torch.float32).numpy().copy()
+
+
+# --- modules ----------------------------------------------------------------------------------
+
+def _conv(imp: _Importer, fx: torch.fx.Node, m: nn.Conv2d) -> None:
+    if m.groups != 1:
+        raise imp.fail(fx, f"grouped/depthwise convolution (groups={m.groups})",
+                       "use groups=1: the chip maps dense convolutions only")
+    if _pair(m.dilation) != (1, 1):
+        raise imp.fail(fx, f"dilation {m.dilation}", "use dilation=1")
+    if m.padding_mode != "zeros":
+        raise imp.fail(fx, f"padding_mode={m.padding_mode!r}", "use zero padding")
+    kernel = _pair(m.kernel_size)
+    padding = m.padding
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif all(k % 2 == 1 for k in kernel):
+            padding = (kernel[0] // 2, kernel[1] // 2)
+        else:
+            raise imp.fail(fx, "padding='same' with an even kernel is asymmetric", "use an odd kernel or explicit padding")
+    params = {"weight": _np(m.weight)}
+    if m.bias is not None:
+        params["bias"] = _np(m.bias)
+    imp.add(fx, Op.CONV, [imp.tensor(fx, fx.args[0])],
+            {"kernel": kernel, "stride": _pair(m.stride), "padding": _pair(padding)}, params)
+
+
+def _linear(imp: _Importer, fx: torch.fx.Node, m: nn.Linear) -> None:
+    params = {"weight": _np(m.weight)}
+    if m.bias is not None:
+        params["bias"] = _np(m.bias)
+    imp.add(fx, Op.LINEAR, [imp.tensor(fx, fx.args[0])], {}, params)
+
+
+def _batchnorm(imp: _Importer, fx: torch.fx.Node, m: nn.modules.batchnorm._BatchNorm) -> None:
+    if m.running_mean is None or m.running_var is None:
+        raise imp.fail(fx, "batch norm without running statistics", "use track_running_stats=True")
+    c = m.num_features
+    gamma = _np(m.weight) if m.affine else np.ones(c, np.float32)
+    beta = _np(m.bias) if m.affine else np.zeros(c, np.float32)
+    imp.add(fx, Op.BATCHNORM, [imp.tensor(fx, fx.args[0])], {"eps": float(m.eps)},
+            {"gamma": gamma, "beta": beta, "mean": _np(m.running_mean), "var": _np(m.running_var)})
+
+
+def _clamp(imp: _Importer, fx: torch.fx.Node, lo: float, hi: float) -> None:
+    imp.add(fx, Op.CLAMP, [imp.tensor(fx, fx.args[0])], {"min": float(lo), "max": float(hi)})
+
+
+def _pool(imp: _Importer, fx: torch.fx.Node, m: nn.MaxPool2d | nn.AvgPool2d) -> None:
+    kernel = _pair(m.kernel_size)
+    stride = _pair(m.stride) if m.stride is not None else kernel
+    padding = _pair(m.padding)
+    if m.ceil_mode:
+        raise imp.fail(fx, "ceil_mode=True", "use ceil_mode=False (pad the input instead)")
+    if isinstance(m, nn.MaxPool2d):
+        if _pair(m.dilation) != (1, 1) or m.return_indices:
+            raise imp.fail(fx, "dilated pooling or return_indices", "use dilation=1, return_indices=False")
+        op = Op.MAXPOOL
+    else:
+        if m.divisor_override is not None or (not m.count_include_pad and padding != (0, 0)):
+            raise imp.fail(fx, "average pooling whose divisor is not the kernel area",
+                           "use count_include_pad=True and no divisor_override")
+        op = Op.AVGPOOL
+    imp.add(fx, op, [imp.tensor(fx, fx.args[0])], {"kernel": kernel, "stride": stride, "padding": padding})
+
+
+def _adaptive(imp: _Importer, fx: torch.fx.Node, m: nn.AdaptiveAvgPool2d) -> None:
+    src = imp.tensor(fx, fx.args[0])
+    size = m.output_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if size == (1, 1):
+        imp.add(fx, Op.GLOBAL_AVGPOOL, [src])
+    elif size == imp.shapes[src][1:]:
+        imp.same(fx, fx.args[0])
+    else:
+        raise imp.fail(fx, f"adaptive average pooling to {size}", "use output size (1, 1) or a fixed AvgPool2d")
+
+
+def _flatten_module(imp: _Importer, fx: torch.fx.Node, m: nn.Flatten) -> None:
+    if m.start_dim != 1 or m.end_dim != -1:
+        raise imp.fail(fx, f"Flatten(start_dim={m.start_dim}, end_dim={m.end_dim})", "use nn.Flatten() defaults")
+    if len(imp.shapes[imp.tensor(fx, fx.args[0])]) == 1:
+        imp.same(fx, fx.args[0])
+    else:
+        imp.add(fx, Op.FLATTEN, [imp.tensor(fx, fx.args[0])])
+
+
+_MODULES: dict[type, Callable] = {
+    nn.Conv2d: _conv,
+    nn.Linear: _linear,
+    nn.BatchNorm2d: _batchnorm,
+    nn.BatchNorm1d: _batchnorm,
+    nn.ReLU: lambda imp, fx, m: imp.add(fx, Op.RELU, [imp.tensor(fx, fx.args[0])]),
+    nn.ReLU6: lambda imp, fx, m: _clamp(imp, fx, 0.0, 6.0),
+    nn.Hardtanh: lambda imp, fx, m: _clamp(imp, fx, m.min_val, m.max_val),
+    nn.MaxPool2d: _pool,
+    nn.AvgPool2d: _pool,
+    nn.AdaptiveAvgPool2d: _adaptive,
+    nn.Flatten: _flatten_module,
+    nn.Identity: lambda imp, fx, m: imp.same(fx, fx.args[0]),
+    nn.Dropout: lambda imp, fx, m: imp.same(fx, fx.args[0]),
+    nn.Dropout2d: lambda imp, fx, m: imp.same(fx, fx.args[0]),
+}
+
+
+# --- functions --------------------------------------------------------------------------------
+
+def _arg(fx: torch.fx.Node, i: int, key: str, default: Any) -> Any:
+    return fx.args[i] if len(fx.args) > i else fx.kwargs.get(key, default)
+
+
+def _add(imp: _Importer, fx: torch.fx.Node) -> None:
+    if _arg(fx, 2, "alpha", 1) != 1:
+        raise imp.fail(fx, "add with alpha != 1", "scale the operand with a layer instead")
+    a, b = fx.args[0], _arg(fx, 1, "other", None)
+    imp.add(fx, Op.ADD, [imp.tensor(fx, a), imp.tensor(fx, b)])
+
+
+def _cat(imp: _Importer, fx: torch.fx.Node) -> None:
+    tensors = _arg(fx, 0, "tensors", ())
+    dim = _arg(fx, 1, "dim", 0)
+    if dim not in (1, -3):
+        raise imp.fail(fx, f"concatenation along dim {dim}", "concatenate along channels (dim=1)")
+    inputs = [imp.tensor(fx, t) for t in tensors]
+    if any(len(imp.shapes[i]) != 3 for i in inputs):
+        raise imp.fail(fx, "concatenation of non-feature-map tensors", "concatenate (N, C, H, W) feature maps")
+    imp.add(fx, Op.CONCAT, inputs, {"axis": 0})
+
+
+def _hardtanh(imp: _Importer, fx: torch.fx.Node) -> None:
+    _clamp(imp, fx, _arg(fx, 1, "min_val", -1.0), _arg(fx, 2, "max_val", 1.0))
+
+
+def _relu(imp: _Importer, fx: torch.fx.Node) -> None:
+    imp.add(fx, Op.RELU, [imp.tensor(fx, fx.args[0])])
+
+
+def _dropout(imp: _Importer, fx: torch.fx.Node) -> None:
+    imp.same(fx, fx.args[0])
+
+
+_FUNCTIONS: dict[Any, Callable] = {
+    operator.add: _add,
+    operator.iadd: _add,
+    torch.add: _add,
+    torch.cat: _cat,
+    torch.concat: _cat,
+    torch.relu: _relu,
+    F.relu: _relu,
+    F.relu6: lambda imp, fx: _clamp(imp, fx, 0.0, 6.0),
+    F.hardtanh: _hardtanh,
+    torch.flatten: lambda imp, fx: imp.reshape(fx, "flatten"),
+    torch.reshape: lambda imp, fx: imp.reshape(fx, "reshape"),
+    F.dropout: _dropout,
+}
