@@ -1,0 +1,57 @@
+"""Seeded analog non-idealities of the CIMA columns and ADCs (``mode="analog"``).
+
+One function draws every random number, so that the reference and the fast implementation (and
+the convolution kernels, tile by tile) see the same values:
+
+    rng = numpy.random.Generator(numpy.random.PCG64(seed))
+    gain      = 1 + column_gain_sigma       * rng.standard_normal(n_cols)            # per column
+    offset    =     column_offset_sigma_lsb * rng.standard_normal(n_cols)            # per column, LSB
+    noise_lsb =     adc_noise_rms_lsb       * rng.standard_normal((batch, x_bits, n_cols))
+
+drawn in that order. Physical column ``c = o * w_bits + j`` holds bit ``j`` of output ``o``.
+The code of one conversion (count ``k`` of rows where input bit and cell bit are both 1) is::
+
+    code = clip(floor(k * 2**adc_bits * gain / full_scale + offset + noise + 1/2), 0, 2**adc_bits - 1)
+
+evaluated in float64 in exactly that order of operations (see :func:`analog_code`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from imcflow.config.chip import AnalogConfig
+
+
+@dataclass(frozen=True, eq=False)
+class AnalogDraws:
+    """Random column gains, offsets and per-conversion noise for one MVM (float64 arrays)."""
+
+    gain: np.ndarray
+    """(n_cols,) relative gain of each physical column (1 = ideal)."""
+    offset_lsb: np.ndarray
+    """(n_cols,) fixed offset of each column, in ADC LSB."""
+    noise_lsb: np.ndarray
+    """(batch, x_bits, n_cols) noise of each conversion, in ADC LSB."""
+
+
+def draw_analog(analog: AnalogConfig, seed: int, batch: int, x_bits: int, n_cols: int) -> AnalogDraws:
+    """Draw gains, offsets and noise for ``batch`` input vectors of ``x_bits`` bit-planes on
+    ``n_cols`` physical columns, deterministically from ``seed`` (order: gain, offset, noise)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    gain = 1.0 + analog.column_gain_sigma * rng.standard_normal(n_cols)
+    offset = analog.column_offset_sigma_lsb * rng.standard_normal(n_cols)
+    noise = analog.adc_noise_rms_lsb * rng.standard_normal((batch, x_bits, n_cols))
+    return AnalogDraws(gain=gain, offset_lsb=offset, noise_lsb=noise)
+
+
+def analog_code(k, gain, offset_lsb, noise_lsb, full_scale: int, adc_bits: int):
+    """ADC code(s) of column count(s) ``k`` under gain, offset and noise (numpy, broadcasting).
+
+    Works on python floats and on arrays alike; the order of operations is fixed so that every
+    caller rounds identically."""
+    levels = float(1 << adc_bits)
+    v = np.floor(np.asarray(k, dtype=np.float64) * levels * gain / full_scale + offset_lsb + noise_lsb + 0.5)
+    return np.clip(v, 0, levels - 1).astype(np.int64)
