@@ -21,7 +21,8 @@ Conventions (the contract between quantiser, reference executor, compiler and si
   computed as ``(acc*num*multiplier + (bias << den_shift) + (1 << (shift+den_shift-1))) >> (shift+den_shift)``
   with arithmetic shifts; ReLU is ``out_min = 0``. See :meth:`Requant.apply`.
 - Average pooling: ``y = floor((sum + count // 2) / count)`` (round half up), count = kernel area.
-- Residual add: ``y = clamp((a*mult_a + b*mult_b + 2**(shift-1)) >> shift, out_min, out_max)``.
+- Residual add: ``y = clamp((a*mult_a + b*mult_b + 2**(shift-1)) >> shift, out_min, out_max)`` with
+  ``out_min, out_max`` the integer range of the node's ``out`` spec (a fused ReLU makes it unsigned).
 - Concat needs inputs of equal scale, bits and signedness (the quantiser ensures it).
 """
 
