@@ -1,0 +1,483 @@
+"""ONNX importer: an ``.onnx`` file (or ``onnx.ModelProto``) into a float Graph.
+
+Supported ops: Conv (group 1, dilation 1, symmetric pads), Gemm, MatMul (+ Add of a constant bias),
+BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, Add, Flatten,
+Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
+for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast on constants).
+
+Quantised QCDQ models: QuantizeLinear -> [Clip] -> DequantizeLinear on a constant weight is folded
+into the float weight it represents (``w_bits`` attr from the integer type or the clip range); the
+same chain on an activation is dropped and its scale recorded as ``act_scale`` (and ``act_bits``)
+on the node producing that activation (``meta['input_scale']`` for the graph input).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from imcflow.errors import ModelError
+from imcflow.ir.graph import Graph, Node, Op, infer_shape
+
+
+def from_onnx(model: str | Path | onnx.ModelProto) -> Graph:
+    """Import an ONNX model (path or ModelProto); raises ModelError on anything unsupported."""
+    proto, name = _load(model)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto)
+    except Exception as exc:  # onnx raises several internal types
+        raise ModelError(f"ONNX shape inference failed for {name!r}: {_first_line(exc)}; "
+                         f"check the model with onnx.checker.check_model") from None
+    graph = _Importer(proto.graph, name).run()
+    graph.verify()
+    return graph
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "onnx"
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"{str(path)!r}: no such ONNX file; check the path")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:
+        raise ModelError(f"{str(path)!r} is not a readable ONNX model ({_first_line(exc)}); "
+                         f"the file may be truncated or of another format: re-export it") from None
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelError(f"{str(path)!r} holds no ONNX graph (empty or not an ONNX file); re-export the model")
+    return proto, path.stem
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """A value computed from the graph input: the Graph tensor ``name``."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class _Const:
+    """A constant; ``bits`` is the integer width it was quantised to, when known."""
+
+    value: np.ndarray
+    bits: int = 0
+
+
+@dataclass(frozen=True)
+class _QAct:
+    """A quantised activation (output of QuantizeLinear on a tensor), awaiting DequantizeLinear."""
+
+    source: str
+    scale: float
+    zero_point: float
+    bits: int
+
+
+_INT_BITS = {np.dtype(np.int8): 8, np.dtype(np.uint8): 8, np.dtype(np.int16): 16, np.dtype(np.uint16): 16,
+             np.dtype(np.int32): 32}
+
+
+def _range_bits(lo: float, hi: float) -> int:
+    return max(1, math.ceil(math.log2(hi - lo + 1)))
+
+
+class _Importer:
+    def __init__(self, g: onnx.GraphProto, name: str) -> None:
+        self.g, self.name = g, name
+        self.values: dict[str, Any] = {t.name: _Const(numpy_helper.to_array(t)) for t in g.initializer}
+        self.nodes: list[Node] = []
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.meta: dict[str, Any] = {"source": "onnx"}
+        self.onnx_shapes = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
+
+    # --- driver ---------------------------------------------------------------------------
+    def run(self) -> Graph:
+        input_name, input_shape = self.graph_input()
+        for node in self.g.node:
+            handler = _HANDLERS.get(node.op_type)
+            if handler is None or node.domain not in ("", "ai.onnx"):
+                raise ModelError(f"node {_nname(node)!r} ({node.op_type}): unsupported op; supported ops are "
+                                 f"{', '.join(sorted(_HANDLERS))}: replace it or export without it")
+            handler(self, node)
+        if len(self.g.output) != 1:
+            raise ModelError(f"ONNX model {self.name!r} has {len(self.g.output)} outputs; give a model with exactly one")
+        out = self.values.get(self.g.output[0].name)
+        if not self.nodes:
+            raise ModelError(f"ONNX model {self.name!r} has no layers (empty graph); give a network with at least one layer")
+        if not isinstance(out, _Tensor) or out.name == input_name:
+            raise ModelError(f"ONNX output {self.g.output[0].name!r} is not computed by any layer from the input; "
+                             f"export the model with its layers")
+        return Graph(self.name, input_name, input_shape, tuple(self.nodes), out.name, meta=self.meta)
+
+    def graph_input(self) -> tuple[str, tuple[int, ...]]:
+        inputs = [i for i in self.g.input if i.name not in self.values]
+        if len(inputs) != 1:
+            raise ModelError(f"ONNX model {self.name!r} has {len(inputs)} graph inputs "
+                             f"({', '.join(i.name for i in inputs)}); give a model with exactly one input")
+        vi = inputs[0]
+        dims = vi.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if len(shape) < 2 or any(s is None or s <= 0 for s in shape[1:]):
+            shown = tuple(d.dim_param or d.dim_value or "?" for d in dims)
+            raise ModelError(f"ONNX input {vi.name!r} has shape {shown}: only the batch dimension may be dynamic; "
+                             f"export with a fixed (N, C, H, W) input shape")
+        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise ModelError(f"ONNX input {vi.name!r} is not float32; export the model with a float input")
+        self.values[vi.name] = _Tensor(vi.name)
+        self.shapes[vi.name] = tuple(shape[1:])
+        return vi.name, tuple(shape[1:])
+
+    # --- helpers --------------------------------------------------------------------------
+    def tensor(self, node: onnx.NodeProto, i: int) -> str:
+        v = self.values.get(node.input[i]) if i < len(node.input) else None
+        if not isinstance(v, _Tensor):
+            raise _fail(node, f"input {i} must be a tensor computed from the graph input (got "
+                              f"{'a constant' if isinstance(v, _Const) else 'nothing usable'})",
+                        "compute it from the graph input")
+        return v.name
+
+    def const(self, node: onnx.NodeProto, i: int, required: bool = True) -> _Const | None:
+        if i >= len(node.input) or not node.input[i]:
+            if required:
+                raise _fail(node, f"input {i} is missing", "give the constant")
+            return None
+        v = self.values.get(node.input[i])
+        if not isinstance(v, _Const):
+            raise _fail(node, f"input {i} ({node.input[i]!r}) must be a constant (initializer)",
+                        "weights and shapes must be stored in the model, not computed at run time")
+        return v
+
+    def is_const(self, node: onnx.NodeProto) -> bool:
+        return all(isinstance(self.values.get(i), _Const) for i in node.input if i)
+
+    def add(self, node: onnx.NodeProto, op: Op, inputs: list[str], attrs: dict | None = None,
+            params: dict | None = None) -> str:
+        name = _nname(node)
+        base, k = name, 1
+        while name in self.shapes:
+            name, k = f"{base}_{k}", k + 1
+        n = Node(name, op, tuple(inputs), attrs or {}, params or {}, ())
+        shape = infer_shape(n, [self.shapes[i] for i in inputs])
+        self.check_onnx_shape(node, shape)
+        self.nodes.append(Node(name, op, n.inputs, n.attrs, n.params, shape))
+        self.shapes[name] = shape
+        self.values[node.output[0]] = _Tensor(name)
+        return name
+
+    def check_onnx_shape(self, node: onnx.NodeProto, shape: tuple[int, ...]) -> None:
+        vi = self.onnx_shapes.get(node.output[0])
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if dims and all(d is not None for d in dims[1:]) and tuple(dims[1:]) != shape:
+            raise _fail(node, f"ONNX declares output shape {tuple(dims[1:])} but the op computes {shape}",
+                        "re-export the model so that declared shapes match")
+
+    def alias(self, node: onnx.NodeProto, i: int = 0) -> None:
+        self.values[node.output[0]] = self.values[node.input[i]]
+
+    def annotate(self, tensor: str, **attrs: Any) -> None:
+        """Add attrs to the node producing ``tensor`` (or graph meta for the input)."""
+        for k, n in enumerate(self.nodes):
+            if n.name == tensor:
+                self.nodes[k] = Node(n.name, n.op, n.inputs, {**n.attrs, **attrs}, n.params, n.out_shape)
+                return
+        self.meta.update({k.replace("act_", "input_"): v for k, v in attrs.items()})
+
+
+def _nname(node: onnx.NodeProto) -> str:
+    return node.name or (node.output[0] if node.output else node.op_type)
+
+
+def _fail(node: onnx.NodeProto, why: str, fix: str) -> ModelError:
+    return ModelError(f"node {_nname(node)!r} ({node.op_type}): {why}; {fix}")
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _pair_attr(node: onnx.NodeProto, a: dict, key: str, default: int) -> tuple[int, int]:
+    v = a.get(key, [default, default])
+    if len(v) != 2:
+        raise _fail(node, f"{key}={list(v)} is not 2-D", "use 2-D (N, C, H, W) operations")
+    return (int(v[0]), int(v[1]))
+
+
+def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int]) -> dict[str, Any]:
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise _fail(node, f"auto_pad={a['auto_pad']!r}", "export with explicit symmetric pads")
+    pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
+    if len(pads) != 4 or pads[:2] != pads[2:]:
+        raise _fail(node, f"pads {pads} are not symmetric 2-D", "use equal padding on both sides")
+    if _pair_attr(node, a, "dilations", 1) != (1, 1):
+        raise _fail(node, f"dilations {list(a['dilations'])}", "use dilation 1")
+    if a.get("ceil_mode", 0):
+        raise _fail(node, "ceil_mode=1", "use ceil_mode=0 (pad the input instead)")
+    return {"kernel": kernel, "stride": _pair_attr(node, a, "strides", 1), "padding": (pads[0], pads[1])}
+
+
+# --- layers -----------------------------------------------------------------------------------
+
+def _conv(imp: _Importer, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    x = imp.tensor(node, 0)
+    w = imp.const(node, 1)
+    if a.get("group", 1) != 1:
+        raise _fail(node, f"grouped/depthwise convolution (group={a['group']})",
+                    "use group=1: the chip maps dense convolutions only")
+    if w.value.ndim != 4:
+        raise _fail(node, f"weight of shape {w.value.shape} is not 2-D convolution (Cout, Cin, kh, kw)",
+                    "use 2-D convolutions only")
+    attrs = _window(node, a, tuple(int(k) for k in w.value.shape[2:]))
+    params = {"weight": w.value}
+    b = imp.const(node, 2, required=False)
+    if b is not None:
+        params["bias"] = b.value
+    if w.bits:
+        attrs["w_bits"] = w.bits
+    imp.add(node, Op.CONV, [x], attrs, params)
+
+
+def _gemm(imp: _Importer, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    x = imp.tensor(node, 0)
+    w = imp.const(node, 1)
+    if a.get("transA", 0):
+        raise _fail(node, "transA=1", "export with the activation as the first, untransposed operand")
+    weight = w.value if a.get("transB", 0) else w.value.T
+    params = {"weight": weight * float(a.get("alpha", 1.0))}
+    c = imp.const(node, 2, required=False)
+    if c is not None:
+        params["bias"] = np.broadcast_to(c.value * float(a.get("beta", 1.0)), (weight.shape[0],)).copy()
+    imp.add(node, Op.LINEAR, [x], {"w_bits": w.bits} if w.bits else {}, params)
+
+
+def _matmul(imp: _Importer, node: onnx.NodeProto) -> None:
+    x = imp.tensor(node, 0)
+    w = imp.const(node, 1)
+    if w.value.ndim != 2:
+        raise _fail(node, f"weight of shape {w.value.shape} is not a matrix", "use a 2-D weight (in, out)")
+    imp.add(node, Op.LINEAR, [x], {"w_bits": w.bits} if w.bits else {}, {"weight": w.value.T})
+
+
+def _add(imp: _Importer, node: onnx.NodeProto) -> None:
+    vals = [imp.values.get(i) for i in node.input]
+    if all(isinstance(v, _Const) for v in vals):
+        imp.values[node.output[0]] = _Const(vals[0].value + vals[1].value)
+        return
+    if all(isinstance(v, _Tensor) for v in vals):
+        imp.add(node, Op.ADD, [vals[0].name, vals[1].name])
+        return
+    t = next(v for v in vals if isinstance(v, _Tensor))
+    c = next((v for v in vals if isinstance(v, _Const)), None)
+    prod = imp.nodes[-1] if imp.nodes else None
+    if (c is not None and prod is not None and prod.name == t.name and prod.op is Op.LINEAR
+            and prod.bias is None and c.value.size == prod.out_shape[0]):
+        # MatMul + Add: the constant is the linear layer's bias.
+        imp.nodes[-1] = Node(prod.name, prod.op, prod.inputs, prod.attrs,
+                             {**prod.params, "bias": c.value.reshape(-1)}, prod.out_shape)
+        imp.values[node.output[0]] = t
+        return
+    raise _fail(node, "adds a constant to an activation", "only residual adds of two tensors and MatMul+bias "
+                "are supported; fold the constant into the preceding layer's bias")
+
+
+def _batchnorm(imp: _Importer, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    if a.get("training_mode", 0) or len(node.output) > 1 and any(node.output[1:]):
+        raise _fail(node, "training-mode batch norm", "export the model in eval() mode")
+    x = imp.tensor(node, 0)
+    gamma, beta, mean, var = (imp.const(node, i).value for i in range(1, 5))
+    imp.add(node, Op.BATCHNORM, [x], {"eps": float(a.get("epsilon", 1e-5))},
+            {"gamma": gamma, "beta": beta, "mean": mean, "var": var})
+
+
+def _clip(imp: _Importer, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    lo = imp.const(node, 1, required=False)
+    hi = imp.const(node, 2, required=False)
+    lo = float(lo.value) if lo is not None else float(a.get("min", -np.inf))
+    hi = float(hi.value) if hi is not None else float(a.get("max", np.inf))
+    v = imp.values.get(node.input[0])
+    if isinstance(v, _Const):  # QCDQ weight: Clip on the integer weight sets its bit width
+        imp.values[node.output[0]] = _Const(np.clip(v.value, lo, hi).astype(v.value.dtype), _range_bits(lo, hi))
+    elif isinstance(v, _QAct):
+        imp.values[node.output[0]] = _QAct(v.source, v.scale, v.zero_point, _range_bits(lo, hi))
+    else:
+        imp.add(node, Op.CLAMP, [imp.tensor(node, 0)], {"min": lo, "max": hi})
+
+
+def _pool(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
+    def handler(imp: _Importer, node: onnx.NodeProto) -> None:
+        a = _attrs(node)
+        if len(node.output) > 1 and node.output[1]:
+            raise _fail(node, "pooling indices output is used", "do not use the indices")
+        kernel = _pair_attr(node, a, "kernel_shape", 1)
+        attrs = _window(node, a, kernel)
+        if op is Op.AVGPOOL and attrs["padding"] != (0, 0) and not a.get("count_include_pad", 0):
+            raise _fail(node, "padded average pool that excludes padding from the divisor",
+                        "use count_include_pad=1 (PyTorch's default) or no padding")
+        imp.add(node, op, [imp.tensor(node, 0)], attrs)
+    return handler
+
+
+def _flatten(imp: _Importer, node: onnx.NodeProto) -> None:
+    axis = _attrs(node).get("axis", 1)
+    x = imp.tensor(node, 0)
+    if axis != 1:
+        raise _fail(node, f"flatten at axis {axis}", "flatten at axis 1 (keep the batch)")
+    if len(imp.shapes[x]) == 1:
+        imp.alias(node)
+    else:
+        imp.add(node, Op.FLATTEN, [x])
+
+
+def _reshape(imp: _Importer, node: onnx.NodeProto) -> None:
+    v = imp.values.get(node.input[0])
+    target = [int(s) for s in imp.const(node, 1).value.reshape(-1)]
+    if isinstance(v, _Const):
+        imp.values[node.output[0]] = _Const(v.value.reshape(target), v.bits)
+        return
+    x = imp.tensor(node, 0)
+    shape = imp.shapes[x]
+    if len(target) != 2 or target[0] not in (-1, 0, 1) or target[1] not in (-1, math.prod(shape)):
+        raise _fail(node, f"reshape of a {shape} tensor (batch excluded) to {target}",
+                    "only reshape to (N, -1), a flatten, is supported")
+    if len(shape) == 1:
+        imp.alias(node)
+    else:
+        imp.add(node, Op.FLATTEN, [x])
+
+
+def _concat(imp: _Importer, node: onnx.NodeProto) -> None:
+    axis = _attrs(node).get("axis", 0)
+    if imp.is_const(node):
+        imp.values[node.output[0]] = _Const(np.concatenate([imp.values[i].value for i in node.input], axis=axis))
+        return
+    inputs = [imp.tensor(node, i) for i in range(len(node.input))]
+    if axis not in (1, -3) or any(len(imp.shapes[i]) != 3 for i in inputs):
+        raise _fail(node, f"concatenation along axis {axis}", "concatenate (N, C, H, W) maps along channels (axis 1)")
+    imp.add(node, Op.CONCAT, inputs, {"axis": 0})
+
+
+# --- quantisation (QCDQ) ----------------------------------------------------------------------
+
+def _qparams(imp: _Importer, node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    scale = imp.const(node, 1).value.astype(np.float64)
+    zp_c = imp.const(node, 2, required=False)
+    zp = zp_c.value if zp_c is not None else np.zeros((), np.uint8)
+    axis = _attrs(node).get("axis", 1)
+    if scale.ndim == 1 and len(shape) > 0:
+        bshape = [1] * len(shape)
+        bshape[axis % len(shape)] = -1
+        scale, zp = scale.reshape(bshape), zp.reshape(bshape)
+    return scale, zp, _INT_BITS.get(np.dtype(zp.dtype), 8)
+
+
+def _quantize(imp: _Importer, node: onnx.NodeProto) -> None:
+    v = imp.values.get(node.input[0])
+    if isinstance(v, _Const):
+        scale, zp, _ = _qparams(imp, node, v.value.shape)
+        info = np.iinfo(zp.dtype)
+        q = np.clip(np.rint(v.value / scale) + zp.astype(np.int64), info.min, info.max).astype(zp.dtype)
+        imp.values[node.output[0]] = _Const(q, _INT_BITS.get(np.dtype(zp.dtype), 8))
+        return
+    x = imp.tensor(node, 0)
+    scale, zp, bits = _qparams(imp, node, ())
+    if scale.size != 1 or zp.size != 1:
+        raise _fail(node, "per-channel activation quantisation", "quantise activations per tensor")
+    imp.values[node.output[0]] = _QAct(x, float(scale.reshape(-1)[0]), float(zp.reshape(-1)[0]), bits)
+
+
+def _dequantize(imp: _Importer, node: onnx.NodeProto) -> None:
+    v = imp.values.get(node.input[0])
+    if isinstance(v, _Const):
+        scale, zp, bits = _qparams(imp, node, v.value.shape)
+        w = (v.value.astype(np.float64) - zp.astype(np.float64)) * scale
+        imp.values[node.output[0]] = _Const(w.astype(np.float32), v.bits or bits)
+    elif isinstance(v, _QAct):
+        if v.zero_point != 0:
+            raise _fail(node, f"activation zero point {v.zero_point}", "use symmetric (zero point 0) quantisation")
+        imp.annotate(v.source, act_scale=v.scale, act_bits=v.bits)
+        imp.values[node.output[0]] = _Tensor(v.source)
+    else:
+        raise _fail(node, "DequantizeLinear of a float tensor", "pair every DequantizeLinear with a QuantizeLinear")
+
+
+# --- constant arithmetic (shape computations exporters emit) -----------------------------------
+
+def _constant(imp: _Importer, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    if "value" not in a:
+        raise _fail(node, f"constant given as {', '.join(a)}", "store the constant as a tensor")
+    imp.values[node.output[0]] = _Const(numpy_helper.to_array(a["value"]))
+
+
+def _shape(imp: _Importer, node: onnx.NodeProto) -> None:
+    v = imp.values.get(node.input[0])
+    shape = v.value.shape if isinstance(v, _Const) else (1, *imp.shapes[imp.tensor(node, 0)])
+    imp.values[node.output[0]] = _Const(np.array(shape, np.int64))
+
+
+def _const_op(fn: Callable[[list[np.ndarray], dict], np.ndarray]) -> Callable[[_Importer, onnx.NodeProto], None]:
+    def handler(imp: _Importer, node: onnx.NodeProto) -> None:
+        if not imp.is_const(node):
+            raise _fail(node, "applied to an activation", "this op is supported on constants (shapes) only")
+        args = [imp.values[i].value for i in node.input if i]
+        imp.values[node.output[0]] = _Const(np.asarray(fn(args, _attrs(node))))
+    return handler
+
+
+def _axes(args: list[np.ndarray], a: dict) -> tuple[int, ...]:
+    return tuple(int(x) for x in (args[1] if len(args) > 1 else a.get("axes", [])))
+
+
+def _unsqueeze(args: list[np.ndarray], a: dict) -> np.ndarray:
+    out = args[0]
+    for ax in sorted(_axes(args, a)):
+        out = np.expand_dims(out, ax)
+    return out
+
+
+def _identity(imp: _Importer, node: onnx.NodeProto) -> None:
+    imp.alias(node)
+
+
+_HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _add,
+    "BatchNormalization": _batchnorm,
+    "Relu": lambda imp, node: imp.add(node, Op.RELU, [imp.tensor(node, 0)]),
+    "Clip": _clip,
+    "MaxPool": _pool(Op.MAXPOOL),
+    "AveragePool": _pool(Op.AVGPOOL),
+    "GlobalAveragePool": lambda imp, node: imp.add(node, Op.GLOBAL_AVGPOOL, [imp.tensor(node, 0)]),
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Concat": _concat,
+    "Identity": _identity,
+    "Dropout": _identity,
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
+    "Constant": _constant,
+    "Shape": _shape,
+    "Gather": _const_op(lambda args, a: np.take(args[0], args[1], axis=a.get("axis", 0))),
+    "Unsqueeze": _const_op(_unsqueeze),
+    "Squeeze": _const_op(lambda args, a: np.squeeze(args[0], axis=_axes(args, a) or None)),
+    "Cast": _const_op(lambda args, a: args[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))),
+}
