@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import dataclasses
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from imcflow.cima.analog import analog_code, draw_analog
 from imcflow.cima.common import Mode, MvmArgs, MvmResult, check_mvm_args
-from imcflow.config.chip import ChipConfig
+from imcflow.config.chip import AdcConfig, AnalogConfig, ArrayConfig, ChipConfig
+from imcflow.config.presets import JSSC2022
+from imcflow.ir.qgraph import row_tiles
 
 
 def bit_of(value: int, i: int, bits: int) -> int:
@@ -67,3 +72,34 @@ def mvm_reference(x: Any, w: Any, x_bits: int, w_bits: int, *, x_signed: bool = 
                   seed: int = 0) -> MvmResult:
     """Reference implementation of :func:`imcflow.cima.mvm` (same signature and result)."""
     return mvm_args_reference(check_mvm_args(x, w, x_bits, w_bits, x_signed, w_signed, mode, full_scale, chip, seed))
+
+
+def bpbs_conv2d_reference(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits: int, x_signed: bool,
+                          stride=1, padding=0, full_scale: int, mode: str = "bit_true", adc_bits: int,
+                          array_rows: int, w_signed: bool = True, seed: int = 0,
+                          analog: AnalogConfig | None = None, mvm_fn=None) -> np.ndarray:
+    """The definition of :func:`imcflow.cima.conv.bpbs_conv2d`: im2col, row tiles, one MVM per
+    tile (``seed + t`` for tile t), tile accumulators summed. Returns int64 (N, C_out, Ho, Wo).
+
+    ``mvm_fn`` defaults to :func:`mvm_reference`; tests may pass the fast ``mvm`` for larger cases."""
+    mvm_fn = mvm_fn or mvm_reference
+    c_out, c_in, kh, kw = w_int.shape
+    n, _, h, wd = x_int.shape
+    cols = F.unfold(x_int.double(), (kh, kw), padding=padding, stride=stride)   # (N, C*kh*kw, L)
+    ho = (h + 2 * _pair(padding)[0] - kh) // _pair(stride)[0] + 1
+    wo = (wd + 2 * _pair(padding)[1] - kw) // _pair(stride)[1] + 1
+    x_rows = cols.permute(0, 2, 1).reshape(n * ho * wo, -1).round().to(torch.int64).numpy()
+    w_rows = w_int.reshape(c_out, -1).T.round().to(torch.int64).numpy()       # (C*kh*kw, C_out)
+    chip = dataclasses.replace(
+        JSSC2022, array=ArrayConfig(rows=array_rows, cols=c_out * w_bits, max_bits=max(8, x_bits, w_bits)),
+        adc=AdcConfig(bits=adc_bits, full_scales_rows=(full_scale,)), analog=analog or AnalogConfig())
+    acc = np.zeros((n * ho * wo, c_out), dtype=np.int64)
+    for t, (c0, c1) in enumerate(row_tiles(c_in, kh, kw, array_rows)):
+        r0, r1 = c0 * kh * kw, c1 * kh * kw
+        acc += mvm_fn(x_rows[:, r0:r1], w_rows[r0:r1], x_bits, w_bits, x_signed=x_signed, w_signed=w_signed,
+                      mode=mode, full_scale=full_scale, chip=chip, seed=seed + t).acc
+    return acc.reshape(n, ho, wo, c_out).transpose(0, 3, 1, 2)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
