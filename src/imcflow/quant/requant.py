@@ -16,6 +16,8 @@ Rounding here is round-half-up too (``floor(v + 1/2)``), like everywhere in imcf
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from imcflow.errors import QuantError
@@ -42,7 +44,7 @@ def pick_shift(real_multipliers: np.ndarray, what: str, mult_bits: int = MULT_BI
     if peak == 0.0:
         return MAX_SHIFT
     for shift in range(MAX_SHIFT, 0, -1):
-        if int(round_half_up(peak * 2.0 ** shift)) <= limit:
+        if math.floor(peak * 2.0 ** shift + 0.5) <= limit:
             return shift
     raise QuantError(f"{what}: real multiplier {peak:.4g} (input scale x weight scale / output scale) does not "
                      f"fit a {mult_bits}-b multiplier even at shift 1; use a larger output scale "
