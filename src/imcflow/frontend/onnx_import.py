@@ -217,16 +217,24 @@ def _pair_attr(node: onnx.NodeProto, a: dict, key: str, default: int) -> tuple[i
 
 
 def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int]) -> dict[str, Any]:
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-        raise _fail(node, f"auto_pad={a['auto_pad']!r}", "export with explicit symmetric pads")
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    stride = _pair_attr(node, a, "strides", 1)
     pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and stride == (1, 1) and all(k % 2 for k in kernel):
+        pads = [kernel[0] // 2, kernel[1] // 2] * 2  # 'same' with an odd kernel at stride 1 is symmetric
+    elif auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    elif auto_pad != "NOTSET":
+        raise _fail(node, f"auto_pad={auto_pad} with stride {stride} and kernel {kernel} pads asymmetrically",
+                    "export with explicit symmetric pads")
     if len(pads) != 4 or pads[:2] != pads[2:]:
         raise _fail(node, f"pads {pads} are not symmetric 2-D", "use equal padding on both sides")
     if _pair_attr(node, a, "dilations", 1) != (1, 1):
         raise _fail(node, f"dilations {list(a['dilations'])}", "use dilation 1")
     if a.get("ceil_mode", 0):
         raise _fail(node, "ceil_mode=1", "use ceil_mode=0 (pad the input instead)")
-    return {"kernel": kernel, "stride": _pair_attr(node, a, "strides", 1), "padding": (pads[0], pads[1])}
+    return {"kernel": kernel, "stride": stride, "padding": (pads[0], pads[1])}
 
 
 # --- layers -----------------------------------------------------------------------------------

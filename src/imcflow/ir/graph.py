@@ -80,6 +80,11 @@ def _tuplify(v: Any) -> Any:
     return v
 
 
+def _float32(v: Any) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float32)
+    return a if a.flags.writeable else a.copy()  # torch.from_numpy needs writable memory
+
+
 @dataclass(frozen=True, eq=False)
 class Node:
     """One float operation. See the module docstring for the params and attrs of each op."""
@@ -98,7 +103,7 @@ class Node:
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "out_shape", tuple(int(s) for s in self.out_shape))
         object.__setattr__(self, "attrs", {k: _tuplify(v) for k, v in self.attrs.items()})
-        object.__setattr__(self, "params", {k: np.asarray(v, dtype=np.float32) for k, v in self.params.items()})
+        object.__setattr__(self, "params", {k: _float32(v) for k, v in self.params.items()})
 
     @property
     def weight(self) -> np.ndarray | None:
