@@ -180,7 +180,7 @@ class Graph:
             expected = infer_shape(n, [shapes[i] for i in n.inputs])
             if expected != n.out_shape:
                 raise ModelError(f"{n.describe()}: stored output shape {n.out_shape} but the inputs give "
-                                 f"{expected}")
+                                 f"{expected}; re-import the model")
             shapes[n.name] = n.out_shape
         if self.output not in shapes:
             raise ModelError(f"graph output {self.output!r} is not produced by any node")
@@ -251,7 +251,8 @@ def _window_out(n: Node, x: tuple[int, ...], kernel: tuple[int, int]) -> tuple[i
 def _need_rank(n: Node, x: tuple[int, ...], rank: int) -> None:
     if len(x) != rank:
         want = "(C, H, W) feature map" if rank == 3 else "flat (F,) vector"
-        raise ModelError(f"{n.describe()}: input has shape {x} but the op needs a {want}")
+        fix = ("give it an (N, C, H, W) input" if rank == 3 else "flatten the feature map before it")
+        raise ModelError(f"{n.describe()}: input has shape {x} but the op needs a {want}; {fix}")
 
 
 def infer_shape(n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -281,7 +282,8 @@ def infer_shape(n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
         return (x[0], 1, 1)
     if n.op is Op.ADD:
         if ins[0] != ins[1]:
-            raise ModelError(f"{n.describe()}: adds shapes {ins[0]} and {ins[1]}; they must be equal")
+            raise ModelError(f"{n.describe()}: adds shapes {ins[0]} and {ins[1]}; they must be equal: "
+                             f"make both branches produce the same shape")
         return x
     if n.op is Op.FLATTEN:
         return (int(np.prod(x)),)
@@ -296,7 +298,8 @@ def _conv_shape(n: Node, x: tuple[int, ...]) -> tuple[int, ...]:
     if w is None or w.ndim != 4:
         raise ModelError(f"{n.describe()}: needs a 4-D weight (Cout, Cin, kh, kw)")
     if w.shape[1] != x[0]:
-        raise ModelError(f"{n.describe()}: weight expects {w.shape[1]} input channels but the input has {x[0]}")
+        raise ModelError(f"{n.describe()}: weight expects {w.shape[1]} input channels but the input has {x[0]}; "
+                         f"make the layer's input channels match the tensor it reads")
     kernel = _pair(n, "kernel")
     if kernel != tuple(w.shape[2:]):
         raise ModelError(f"{n.describe()}: kernel attribute {kernel} differs from weight shape {w.shape}")
@@ -310,7 +313,8 @@ def _linear_shape(n: Node, x: tuple[int, ...]) -> tuple[int, ...]:
     if w is None or w.ndim != 2:
         raise ModelError(f"{n.describe()}: needs a 2-D weight (out, in)")
     if w.shape[1] != x[0]:
-        raise ModelError(f"{n.describe()}: weight expects {w.shape[1]} inputs but the input has {x[0]}")
+        raise ModelError(f"{n.describe()}: weight expects {w.shape[1]} inputs but the input has {x[0]}; "
+                         f"size the layer for the tensor it reads (or use the model's input size)")
     _check_bias(n, w.shape[0])
     return (w.shape[0],)
 
