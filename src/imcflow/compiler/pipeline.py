@@ -1,0 +1,140 @@
+"""The compiler as one readable list of passes: tiling -> placement -> routing -> codegen -> verify.
+
+``compile_qgraph(qgraph, chip)`` returns a verified :class:`imcflow.ir.program.Program`.
+"""
+
+from __future__ import annotations
+
+from imcflow.compiler.codegen import emit_phase
+from imcflow.compiler.placement import OBJECTIVES, PhasePlan, place
+from imcflow.compiler.routing import phase_streams, route_phase
+from imcflow.compiler.tiling import LayerTiling, tile_graph
+from imcflow.config.chip import ChipConfig
+from imcflow.errors import CompileError, ImcflowError
+from imcflow.ir.program import Phase, Program
+from imcflow.ir.qgraph import QGraph
+from imcflow.perf.model import ProgramEstimate, combine, estimate_phase, phase_work
+
+LOAD_FRACTION = 0.10
+"""Default ceiling on the share of time (throughput) or energy (energy objective) spent loading
+weights in a multi-phase program; the batch is the smallest one that keeps loading below it."""
+MAX_BATCH = 4096
+"""Largest batch the compiler picks by itself."""
+
+
+def compile_qgraph(qgraph: QGraph, chip: ChipConfig, objective: str = "throughput", batch: int | None = None,
+                   load_fraction: float = LOAD_FRACTION) -> Program:
+    """Map ``qgraph`` onto ``chip``, optimising ``objective`` (throughput, latency or energy).
+
+    ``batch`` fixes the images per phase pass; by default the compiler chooses it (see
+    :func:`choose_batch`). Raises CompileError naming the layer and the limit when the network
+    cannot be mapped."""
+    if objective not in OBJECTIVES:
+        raise CompileError(f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    if batch is not None and batch < 1:
+        raise CompileError(f"batch = {batch}: must be >= 1")
+    try:
+        qgraph.verify()
+    except ImcflowError as exc:
+        raise CompileError(f"the QGraph is inconsistent: {exc}") from None
+    tilings = tile_graph(qgraph, chip)
+    plans = place(qgraph, tilings, chip, objective)
+    phases = tuple(_route_and_emit(qgraph, tilings, chip, plans, i) for i in range(len(plans)))
+    program = Program(name=qgraph.name, qgraph=qgraph, chip=chip, phases=phases, batch=1, batch_reason="",
+                      objective=objective)
+    estimates = [estimate_phase(phase_work(program, ph), chip) for ph in phases]
+    chosen, reason = choose_batch(estimates, chip, objective, batch, load_fraction)
+    final = combine(estimates, chosen, chip)
+    program = Program(name=qgraph.name, qgraph=qgraph, chip=chip, phases=phases, batch=chosen,
+                      batch_reason=reason, objective=objective, predicted=final.as_dict())
+    program.verify()
+    return program
+
+
+def _needed_later(qgraph: QGraph, plans: list[PhasePlan], index: int) -> set[str]:
+    later = {qgraph.output}
+    for plan in plans[index + 1:]:
+        for name in plan.nodes:
+            later.update(qgraph.node(name).inputs)
+    return later
+
+
+def _route_and_emit(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plans: list[PhasePlan],
+                    index: int) -> Phase:
+    """Streams, routes and code of one phase; if its copies make it unroutable, fall back to one copy."""
+    plan = plans[index]
+    later = _needed_later(qgraph, plans, index)
+    specs = phase_streams(qgraph, plan, tilings, later, chip.simd.accumulator_bits)
+    try:
+        perm, routes = route_phase(plan, qgraph, chip, specs)
+    except CompileError:
+        if all(n == 1 for n in plan.copies.values()):
+            raise
+        plan = _single_copy(qgraph, tilings, chip, plan)
+        specs = phase_streams(qgraph, plan, tilings, later, chip.simd.accumulator_bits)
+        perm, routes = route_phase(plan, qgraph, chip, specs)
+    return emit_phase(plan, qgraph, tilings, chip, specs, perm, routes)
+
+
+def _single_copy(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan) -> PhasePlan:
+    from imcflow.compiler.placement import _Search, phase_work_of  # local: fallback path only
+    search = _Search(qgraph, tilings, chip, plan.nodes, plan.col_tiles, "throughput")
+    copies = {layer: 1 for layer in plan.col_tiles}
+    placed = search.pack(copies)
+    if placed is None:
+        raise CompileError(f"phase {plan.index}: cannot be routed and does not pack with one copy per layer")
+    _, hosts = phase_work_of(qgraph, plan.nodes, placed, tilings, plan.col_tiles, copies)
+    return PhasePlan(index=plan.index, nodes=plan.nodes, col_tiles=plan.col_tiles, copies=copies, placed=placed,
+                     hosts=hosts)
+
+
+def choose_batch(estimates, chip: ChipConfig, objective: str, batch: int | None,
+                 load_fraction: float = LOAD_FRACTION) -> tuple[int, str]:
+    """The batch per phase pass and the reason for it.
+
+    - given by the user: used as is;
+    - one phase: weights load once and stay resident, so the batch does not change steady-state
+      figures; 1;
+    - latency: 1 (every image waits for its whole batch to pass each phase);
+    - throughput: the smallest batch whose weight loading takes at most ``load_fraction`` of the time;
+    - energy: the smallest batch whose weight loading takes at most ``load_fraction`` of the energy.
+    """
+    if batch is not None:
+        return batch, f"batch {batch} set by the user"
+    if len(estimates) == 1:
+        return 1, ("one phase: the weights are loaded once and stay resident, so the batch does not change "
+                   "steady-state throughput; images stream through continuously")
+    if objective == "latency":
+        return 1, "latency objective: batch 1, so no image waits for others at any phase"
+    load = sum(p.load_time_s for p in estimates)
+    if objective == "energy":
+        load_e = sum(p.load_energy_j for p in estimates)
+        run_e = sum(p.energy_j for p in estimates)
+        b = _smallest(lambda n: load_e / n <= load_fraction * (run_e + load_e / n))
+        share = (load_e / b) / (run_e + load_e / b) if load_e else 0.0
+        return b, (f"energy objective: smallest batch whose weight loading ({load_e * 1e6:.1f} uJ per pass over "
+                   f"{len(estimates)} phases) is at most {load_fraction:.0%} of the energy per image: "
+                   f"{share:.1%} at batch {b}")
+    b = _smallest(lambda n: combine(estimates, n, chip).load_fraction <= load_fraction)
+    est: ProgramEstimate = combine(estimates, b, chip)
+    run = sum(p.stage_time_s for p in estimates)
+    return b, (f"throughput objective: smallest batch whose weight loading ({load * 1e3:.3f} ms per pass over "
+               f"{len(estimates)} phases, vs {run * 1e6:.1f} us of compute per image) is at most "
+               f"{load_fraction:.0%} of the time: {est.load_fraction:.1%} at batch {b}, "
+               f"{est.throughput_img_s:.1f} img/s")
+
+
+def _smallest(ok) -> int:
+    """Smallest n in 1..MAX_BATCH with ok(n) (ok is monotone), else MAX_BATCH."""
+    if ok(1):
+        return 1
+    lo, hi = 1, MAX_BATCH
+    if not ok(hi):
+        return MAX_BATCH
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+__all__ = ["compile_qgraph", "choose_batch", "LOAD_FRACTION", "MAX_BATCH"]

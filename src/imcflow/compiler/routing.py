@@ -1,0 +1,291 @@
+"""Streams and routing on the 2-D mesh on-chip network.
+
+**Streams** (per phase, on logical arrays): every piece of a tensor goes from where it is made
+(the array that requantises a layer copy's column tile, the SIMD host of a node, or the input port
+for tensors made in earlier phases and the graph input) to every array that uses it (MVM tiles
+whose row tile reads any of the piece's channels, SIMD hosts) and to the output port when a later
+phase or the user needs it. Partial sums of row tiles 1.. go to the array holding row tile 0.
+
+**Routing**: logical arrays are first assigned to cores (snake order along the grid in graph order,
+so consecutive layers sit side by side, then pairwise swaps that shorten the streams' total
+Manhattan length), then each stream, most destinations first, grows a route tree: from the tree
+built so far, a cheapest path (Dijkstra) to each destination in turn. Congestion is negotiated
+(PathFinder): channels over their track count get growing penalties and all streams are re-routed
+until every channel is within ``ocn.tracks_per_channel``. When that fails, the assignment of
+arrays to cores is changed (seeded random permutations, improved by swaps) and routing starts
+again; after ``ATTEMPTS`` assignments it is a CompileError (the pipeline first retries the phase
+with one copy per layer, i.e. fewer streams).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from imcflow.config.chip import ChipConfig
+from imcflow.errors import CompileError
+from imcflow.compiler.placement import PhasePlan, pixel_range
+from imcflow.compiler.tiling import LayerTiling
+from imcflow.ir.program import IN_PORT, OUT_PORT, StreamKind
+from imcflow.ir.qgraph import QGraph, QTensor
+
+ATTEMPTS = 8
+"""Array-to-core assignments tried per phase before routing gives up."""
+ROUTE_ITERATIONS = 12
+"""Rip-up-and-reroute rounds of negotiated congestion per assignment."""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A stream between logical arrays (or ports); see :class:`imcflow.ir.program.Stream`."""
+
+    kind: StreamKind
+    tensor: str
+    src: int
+    dsts: tuple[int, ...]
+    oc_lo: int
+    oc_hi: int
+    px_lo: int
+    px_hi: int
+    bits: int
+    row_tile: int = -1
+    copy: int = 0
+
+
+def tensor_extent(spec: QTensor) -> tuple[int, int]:
+    """(channels, pixels) of a tensor: pixels = H*W for feature maps, 1 for vectors."""
+    channels = spec.shape[0]
+    pixels = spec.shape[1] * spec.shape[2] if len(spec.shape) == 3 else 1
+    return int(channels), int(pixels)
+
+
+def _pieces(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling], tensor: str) -> list[tuple]:
+    """(src, oc_lo, oc_hi, px_lo, px_hi, made_here) pieces of ``tensor`` available in this phase."""
+    spec = qgraph.spec(tensor)
+    channels, pixels = tensor_extent(spec)
+    if tensor in plan.col_tiles:
+        tl = tilings[tensor]
+        a, b = plan.col_tiles[tensor]
+        out = []
+        if a > 0:
+            out.append((IN_PORT, 0, tl.col_tiles[a][0], 0, pixels, False))
+        for k in range(plan.copies[tensor]):
+            lo, hi = pixel_range(tl.pixels, k, plan.copies[tensor])
+            for ct in range(a, b):
+                out.append((plan.acc_array(tensor, k, ct), *tl.col_tiles[ct], lo, hi, True))
+        return out
+    if tensor in plan.hosts:
+        return [(plan.hosts[tensor], 0, channels, 0, pixels, True)]
+    return [(IN_PORT, 0, channels, 0, pixels, False)]
+
+
+def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling],
+                  needed_later: set[str], acc_bits: int) -> list[StreamSpec]:
+    """Every stream of one phase (activations, partial sums, port traffic)."""
+    in_phase = set(plan.nodes)
+    tensors = [t for t in [qgraph.input_name] + [n.name for n in qgraph.nodes]
+               if t in in_phase or any(t in qgraph.node(m).inputs for m in plan.nodes)]
+    streams: list[StreamSpec] = []
+    for t in tensors:
+        bits = qgraph.spec(t).bits
+        for src, oc_lo, oc_hi, px_lo, px_hi, made_here in _pieces(qgraph, plan, tilings, t):
+            dsts = set()
+            for p in plan.placed:
+                q = p.req
+                if qgraph.node(q.layer).inputs[0] == t:
+                    ch_lo, ch_hi = tilings[q.layer].row_tiles[q.rt]
+                    if ch_lo < oc_hi and oc_lo < ch_hi:
+                        dsts.add(p.array)
+            for name, host in plan.hosts.items():
+                if t in qgraph.node(name).inputs:
+                    dsts.add(host)
+            if made_here and t in needed_later:
+                dsts.add(OUT_PORT)
+            dsts.discard(src)
+            if dsts:
+                streams.append(StreamSpec(StreamKind.ACT, t, src, tuple(sorted(dsts, key=_ep_key)), oc_lo, oc_hi,
+                                          px_lo, px_hi, (oc_hi - oc_lo) * (px_hi - px_lo) * bits))
+    streams += _psum_streams(plan, tilings, acc_bits)
+    return streams
+
+
+def _psum_streams(plan: PhasePlan, tilings: dict[str, LayerTiling], acc_bits: int) -> list[StreamSpec]:
+    out = []
+    for p in plan.placed:
+        q = p.req
+        if q.rt == 0:
+            continue
+        acc = plan.acc_array(q.layer, q.copy, q.ct)
+        if acc == p.array:
+            continue
+        tl = tilings[q.layer]
+        oc_lo, oc_hi = tl.col_tiles[q.ct]
+        lo, hi = pixel_range(tl.pixels, q.copy, plan.copies[q.layer])
+        out.append(StreamSpec(StreamKind.PSUM, q.layer, p.array, (acc,), oc_lo, oc_hi, lo, hi,
+                              (oc_hi - oc_lo) * (hi - lo) * acc_bits, row_tile=q.rt, copy=q.copy))
+    return out
+
+
+def _ep_key(e: int) -> tuple[int, int]:
+    return (1, -e) if e < 0 else (0, e)
+
+
+# --- routing ------------------------------------------------------------------------------------
+
+def _neighbours(chip: ChipConfig, s: int) -> list[int]:
+    r, c = divmod(s, chip.grid_cols)
+    out = []
+    if r > 0:
+        out.append(s - chip.grid_cols)
+    if r < chip.grid_rows - 1:
+        out.append(s + chip.grid_cols)
+    if c > 0:
+        out.append(s - 1)
+    if c < chip.grid_cols - 1:
+        out.append(s + 1)
+    return out
+
+
+def _switch(chip: ChipConfig, perm: list[int], e: int) -> int:
+    if e == IN_PORT:
+        return 0
+    if e == OUT_PORT:
+        return chip.n_cores - 1
+    return perm[e]
+
+
+def _grow(chip: ChipConfig, tree: set[int], target: int, cost) -> list[tuple[int, int]]:
+    """Cheapest path (channel costs from ``cost(a, b)``) from any switch of ``tree`` to ``target``
+    through switches not yet in the tree (the mesh is connected, so one always exists)."""
+    dist = {s: 0.0 for s in tree}
+    prev: dict[int, int] = {}
+    heap = [(0.0, s) for s in sorted(tree)]
+    while heap:
+        d, s = heapq.heappop(heap)
+        if s == target:
+            path = []
+            while s not in tree:
+                path.append((prev[s], s))
+                s = prev[s]
+            return path[::-1]
+        if d > dist.get(s, float("inf")):
+            continue
+        for n in _neighbours(chip, s):
+            if n in tree:
+                continue
+            nd = d + cost(s, n)
+            if nd < dist.get(n, float("inf")):
+                dist[n], prev[n] = nd, s
+                heapq.heappush(heap, (nd, n))
+    raise AssertionError("mesh switches are always connected")
+
+
+def route_streams(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) -> list[tuple] | None:
+    """Route trees (edge tuples, in ``streams`` order) for one array-to-core assignment, or None.
+
+    Negotiated congestion (PathFinder): every stream is routed on its cheapest tree, channels over
+    their track count get a growing present-use penalty and a history cost, and all streams are
+    ripped up and re-routed until no channel is over capacity or ``ROUTE_ITERATIONS`` pass."""
+    cap = chip.ocn.tracks_per_channel
+    order = sorted(range(len(streams)), key=lambda i: (-len(streams[i].dsts), -streams[i].bits, i))
+    history: dict[tuple[int, int], float] = {}
+    for it in range(ROUTE_ITERATIONS):
+        usage: dict[tuple[int, int], int] = {}
+        penalty = 0.5 * 1.7 ** it
+
+        def cost(a: int, b: int) -> float:
+            key = (min(a, b), max(a, b))
+            over = usage.get(key, 0) + 1 - cap
+            return (1.0 + history.get(key, 0.0)) * (1.0 + (penalty * over if over > 0 else 0.0))
+
+        routes: list[tuple] = [()] * len(streams)
+        for i in order:
+            s = streams[i]
+            root = _switch(chip, perm, s.src)
+            tree, edges = {root}, []
+            for tgt in sorted({_switch(chip, perm, d) for d in s.dsts} - {root}):
+                if tgt in tree:
+                    continue
+                for a, b in _grow(chip, tree, tgt, cost):
+                    edges.append((a, b))
+                    tree.add(b)
+                    key = (min(a, b), max(a, b))
+                    usage[key] = usage.get(key, 0) + 1
+            routes[i] = tuple(edges)
+        over = {k: u - cap for k, u in usage.items() if u > cap}
+        if not over:
+            return routes
+        for k, v in over.items():
+            history[k] = history.get(k, 0.0) + 0.5 * v
+    return None
+
+
+def _wirelength(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) -> int:
+    total = 0
+    for s in streams:
+        r0, c0 = divmod(_switch(chip, perm, s.src), chip.grid_cols)
+        for d in s.dsts:
+            r1, c1 = divmod(_switch(chip, perm, d), chip.grid_cols)
+            total += abs(r0 - r1) + abs(c0 - c1)
+    return total
+
+
+def improve_assignment(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) -> list[int]:
+    """Hill-climb over pairwise swaps of cores, shortening the streams' total Manhattan length."""
+    perm = list(perm)
+    best = _wirelength(chip, perm, streams)
+    improved = True
+    while improved:
+        improved = False
+        for a in range(len(perm)):
+            for b in range(a + 1, len(perm)):
+                perm[a], perm[b] = perm[b], perm[a]
+                w = _wirelength(chip, perm, streams)
+                if w < best:
+                    best, improved = w, True
+                else:
+                    perm[a], perm[b] = perm[b], perm[a]
+    return perm
+
+
+def snake_order(chip: ChipConfig) -> list[int]:
+    """Cores in boustrophedon order (row 0 left to right, row 1 right to left, ...)."""
+    out = []
+    for r in range(chip.grid_rows):
+        cols = range(chip.grid_cols) if r % 2 == 0 else range(chip.grid_cols - 1, -1, -1)
+        out.extend(r * chip.grid_cols + c for c in cols)
+    return out
+
+
+def initial_assignment(plan: PhasePlan, qgraph: QGraph, chip: ChipConfig) -> list[int]:
+    """perm[array] = core: arrays in order of the first node they serve, laid along the snake."""
+    first: dict[int, int] = {}
+    index = {n.name: i for i, n in enumerate(qgraph.nodes)}
+    for p in plan.placed:
+        first[p.array] = min(first.get(p.array, 1 << 30), index[p.req.layer])
+    for name, a in plan.hosts.items():
+        first[a] = min(first.get(a, 1 << 30), index[name])
+    arrays = sorted(range(chip.n_cores), key=lambda a: (first.get(a, 1 << 30), a))
+    snake = snake_order(chip)
+    perm = [0] * chip.n_cores
+    for pos, a in enumerate(arrays):
+        perm[a] = snake[pos]
+    return perm
+
+
+def route_phase(plan: PhasePlan, qgraph: QGraph, chip: ChipConfig,
+                streams: list[StreamSpec]) -> tuple[list[int], list[tuple]]:
+    """An array-to-core assignment and a route per stream; CompileError when none is found."""
+    perm = improve_assignment(chip, initial_assignment(plan, qgraph, chip), streams)
+    rng = np.random.default_rng(plan.index)
+    for attempt in range(ATTEMPTS):
+        routes = route_streams(chip, perm, streams)
+        if routes is not None:
+            return perm, routes
+        perm = improve_assignment(chip, [int(v) for v in rng.permutation(chip.n_cores)], streams)
+    raise CompileError(
+        f"phase {plan.index}: cannot route its {len(streams)} streams on the {chip.grid_rows}x{chip.grid_cols} "
+        f"mesh with {chip.ocn.tracks_per_channel} tracks per channel (ocn.tracks_per_channel) after {ATTEMPTS} "
+        f"core assignments; raise ocn.tracks_per_channel or use a larger grid")
