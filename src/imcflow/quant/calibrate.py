@@ -138,8 +138,10 @@ def _signedness(plan: Plan, input_signed: bool) -> dict[str, bool]:
     return signed
 
 
-def tensor_specs(plan: Plan, ranges: Ranges, spec: QuantSpec) -> dict[str, QTensor]:
-    """The QTensor of every QGraph tensor: bits, signedness and scale resolved over scale groups."""
+def tensor_specs(plan: Plan, ranges: Ranges, spec: QuantSpec,
+                 scales: dict[str, float] | None = None) -> dict[str, QTensor]:
+    """The QTensor of every QGraph tensor: bits, signedness and scale resolved over scale groups.
+    ``scales`` optionally fixes the scale of a tensor's group (QAT export of learned scales)."""
     shapes = {plan.graph.input_name: plan.graph.input_shape}
     shapes.update({s.name: s.node.out_shape for s in plan.steps})
     signed = _signedness(plan, ranges.input_signed)
@@ -158,6 +160,9 @@ def tensor_specs(plan: Plan, ranges: Ranges, spec: QuantSpec) -> dict[str, QTens
         scale = (r if r > 0 else 1.0) / max_int(g_bits, g_signed)
         if plan.graph.input_name in group and spec.input_scale is not None:
             scale = spec.input_scale
+        fixed = [scales[t] for t in group if scales and t in scales]
+        if fixed:
+            scale = fixed[0]
         for t in group:
             specs[t] = QTensor(shape=tuple(shapes[t]), bits=g_bits, signed=g_signed, scale=float(scale))
     return specs
@@ -170,7 +175,7 @@ def full_scale_for(c_in: int, kh: int, kw: int, chip: ChipConfig) -> int:
     return pick_full_scale(rows, chip.adc.full_scales_rows)
 
 
-def _mvm_node(step, specs, chip, spec: QuantSpec, weight, bias, s_w) -> QNode:
+def _mvm_node(step, specs, chip, spec: QuantSpec, weight, bias, s_w, w_int=None) -> QNode:
     node = step.node
     x_spec, out = specs[step.inputs[0]], specs[step.name]
     if not 1 <= x_spec.bits <= chip.array.max_bits:
@@ -179,7 +184,7 @@ def _mvm_node(step, specs, chip, spec: QuantSpec, weight, bias, s_w) -> QNode:
     w = node.params["weight"] if weight is None else weight
     b = node.bias if bias is None else bias
     s_w = weight_scales(w, spec.w_bits) if s_w is None else np.asarray(s_w, dtype=np.float64)
-    w_int = quantize_weight(w, s_w, spec.w_bits)
+    w_int = quantize_weight(w, s_w, spec.w_bits) if w_int is None else np.asarray(w_int).astype(np.int8)
     lo, hi = step.act_range
     requant = derive_requant(node.name, x_spec.scale, s_w, b, out, lo, hi)
     if node.op is Op.CONV:
@@ -208,13 +213,14 @@ def _other_node(step, specs) -> QNode:
 
 
 def build_qgraph(plan: Plan, ranges: Ranges, chip: str | ChipConfig = "jssc2022", spec: QuantSpec = QuantSpec(),
-                 weights: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] | None = None,
+                 weights: dict[str, tuple] | None = None, scales: dict[str, float] | None = None,
                  meta: dict | None = None) -> QGraph:
-    """The QGraph of ``plan`` with calibrated ``ranges``. ``weights`` optionally overrides, per MVM
-    layer name, ``(float weight, float bias or None, weight scales or None)`` (QAT export)."""
+    """The QGraph of ``plan`` with calibrated ``ranges``. For QAT export, ``weights`` overrides per
+    MVM layer name ``(float weight, float bias or None, weight scales or None[, integer weights])``
+    and ``scales`` fixes tensor scales (see :func:`tensor_specs`)."""
     chip = get_preset(chip)
     spec.check(chip)
-    specs = tensor_specs(plan, ranges, spec)
+    specs = tensor_specs(plan, ranges, spec, scales)
     weights = weights or {}
     nodes = []
     for step in plan.steps:

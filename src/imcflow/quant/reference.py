@@ -16,8 +16,8 @@ This is THE oracle: the compiled program run by the simulator must reproduce its
   in ``bit_true`` and ``analog``).
 - Pooling, residual add, flatten and concat follow the integer rules of :mod:`imcflow.ir.qgraph`.
 
-``analog`` mode is deterministic per ``seed``: row tile ``t``, column tile ``u`` of node number ``i``
-(its index in ``qgraph.nodes``) draws its non-idealities with :func:`tile_seed` ``(seed, i, t, u)``.
+``analog`` mode is deterministic per ``seed``: row tile ``t`` of column tile ``u`` of node number
+``i`` (its index in ``qgraph.nodes``) draws its non-idealities with seed ``tile_seed(seed, i, u) + t``.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from imcflow.quant.requant import apply_add, avg_round, round_half_up
 MODES = ("ideal", "bit_true", "analog")
 
 
-def tile_seed(seed: int, node_index: int, row_tile: int, col_tile: int) -> int:
-    """Seed of the analog draws of one (row tile, column tile) MVM of node number ``node_index``."""
-    return int(np.random.SeedSequence([int(seed), int(node_index), int(row_tile), int(col_tile)])
-               .generate_state(1)[0])
+def tile_seed(seed: int, node_index: int, col_tile: int) -> int:
+    """Base seed of the analog draws of column tile ``col_tile`` of node number ``node_index``;
+    its row tile ``t`` uses ``tile_seed(...) + t`` (as :func:`imcflow.cima.bpbs_conv2d` numbers them)."""
+    return int(np.random.SeedSequence([int(seed), int(node_index), int(col_tile)]).generate_state(1)[0])
 
 
 def quantize_input(qgraph: QGraph, x_float: np.ndarray) -> np.ndarray:
@@ -108,7 +108,7 @@ def run_node(qgraph: QGraph, node: QNode, ins: list[np.ndarray], mode: str, chip
         return avgpool_int(x, node.kernel, node.stride, node.padding)
     if node.op is QOp.GLOBAL_AVGPOOL:
         count = x.shape[2] * x.shape[3]
-        return avg_round(x.sum(axis=(2, 3), keepdims=True), count)
+        return avg_round(x.sum(axis=(2, 3), keepdims=True), count).reshape(x.shape[0], *node.out.shape)
     if node.op is QOp.ADD:
         return apply_add(ins[0], ins[1], node.add_multipliers, node.add_shift, node.out.min_int, node.out.max_int)
     if node.op is QOp.FLATTEN:
@@ -151,7 +151,7 @@ def mvm_layer_acc(node: QNode, x_spec: QTensor, x: np.ndarray, mode: str, chip: 
             r0, r1 = c0 * kh * kw, c1 * kh * kw
             res = cima.mvm(mat[:, r0:r1], wmat[r0:r1, o0:o0 + per_tile], x_spec.bits, node.w_bits,
                            x_signed=x_spec.signed, w_signed=True, mode=mode, full_scale=node.adc_full_scale_rows,
-                           chip=chip, seed=tile_seed(seed, index, t, ct))
+                           chip=chip, seed=tile_seed(seed, index, ct) + t)
             tile_scale = (int(res.scale_num), int(res.scale_shift))
             if scale is not None and tile_scale != scale:
                 raise QuantError(f"layer {node.name!r}: tiles returned different accumulator scales "
