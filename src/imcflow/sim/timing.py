@@ -212,31 +212,33 @@ def run_reference(ops: list[Op]) -> Schedule:
 
 
 def core_timelines(ops: list[Op], sched: Schedule, n_cores: int, end_s: float | None = None) -> list[CoreTimeline]:
-    """Split each core's array time (ops on ``core{c}.array``) into busy, loading, waiting for
-    input, waiting for output (from the reason its next op became ready late) and idle (before
-    its first op and after its last)."""
+    """Split each core's array time into busy (union of its ``core{c}.array*`` ops), loading (LOAD
+    ops of the core, on any resource), waiting for input or for output (gaps before an op, by the
+    kind of dependency satisfied last) and idle (before its first op and after its last)."""
     end = sched.makespan_s if end_s is None else end_s
     by_core: dict[int, list[Op]] = {c: [] for c in range(n_cores)}
     for op in ops:
-        if op.core >= 0 and op.resource == f"core{op.core}.array":
+        if 0 <= op.core < n_cores and (op.kind == OpKind.LOAD or op.resource.startswith(f"core{op.core}.array")):
             by_core[op.core].append(op)
     out = []
     for c in range(n_cores):
-        seq = sorted(by_core[c], key=lambda o: sched.start_s[o.id])
+        seq = sorted(by_core[c], key=lambda o: (sched.start_s[o.id], sched.finish_s[o.id]))
         busy = load = w_in = w_out = 0.0
-        prev_end = None
+        cover_end = None
         for op in seq:
             s, f = sched.start_s[op.id], sched.finish_s[op.id]
-            if op.kind == OpKind.LOAD:
-                load += f - s
-            else:
-                busy += f - s
-            if prev_end is not None and s > prev_end:
+            if cover_end is not None and s > cover_end:
                 if sched.wait_reason[op.id] == "output":
-                    w_out += s - prev_end
+                    w_out += s - cover_end
                 else:
-                    w_in += s - prev_end
-            prev_end = f if prev_end is None else max(prev_end, f)
+                    w_in += s - cover_end
+            lo = s if cover_end is None else max(s, cover_end)
+            if f > lo:
+                if op.kind == OpKind.LOAD:
+                    load += f - lo
+                else:
+                    busy += f - lo
+            cover_end = f if cover_end is None else max(cover_end, f)
         idle = max(0.0, end - busy - load - w_in - w_out)
         out.append(CoreTimeline(c, busy, load, w_in, w_out, idle))
     return out

@@ -1,0 +1,322 @@
+"""Functional execution of a Program: the integers the chip computes, following its tiles.
+
+Phases run in order. In a phase every core's tasks are interpreted instruction by instruction
+(a RECV blocks until its stream was sent), each task once for the whole batch (images are
+independent, so this equals running it image by image). Each core has its own memory of tensor
+pieces, partial sums and accumulators, with masks of what it holds: an MVM, ACCUMULATE, REQUANT,
+SIMD op or SEND that needs data the core does not hold raises :class:`SimError` naming the
+instruction, so a wrong program is caught, not silently computed from a global store.
+
+MVM tiles are computed vectorised over the batch (:func:`imcflow.sim.kernels.tile_mvm`, i.e.
+:func:`imcflow.cima.conv.bpbs_conv2d` on the row tile's slice), so whole test sets run quickly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imcflow.cima.common import Mode, parse_mode
+from imcflow.config.chip import ChipConfig
+from imcflow.errors import SimError
+from imcflow.ir.program import IN_PORT, OUT_PORT, InstrKind, Phase, Program, StreamKind
+from imcflow.ir.qgraph import QNode, QOp, QTensor, row_tiles
+from imcflow.sim import kernels
+
+
+class _Blocked(Exception):
+    """An instruction's data is not (yet) on its core: the task waits (another task may produce it)."""
+
+
+def _chw(spec: QTensor) -> tuple[int, int, int]:
+    s = spec.shape
+    return (s[0], s[1], s[2]) if len(s) == 3 else (s[0], 1, 1)
+
+
+class _Store:
+    """Dense pieces of tensors with a (C, H*W) mask of what is present."""
+
+    def __init__(self) -> None:
+        self.data: dict[object, np.ndarray] = {}
+        self.mask: dict[object, np.ndarray] = {}
+
+    def put(self, key: object, shape: tuple[int, ...], c: tuple[int, int], p: tuple[int, int],
+            value: np.ndarray, dtype=np.int64) -> None:
+        if key not in self.data:
+            self.data[key] = np.zeros(shape, dtype=dtype)
+            self.mask[key] = np.zeros((shape[1], shape[2]), dtype=bool)
+        self.data[key][:, c[0]:c[1], p[0]:p[1]] = value
+        self.mask[key][c[0]:c[1], p[0]:p[1]] = True
+
+    def has(self, key: object, c: tuple[int, int], p: tuple[int, int] | np.ndarray) -> bool:
+        if key not in self.mask:
+            return False
+        m = self.mask[key][c[0]:c[1]]
+        m = m[:, p[0]:p[1]] if isinstance(p, tuple) else m[:, p]
+        return bool(m.all())
+
+    def get(self, key: object, c: tuple[int, int], p: tuple[int, int]) -> np.ndarray:
+        return self.data[key][:, c[0]:c[1], p[0]:p[1]]
+
+
+@dataclass
+class FunctionalStats:
+    """Activity measured by a functional run (for energy and the zero-bit-plane feature)."""
+
+    images: int = 0
+    mvm_vectors: dict[int, int] = field(default_factory=dict)
+    """Per tile id: input vectors applied (images x pixels)."""
+    nonzero_planes: dict[int, int] = field(default_factory=dict)
+    """Per tile id: input bit-planes holding at least one 1 among the tile's rows, summed over vectors."""
+    ones: dict[int, int] = field(default_factory=dict)
+    """Per tile id: input bits equal to 1 over the tile's rows (rows driven), summed over vectors."""
+
+
+@dataclass
+class _Ctx:
+    prog: Program
+    chip: ChipConfig
+    mode: str
+    seed: int
+    n: int
+    offchip: _Store
+    stats: FunctionalStats | None
+    node_index: dict[str, int]
+
+
+def run_program(prog: Program, x_int: np.ndarray, mode: str = "bit_true", seed: int = 0,
+                stats: FunctionalStats | None = None) -> np.ndarray:
+    """Run ``prog`` on integer inputs (N, *input shape) and return the int64 outputs of the
+    graph's output node, shaped like :func:`imcflow.quant.reference.run_qgraph`'s.
+
+    ``mode``: ideal, bit_true or analog (analog draws one seeded mismatch per tile). ``stats``, if
+    given, is filled with measured activity."""
+    q = prog.qgraph
+    mode = parse_mode(mode).value
+    if prog.chip.adc.lossless:
+        if mode == Mode.ANALOG.value:
+            raise SimError(f"mode 'analog' needs a real ADC; chip {prog.chip.name!r} has adc.lossless=True")
+        mode = Mode.IDEAL.value
+    x = np.asarray(x_int)
+    if x.ndim != len(q.input.shape) + 1 or tuple(x.shape[1:]) != tuple(q.input.shape):
+        raise SimError(f"inputs have shape {x.shape}; program {prog.name!r} expects (N, {', '.join(map(str, q.input.shape))})")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise SimError(f"inputs have dtype {x.dtype}: pass integers (quantise float inputs first)")
+    if x.size and (x.min() < q.input.min_int or x.max() > q.input.max_int):
+        raise SimError(f"inputs span [{x.min()}, {x.max()}], outside the {q.input.bits}-b input range "
+                       f"[{q.input.min_int}, {q.input.max_int}]")
+    n = x.shape[0]
+    c, h, w = _chw(q.input)
+    offchip = _Store()
+    offchip.put(q.input_name, (n, c, h * w), (0, c), (0, h * w), x.reshape(n, c, h * w).astype(np.int64))
+    ctx = _Ctx(prog, prog.chip, mode, seed, n, offchip, stats, {nd.name: i for i, nd in enumerate(q.nodes)})
+    if stats is not None:
+        stats.images += n
+    for phase in prog.phases:
+        _run_phase(ctx, phase)
+    out = q.spec(q.output)
+    oc, oh, ow = _chw(out)
+    if not offchip.has(q.output, (0, oc), (0, oh * ow)):
+        raise SimError(f"program {prog.name!r}: the graph output {q.output!r} never reached OUT_PORT in full")
+    y = offchip.get(q.output, (0, oc), (0, oh * ow))
+    return y.reshape((n, *out.shape)).astype(np.int64)
+
+
+def _run_phase(ctx: _Ctx, phase: Phase) -> None:
+    mem = {cp.core: _Store() for cp in phase.cores}
+    loaded: dict[int, set[int]] = {cp.core: set() for cp in phase.cores}
+    tiles = {t.tile_id: t for t in phase.tiles}
+    streams = {s.stream_id: s for s in phase.streams}
+    sent: dict[int, np.ndarray] = {}
+    for s in phase.streams:  # the input port sends what off-chip memory holds
+        if s.src == IN_PORT:
+            try:
+                sent[s.stream_id] = _read_piece(ctx, ctx.offchip, s, f"phase {phase.index} stream {s.stream_id} from IN_PORT")
+            except _Blocked as exc:
+                raise SimError(f"{exc} (off-chip memory)") from None
+    for cp in phase.cores:
+        for ins in cp.loads:
+            if ins.op != InstrKind.LOAD or ins.tile not in tiles or tiles[ins.tile].core != cp.core:
+                raise SimError(f"phase {phase.index} core {cp.core}: bad load instruction {ins}")
+            loaded[cp.core].add(ins.tile)
+    pcs = {(cp.core, k): 0 for cp in phase.cores for k in range(len(cp.tasks))}
+    tasks = {(cp.core, k): t for cp in phase.cores for k, t in enumerate(cp.tasks)}
+    why: dict[tuple[int, int], str] = {}
+    progress = True
+    while progress:
+        progress = False
+        for key, task in tasks.items():
+            core = key[0]
+            while pcs[key] < len(task.instrs):
+                ins = task.instrs[pcs[key]]
+                if ins.op == InstrKind.RECV and ins.stream not in sent:
+                    why[key] = f"stream {ins.stream} never sent"
+                    break
+                try:
+                    _execute(ctx, phase, core, ins, mem[core], loaded[core], tiles, streams, sent)
+                except _Blocked as exc:
+                    why[key] = str(exc)
+                    break
+                pcs[key] += 1
+                progress = True
+    blocked = [f"core {k[0]} task {t.name!r} at {t.instrs[pcs[k]]} ({why.get(k, '')})" for k, t in tasks.items()
+               if pcs[k] < len(t.instrs)]
+    if blocked:
+        raise SimError(f"phase {phase.index}: deadlock, tasks wait for data never produced: {'; '.join(blocked[:4])}")
+
+
+def _key(s) -> object:
+    return ("psum", s.tensor, s.row_tile) if s.kind == StreamKind.PSUM else s.tensor
+
+
+def _shape(ctx: _Ctx, s) -> tuple[int, int, int]:
+    node_or_in = ctx.prog.qgraph.spec(s.tensor)
+    c, h, w = _chw(node_or_in)
+    return (ctx.n, c, h * w)
+
+
+def _read_piece(ctx: _Ctx, store: _Store, s, what: str) -> np.ndarray:
+    key = _key(s)
+    if not store.has(key, (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi)):
+        raise _Blocked(f"{what}: the source does not hold {key} oc[{s.oc_lo}:{s.oc_hi}] px[{s.px_lo}:{s.px_hi}]")
+    return store.get(key, (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi)).copy()
+
+
+def _execute(ctx, phase, core, ins, mem: _Store, loaded, tiles, streams, sent) -> None:
+    where = f"phase {phase.index} core {core}: {ins}"
+    op = ins.op
+    q = ctx.prog.qgraph
+    if op == InstrKind.RECV:
+        s = streams[ins.stream]
+        if core not in s.dsts:
+            raise SimError(f"{where}: core is not a destination of stream {s.stream_id}")
+        mem.put(_key(s), _shape(ctx, s), (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi), sent[s.stream_id])
+    elif op == InstrKind.SEND:
+        s = streams[ins.stream]
+        if s.src != core:
+            raise SimError(f"{where}: stream {s.stream_id} has source {s.src}, not this core")
+        sent[s.stream_id] = _read_piece(ctx, mem, s, where)
+        if OUT_PORT in s.dsts:
+            if s.kind != StreamKind.ACT:
+                raise SimError(f"{where}: only activations may leave the chip (stream {s.stream_id} is {s.kind.value})")
+            ctx.offchip.put(s.tensor, _shape(ctx, s), (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi), sent[s.stream_id])
+    elif op == InstrKind.MVM:
+        _mvm(ctx, where, core, ins, mem, loaded, tiles)
+    elif op == InstrKind.ACCUMULATE:
+        node = q.node(ins.layer)
+        c, p = (ins.oc_lo, ins.oc_hi), (ins.px_lo, ins.px_hi)
+        total = None
+        for rt in range(ins.n_parts):
+            if not mem.has(("psum", ins.layer, rt), c, p):
+                raise _Blocked(f"{where}: partial sums of row tile {rt} are not on this core")
+            part = mem.get(("psum", ins.layer, rt), c, p)
+            total = part.copy() if total is None else total + part
+        oc, oh, ow = _chw(node.out)
+        mem.put(("acc", ins.layer), (ctx.n, oc, oh * ow), c, p, total)
+    elif op == InstrKind.REQUANT:
+        node = q.node(ins.layer)
+        c, p = (ins.oc_lo, ins.oc_hi), (ins.px_lo, ins.px_hi)
+        key = ("acc", ins.layer) if _n_row_tiles(ctx, node) > 1 else ("psum", ins.layer, 0)
+        if not mem.has(key, c, p):
+            raise _Blocked(f"{where}: no accumulator for oc[{c[0]}:{c[1]}] px[{p[0]}:{p[1]}] on this core")
+        num, shift = (1, 0) if ctx.mode == Mode.IDEAL.value else (node.adc_full_scale_rows, ctx.chip.adc.bits)
+        rq = node.requant
+        sub = type(rq)(multiplier=rq.multiplier[c[0]:c[1]], bias=rq.bias[c[0]:c[1]], shift=rq.shift,
+                       out_min=rq.out_min, out_max=rq.out_max)
+        y = sub.apply(mem.get(key, c, p), num, shift, channel_axis=1)
+        oc, oh, ow = _chw(node.out)
+        mem.put(ins.layer, (ctx.n, oc, oh * ow), c, p, y)
+    elif op == InstrKind.LOAD:
+        raise SimError(f"{where}: LOAD inside a task; loads belong in CoreProgram.loads")
+    else:
+        _simd(ctx, where, q.node(ins.layer), mem)
+
+
+def _n_row_tiles(ctx: _Ctx, node: QNode) -> int:
+    w = node.weight
+    kh, kw = (w.shape[2], w.shape[3]) if w.ndim == 4 else (1, 1)
+    return len(row_tiles(w.shape[1], kh, kw, ctx.chip.array.rows))
+
+
+def _full(ctx: _Ctx, mem: _Store, name: str, where: str) -> np.ndarray:
+    spec = ctx.prog.qgraph.spec(name)
+    c, h, w = _chw(spec)
+    if not mem.has(name, (0, c), (0, h * w)):
+        raise _Blocked(f"{where}: needs all of {name!r} on this core")
+    return mem.get(name, (0, c), (0, h * w)).reshape(ctx.n, c, h, w)
+
+
+def _simd(ctx: _Ctx, where: str, node: QNode, mem: _Store) -> None:
+    ins = [_full(ctx, mem, i, where) for i in node.inputs]
+    x = ins[0]
+    if node.op == QOp.MAXPOOL:
+        y = kernels.maxpool(x, node.kernel, node.stride, node.padding)
+    elif node.op == QOp.AVGPOOL:
+        y = kernels.avgpool(x, node.kernel, node.stride, node.padding)
+    elif node.op == QOp.GLOBAL_AVGPOOL:
+        y = kernels.global_avgpool(x)
+    elif node.op == QOp.ADD:
+        y = kernels.residual_add(ins[0], ins[1], node.add_multipliers, node.add_shift,
+                                 node.out.min_int, node.out.max_int)
+    elif node.op == QOp.FLATTEN:
+        y = x.reshape(ctx.n, -1)
+    elif node.op == QOp.CONCAT:
+        y = np.concatenate(ins, axis=1)
+    else:
+        raise SimError(f"{where}: node {node.name!r} op {node.op.value} is not a SIMD op")
+    oc, oh, ow = _chw(node.out)
+    mem.put(node.name, (ctx.n, oc, oh * ow), (0, oc), (0, oh * ow), y.reshape(ctx.n, oc, oh * ow))
+
+
+def _mvm(ctx: _Ctx, where: str, core: int, ins, mem: _Store, loaded: set[int], tiles) -> None:
+    q = ctx.prog.qgraph
+    t = tiles.get(ins.tile)
+    if t is None or t.core != core or ins.tile not in loaded:
+        raise SimError(f"{where}: tile {ins.tile} is not loaded on this core")
+    if (t.layer, t.row_tile, t.ch_lo, t.ch_hi) != (ins.layer, ins.row_tile, ins.ch_lo, ins.ch_hi) \
+            or not t.oc_lo <= ins.oc_lo < ins.oc_hi <= t.oc_hi:
+        raise SimError(f"{where}: instruction does not match tile {t.tile_id} ({t.layer} rt{t.row_tile} "
+                       f"ch[{t.ch_lo}:{t.ch_hi}] oc[{t.oc_lo}:{t.oc_hi}])")
+    node = q.node(ins.layer)
+    src = node.inputs[0]
+    c_in, h, w = _chw(q.spec(src))
+    kernel, stride, padding = (node.kernel, node.stride, node.padding) if node.op == QOp.CONV else ((1, 1), (1, 1), (0, 0))
+    need = kernels.needed_pixels(h, w, tuple(kernel), tuple(stride), tuple(padding), ins.px_lo, ins.px_hi)
+    if not mem.has(src, (ins.ch_lo, ins.ch_hi), need):
+        raise _Blocked(f"{where}: input {src!r} ch[{ins.ch_lo}:{ins.ch_hi}] is not on this core for the "
+                       f"receptive fields of px[{ins.px_lo}:{ins.px_hi}]")
+    x = mem.data[src][:, ins.ch_lo:ins.ch_hi].reshape(ctx.n, ins.ch_hi - ins.ch_lo, h, w)
+    wt = node.weight.reshape(node.c_out, c_in, kernel[0], kernel[1])[ins.oc_lo:ins.oc_hi, ins.ch_lo:ins.ch_hi]
+    spec = q.spec(src)
+    seed = int(np.random.SeedSequence([ctx.seed, ctx.node_index[ins.layer], t.tile_id]).generate_state(1)[0] % (1 << 31))
+    acc = kernels.tile_mvm(x, wt, kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding),
+                           px_lo=ins.px_lo, px_hi=ins.px_hi, x_bits=ins.x_bits or spec.bits, x_signed=spec.signed,
+                           w_bits=node.w_bits, full_scale=node.adc_full_scale_rows, mode=ctx.mode, chip=ctx.chip,
+                           seed=seed)
+    oc, oh, ow = _chw(node.out)
+    mem.put(("psum", ins.layer, ins.row_tile), (ctx.n, oc, oh * ow), (ins.oc_lo, ins.oc_hi),
+            (ins.px_lo, ins.px_hi), acc)
+    if ctx.stats is not None:
+        _record(ctx.stats, t.tile_id, x, kernel, stride, padding, ins, spec)
+
+
+def _record(stats: FunctionalStats, tile_id: int, x: np.ndarray, kernel, stride, padding, ins, spec) -> None:
+    """Measured input activity of a tile: vectors, bit-planes with any 1, ones (rows driven)."""
+    import torch
+    import torch.nn.functional as F
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    bits = ins.x_bits or spec.bits
+    xi = xt.to(torch.int32)
+    nz = 0
+    ones = 0
+    for i in range(bits):
+        plane = ((xi >> i) & 1).float()
+        cols = F.unfold(plane, kernel, padding=padding, stride=stride)[:, :, ins.px_lo:ins.px_hi]
+        s = cols.sum(1)  # (N, px)
+        nz += int((s > 0).sum())
+        ones += int(s.sum())
+    vec = x.shape[0] * (ins.px_hi - ins.px_lo)
+    stats.mvm_vectors[tile_id] = stats.mvm_vectors.get(tile_id, 0) + vec
+    stats.nonzero_planes[tile_id] = stats.nonzero_planes.get(tile_id, 0) + nz
+    stats.ones[tile_id] = stats.ones.get(tile_id, 0) + ones

@@ -1,0 +1,99 @@
+"""The simulator's layer kernels, vectorised over the batch: one MVM tile on a range of output
+pixels, and the SIMD's integer pooling and add rules of :mod:`imcflow.ir.qgraph`.
+
+The SIMD rules are written again here (the simulator may not import the quantiser); the spine test
+(tests/test_sim_spine.py) checks that the simulator's outputs equal the reference executor's
+exactly, which pins these down.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imcflow.cima.conv import bpbs_conv2d
+from imcflow.config.chip import ChipConfig
+
+
+def out_size(h: int, k: int, s: int, p: int) -> int:
+    return (h + 2 * p - k) // s + 1
+
+
+@functools.lru_cache(maxsize=512)
+def needed_pixels(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                  px_lo: int, px_hi: int) -> np.ndarray:
+    """Sorted flat indices of input pixels that output pixels ``[px_lo, px_hi)`` of a conv read
+    (padding excluded)."""
+    idx = torch.arange(1, h * w + 1, dtype=torch.float64).view(1, 1, h, w)
+    cols = F.unfold(idx, kernel, padding=padding, stride=stride)[0]  # (kh*kw, L)
+    used = cols[:, px_lo:px_hi].reshape(-1).long()
+    used = used[used > 0] - 1
+    return np.unique(used.numpy())
+
+
+def tile_mvm(x: np.ndarray, w: np.ndarray, *, kernel: tuple[int, int], stride: tuple[int, int],
+             padding: tuple[int, int], px_lo: int, px_hi: int, x_bits: int, x_signed: bool, w_bits: int,
+             full_scale: int, mode: str, chip: ChipConfig, seed: int) -> np.ndarray:
+    """Accumulators (N, oc, px_hi - px_lo) of one row tile: ``x`` (N, c, H, W) holds the tile's input
+    channels, ``w`` (oc, c, kh, kw) its weights. Only the output rows holding the pixel range are
+    computed (vectorised over the batch with :func:`imcflow.cima.conv.bpbs_conv2d`)."""
+    n, _, h, wd = x.shape
+    kh, kw = kernel
+    ow = out_size(wd, kw, stride[1], padding[1])
+    y0, y1 = px_lo // ow, (px_hi - 1) // ow
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    crop = xp[:, :, y0 * stride[0]: y1 * stride[0] + kh]
+    acc = bpbs_conv2d(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)),
+                      torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)),
+                      x_bits=x_bits, w_bits=w_bits, x_signed=x_signed, stride=stride, padding=0,
+                      full_scale=full_scale, mode=mode, adc_bits=chip.adc.bits, array_rows=chip.array.rows,
+                      seed=seed, analog=chip.analog, out_dtype=torch.int64).numpy()
+    flat = acc.reshape(n, acc.shape[1], -1)
+    start = px_lo - y0 * ow
+    return flat[:, :, start:start + (px_hi - px_lo)]
+
+
+def maxpool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> np.ndarray:
+    """Integer max pooling of (N, C, H, W); padded cells never win."""
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kernel[0], stride[0], padding[0]), out_size(w, kernel[1], stride[1], padding[1])
+    low = np.iinfo(np.int64).min
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=low)
+    out = np.full((n, c, oh, ow), low, dtype=np.int64)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            out = np.maximum(out, xp[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0],
+                                     j:j + stride[1] * (ow - 1) + 1:stride[1]])
+    return out
+
+
+def round_avg(total: np.ndarray, count: int) -> np.ndarray:
+    """floor((sum + count // 2) / count): round half up."""
+    return (total.astype(np.int64) + count // 2) // count
+
+
+def avgpool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> np.ndarray:
+    """Integer average pooling of (N, C, H, W): zero padding, divisor = kernel area."""
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kernel[0], stride[0], padding[0]), out_size(w, kernel[1], stride[1], padding[1])
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    total = np.zeros((n, c, oh, ow), dtype=np.int64)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            total += xp[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]]
+    return round_avg(total, kernel[0] * kernel[1])
+
+
+def global_avgpool(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> (N, C, 1, 1), round half up."""
+    return round_avg(x.astype(np.int64).sum(axis=(2, 3), keepdims=True), x.shape[2] * x.shape[3])
+
+
+def residual_add(a: np.ndarray, b: np.ndarray, multipliers: tuple[int, ...], shift: int,
+                 out_min: int, out_max: int) -> np.ndarray:
+    """clamp((a*m_a + b*m_b + 2**(shift-1)) >> shift, out_min, out_max)."""
+    v = a.astype(np.int64) * int(multipliers[0]) + b.astype(np.int64) * int(multipliers[1])
+    return np.clip((v + (1 << (shift - 1))) >> shift, out_min, out_max)
