@@ -263,7 +263,11 @@ def test_load_graph_dispatch(tmp_path):
         load_graph("cnn-tiny", (3, 16, 16))  # its classifier is sized for 8x8 inputs
     path = export(get_model("mlp-tiny").eval(), (1, 8, 8), tmp_path / "m.onnx")
     assert load_graph(path).ops() == load_graph(str(path)).ops() == [Op.FLATTEN, Op.LINEAR, Op.RELU, Op.LINEAR]
-    assert load_graph(onnx.load(str(path))).output == load_graph(path).output
+    assert load_graph(onnx.load(str(path))).output == load_graph(path, (1, 8, 8)).output
+    with pytest.raises(ModelError, match=r"takes inputs of shape \(1, 8, 8\), not \(1, 16, 16\)"):
+        load_graph(path, (1, 16, 16))
+    with pytest.raises(ModelError, match="cannot import a list"):
+        load_graph([1, 2])
 
 
 def test_normalize_removes_identities():

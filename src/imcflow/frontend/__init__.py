@@ -24,7 +24,7 @@ def load_graph(model: str | Path | Any, input_shape: tuple[int, ...] | None = No
         path = Path(model)
         if path.suffix.lower() == ".onnx" or path.exists():
             from imcflow.frontend.onnx_import import from_onnx
-            return from_onnx(path)
+            return _check_shape(from_onnx(path), input_shape)
         from imcflow import models
         module = models.get_model(str(model)).eval()
         shape = tuple(input_shape) if input_shape is not None else models.input_shape(str(model))
@@ -40,6 +40,13 @@ def load_graph(model: str | Path | Any, input_shape: tuple[int, ...] | None = No
     import onnx
     if isinstance(model, onnx.ModelProto):
         from imcflow.frontend.onnx_import import from_onnx
-        return from_onnx(model)
+        return _check_shape(from_onnx(model), input_shape)
     raise ModelError(f"cannot import a {type(model).__name__}: give a zoo name, an .onnx path, an onnx.ModelProto "
                      f"or a torch.nn.Module")
+
+
+def _check_shape(graph: Graph, input_shape: tuple[int, ...] | None) -> Graph:
+    if input_shape is not None and tuple(input_shape) != graph.input_shape:
+        raise ModelError(f"the ONNX model {graph.name!r} takes inputs of shape {graph.input_shape}, not "
+                         f"{tuple(input_shape)}; re-export it for that shape or drop input_shape")
+    return graph
