@@ -95,23 +95,25 @@ def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits
     c_out, c_in, kh, kw = w_int.shape
     xi = x_int.to(torch.int32)
     wb = bit_planes(w_int.to(torch.int32), w_bits, dim=1).reshape(c_out * w_bits, c_in, kh, kw).float()
-    cw = bit_weights(w_bits, w_signed)
+    cw, ci = bit_weights(w_bits, w_signed), bit_weights(x_bits, x_signed)
+    tiles = row_tiles(c_in, kh, kw, array_rows)
     max_code = array_rows if mode is Mode.IDEAL else (1 << adc_bits) - 1
-    j_dtype = torch.float32 if max_code * sum(map(abs, cw)) < _FLOAT32_EXACT else torch.float64
-    cw_t = torch.tensor(cw, dtype=j_dtype).view(1, 1, w_bits, 1, 1)
+    # every partial sum is an integer of at most this size, so the float sums below are exact
+    bound = max_code * sum(map(abs, cw)) * sum(map(abs, ci)) * len(tiles)
+    dtype = torch.float32 if bound < _FLOAT32_EXACT else torch.float64
     acc = None
-    for t, (c0, c1) in enumerate(row_tiles(c_in, kh, kw, array_rows)):
+    for t, (c0, c1) in enumerate(tiles):
         draws = None
-        for i, ci in enumerate(bit_weights(x_bits, x_signed)):
+        for i in range(x_bits):
             xb = ((xi[:, c0:c1] >> i) & 1).float()
             k = F.conv2d(xb, wb[:, c0:c1], stride=stride, padding=padding)
             n, _, ho, wo = k.shape
             if mode is Mode.ANALOG and draws is None:
                 draws = draw_analog(analog, seed + t, n * ho * wo, x_bits, c_out * w_bits)
             codes = _tile_codes(k, mode, full_scale, adc_bits, (c1 - c0) * kh * kw, draws, i)
-            per_plane = (codes.to(j_dtype).view(n, c_out, w_bits, ho, wo) * cw_t).sum(2)
-            term = per_plane.to(torch.int64) * ci
-            acc = term if acc is None else acc + term
+            coef = torch.tensor([ci[i] * c for c in cw], dtype=dtype).view(1, 1, w_bits, 1, 1)
+            term = (codes.to(dtype).view(n, c_out, w_bits, ho, wo) * coef).sum(2)
+            acc = term if acc is None else acc.add_(term)
     return acc.to(out_dtype)
 
 

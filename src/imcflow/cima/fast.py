@@ -40,7 +40,8 @@ def bit_planes(a: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     shape = [1] * (a.dim() + 1)
     shape[dim] = bits
     shifts = torch.arange(bits, dtype=a.dtype).view(shape)
-    return ((a.unsqueeze(dim) >> shifts) & 1).to(torch.int8)
+    planes = (a.unsqueeze(dim) >> shifts).bitwise_and_(1)
+    return planes.view(torch.int8) if planes.dtype == torch.uint8 else planes.to(torch.int8)
 
 
 def binary_counts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -64,8 +65,8 @@ def adc_bit_true(k: torch.Tensor, full_scale: int, adc_bits: int, max_k: int) ->
     cannot round up to it because m * 2*fs < 2**24. Otherwise float64 (same argument, 2**53)."""
     levels = 1 << adc_bits
     exact32 = 2 * max_k * levels + 3 * full_scale < _FLOAT32_EXACT
-    kf = k.to(torch.float32 if exact32 else torch.float64)
-    return torch.floor((kf * (2 * levels) + full_scale) / (2 * full_scale)).clamp_max_(levels - 1)
+    kf = k.to(torch.float32 if exact32 else torch.float64, copy=True)  # in-place below: keep k intact
+    return kf.mul_(2 * levels).add_(full_scale).div_(2 * full_scale).floor_().clamp_max_(levels - 1)
 
 
 def adc_codes(k: torch.Tensor, a: MvmArgs, n0: int, draws: Any) -> torch.Tensor:
