@@ -288,3 +288,25 @@ def test_normalize_removes_identities():
     assert n.node("c").inputs == ("x",) and n.output == "f"
     x = rng.standard_normal((2, 2, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(run_graph(n, x), run_graph(g, x))
+
+
+class Functional(nn.Module):
+    """Pooling written with torch.nn.functional instead of modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(self.c(x), 2)
+        x = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def test_torch_functional_pooling():
+    model = Functional().eval()
+    g = from_torch(model, (3, 8, 8))
+    assert g.ops() == [Op.CONV, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN]
+    assert g.nodes[2].attrs == {"kernel": (3, 3), "stride": (1, 1), "padding": (1, 1)}
+    x = torch.randn(2, 3, 8, 8)
+    assert rel_err(run_graph(g, x), model(x).detach().numpy()) <= 1e-5

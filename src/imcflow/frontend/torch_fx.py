@@ -325,6 +325,24 @@ def _relu(imp: _Importer, fx: torch.fx.Node) -> None:
     imp.add(fx, Op.RELU, [imp.tensor(fx, fx.args[0])])
 
 
+def _pool_fn(op: Op) -> Callable:
+    """F.max_pool2d / F.avg_pool2d, checked like the modules."""
+    def handler(imp: _Importer, fx: torch.fx.Node) -> None:
+        kernel = _arg(fx, 1, "kernel_size", None)
+        stride = _arg(fx, 2, "stride", None)
+        cls = nn.MaxPool2d if op is Op.MAXPOOL else nn.AvgPool2d
+        kwargs = {k: v for k, v in fx.kwargs.items() if k not in ("input", "kernel_size", "stride")}
+        names = ("padding", "dilation", "ceil_mode", "return_indices") if op is Op.MAXPOOL else \
+            ("padding", "ceil_mode", "count_include_pad", "divisor_override")
+        kwargs.update(dict(zip(names, fx.args[3:])))
+        _pool(imp, fx, cls(kernel, stride or None, **kwargs))
+    return handler
+
+
+def _adaptive_fn(imp: _Importer, fx: torch.fx.Node) -> None:
+    _adaptive(imp, fx, nn.AdaptiveAvgPool2d(_arg(fx, 1, "output_size", None)))
+
+
 def _dropout(imp: _Importer, fx: torch.fx.Node) -> None:
     imp.same(fx, fx.args[0])
 
@@ -342,4 +360,7 @@ _FUNCTIONS: dict[Any, Callable] = {
     torch.flatten: lambda imp, fx: imp.reshape(fx, "flatten"),
     torch.reshape: lambda imp, fx: imp.reshape(fx, "reshape"),
     F.dropout: _dropout,
+    F.max_pool2d: _pool_fn(Op.MAXPOOL),
+    F.avg_pool2d: _pool_fn(Op.AVGPOOL),
+    F.adaptive_avg_pool2d: _adaptive_fn,
 }
