@@ -147,7 +147,7 @@ class _Importer:
         src = self.tensor(fx, fx.args[0])
         shape = self.shapes[src]
         if how == "flatten":
-            start = fx.args[1] if len(fx.args) > 1 else fx.kwargs.get("start_dim", 0 if fx.op == "call_method" else 0)
+            start = fx.args[1] if len(fx.args) > 1 else fx.kwargs.get("start_dim", 0)
             end = fx.args[2] if len(fx.args) > 2 else fx.kwargs.get("end_dim", -1)
             if start != 1 or end != -1:
                 raise self.fail(fx, f"flatten(start_dim={start}, end_dim={end})", "flatten with start_dim=1 only")
