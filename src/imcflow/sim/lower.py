@@ -396,6 +396,8 @@ class _Lowerer:
                              (chip.io.in_bits_per_cycle if s.src == IN_PORT else chip.ocn.track_bits))
             per_stream = chip.buffer.input_bytes * 8 / max(1, max(n_in[d] for d in dsts))
             cap = max(self.min_window(s), int(per_stream // chunk_bits))
+            if s.src == IN_PORT and s.tensor == self.p.qgraph.input_name:
+                cap = min(cap, max(self.min_window(s), len(seq[0])))  # the host feeds one image ahead
             for i in range(cap, len(flat)):
                 space = self.consumers.get(flat[i - cap], [])
                 if space:

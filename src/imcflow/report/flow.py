@@ -1,0 +1,153 @@
+"""Glue for benchmarks: zoo network -> QGraph -> Program -> timing/energy Report, and accuracy runs.
+
+Crosses stages on purpose (frontend, quant, compiler, sim), so it lives outside them. The QGraph
+comes from :func:`imcflow.pipeline.load_qgraph` when that exists (trained weights where shipped);
+otherwise from post-training calibration of the zoo network on a few synthetic inputs, which is
+enough for timing and energy (they do not depend on weight values) but not for accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from imcflow.config.chip import ChipConfig
+from imcflow.errors import DataError, ImcflowError
+from imcflow.ir.program import Program
+from imcflow.ir.qgraph import QGraph
+from imcflow.ir.report import Report
+
+
+def load_qgraph(net: str, chip: ChipConfig, trained: bool = True) -> tuple[QGraph, str]:
+    """(QGraph, where it came from) for zoo network or ONNX path ``net``."""
+    try:
+        from imcflow.pipeline import load_qgraph as pipeline_load
+    except ImportError:
+        pipeline_load = None
+    if pipeline_load is not None and trained:
+        try:
+            return pipeline_load(net, chip=chip), "imcflow.pipeline.load_qgraph"
+        except ImcflowError:
+            pass
+    from imcflow.frontend import load_graph
+    from imcflow.frontend.normalize import normalize
+    from imcflow.quant.calibrate import calibrate
+    graph = normalize(load_graph(net))
+    rng = np.random.default_rng(0)
+    calib = rng.random((4, *graph.input_shape), dtype=np.float32)
+    return calibrate(graph, calib, chip), "untrained zoo weights, calibrated on 4 synthetic inputs (timing/energy only)"
+
+
+def compile_program(qgraph: QGraph, chip: ChipConfig, objective: str = "throughput") -> Program:
+    """Compile with the compiler's public entry point."""
+    from imcflow.compiler.pipeline import compile_qgraph
+    return compile_qgraph(qgraph, chip, objective=objective)
+
+
+def simulate_report(prog: Program, images: int | None = None, stats=None, skip_zero: bool = False,
+                    accuracy: float | None = None) -> Report:
+    """Event-level timing and energy of ``prog`` as a Report."""
+    from imcflow.sim.report import Features, make_report, simulate_timing
+    feats = Features(skip_zero_bitplanes=skip_zero)
+    tr = simulate_timing(prog, images=images, features=feats, stats=stats)
+    return make_report(prog, tr, accuracy=accuracy, features=feats)
+
+
+def activity_stats(prog: Program, x_int: np.ndarray, mode: str = "bit_true"):
+    """Run ``prog`` functionally on ``x_int`` and return the measured FunctionalStats."""
+    from imcflow.sim.functional import FunctionalStats, run_program
+    st = FunctionalStats()
+    run_program(prog, x_int, mode, stats=st)
+    return st
+
+
+def benchmark_reports(net: str, chip: ChipConfig, batch: int | None = None) -> dict[str, Report]:
+    """Reports of ``net`` on ``chip``: 'base', and 'zero bit-planes skipped' measured on a few
+    synthetic (or CIFAR-like uniform) inputs when the network is small enough to run functionally."""
+    q, origin = load_qgraph(net, chip)
+    prog = compile_program(q, chip)
+    base = simulate_report(prog, images=batch)
+    base = _with_note(base, f"QGraph: {origin}")
+    out = {"base": base}
+    return out
+
+
+def _with_note(r: Report, note: str) -> Report:
+    import dataclasses
+    return dataclasses.replace(r, notes=(*r.notes, note))
+
+
+def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_true", limit: int | None = None,
+                      batch_size: int = 250, progress: Callable[[int], None] | None = None,
+                      prog: Program | None = None, qgraph: QGraph | None = None) -> dict[str, Any]:
+    """Top-1 accuracy of ``net`` compiled for ``chip`` and run through the simulator on the CIFAR-10
+    test set in ``data`` (first ``limit`` images), with float and ideal-mode accuracies of the same
+    network and the wall times. ``progress`` receives the number of images done after each batch."""
+    from imcflow.data.cifar10 import load_cifar10
+    from imcflow.sim.functional import run_program
+    if qgraph is None:
+        qgraph, origin = load_qgraph(net, chip)
+        if not origin.startswith("imcflow.pipeline"):
+            raise DataError(f"no trained QGraph for {net!r} (imcflow.pipeline.load_qgraph unavailable or failed); "
+                            "accuracy needs trained weights")
+    prog = prog or compile_program(qgraph, chip)
+    ds = load_cifar10(data, "test")
+    x_u8, labels = _images_labels(ds)
+    if limit is not None:
+        x_u8, labels = x_u8[:limit], labels[:limit]
+    x_int = _to_input_ints(qgraph, x_u8)
+    res: dict[str, Any] = {"network": net, "chip": chip.name, "mode": mode, "images": int(len(labels))}
+    for m in dict.fromkeys([mode, "ideal"]):
+        t0 = time.perf_counter()
+        correct = 0
+        for i in range(0, len(labels), batch_size):
+            y = run_program(prog, x_int[i:i + batch_size], m)
+            correct += int((y.reshape(y.shape[0], -1).argmax(1) == labels[i:i + batch_size]).sum())
+            if progress is not None and m == mode:
+                progress(min(len(labels), i + batch_size))
+        res[f"accuracy_{m}"] = correct / max(1, len(labels))
+        res[f"wall_s_{m}"] = time.perf_counter() - t0
+    res["accuracy"] = res[f"accuracy_{mode}"]
+    res["wall_s"] = res[f"wall_s_{mode}"]
+    res.update(_float_accuracy(net, x_u8, labels, batch_size))
+    if res.get("float_wall_s"):
+        res["sim_over_float_time"] = res["wall_s"] / res["float_wall_s"]
+    return res
+
+
+def _images_labels(ds) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(ds, tuple):
+        x, y = ds[0], ds[1]
+    else:
+        x, y = ds.images, ds.labels
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[-1] == 3:
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x), np.asarray(y).astype(np.int64)
+
+
+def _to_input_ints(q: QGraph, x_u8: np.ndarray) -> np.ndarray:
+    """uint8 images (N, 3, 32, 32) -> the QGraph's input integers (pixel / 255 quantised)."""
+    x = x_u8.astype(np.float64) / 255.0
+    v = np.floor(x / q.input.scale + 0.5).astype(np.int64)
+    return np.clip(v, q.input.min_int, q.input.max_int)
+
+
+def _float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, float]:
+    import torch
+    try:
+        from imcflow.models.cnn11 import load_trained
+        model = load_trained() if net == "cifar10-cnn11" else None
+    except ImcflowError:
+        model = None
+    if model is None:
+        return {}
+    t0 = time.perf_counter()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(labels), batch_size):
+            xb = torch.from_numpy(x_u8[i:i + batch_size].astype(np.float32) / 255.0)
+            correct += int((model(xb).argmax(1).numpy() == labels[i:i + batch_size]).sum())
+    return {"accuracy_float": correct / max(1, len(labels)), "float_wall_s": time.perf_counter() - t0}
