@@ -34,7 +34,7 @@ def _same(a: MvmResult, b: MvmResult) -> None:
 def test_fast_equals_reference_random(mode, x_signed, w_signed):
     rng = np.random.default_rng(hash((mode, x_signed, w_signed)) % 2**32)
     for x_bits, w_bits, rows, n_out, fs in [(4, 4, 72, 8, 36), (3, 2, 50, 16, 18), (1, 8, 17, 4, 72),
-                                            (8, 1, 9, 3, 9), (5, 3, 72, 10, 72)]:
+                                            (8, 1, 9, 3, 9), (5, 3, 72, 10, 72), (8, 8, 20, 4, 9)]:
         x = _ints(rng, (3, rows), x_bits, x_signed)
         w = _ints(rng, (rows, n_out), w_bits, w_signed)
         kw = dict(x_signed=x_signed, w_signed=w_signed, mode=mode, full_scale=fs, chip=TINY, seed=7)
@@ -53,6 +53,18 @@ def test_fast_equals_reference_exhaustive_2bit(mode, x_signed, w_signed):
             w = w_all[:, c0:c0 + 16]
             kw = dict(x_signed=x_signed, w_signed=w_signed, mode=mode, full_scale=fs, chip=TINY, seed=c0)
             _same(mvm(x, w, 2, 2, **kw), mvm_reference(x, w, 2, 2, **kw))
+
+
+def test_extreme_8bit_codes_stay_exact():
+    """Every code at full scale with 8-b operands: the largest sums the combine step can see."""
+    lo, hi = -128, 127
+    x = np.array([[255] * 9, [hi] * 9, [lo] * 9, [-1] * 9])
+    w = np.array([[lo, hi, -1, 0]] * 9)
+    for x_signed in (False, True):
+        xs = x[1:] if x_signed else x[:1]
+        for mode in ("bit_true", "ideal"):
+            kw = dict(x_signed=x_signed, mode=mode, full_scale=9, chip=TINY)
+            _same(mvm(xs, w, 8, 8, **kw), mvm_reference(xs, w, 8, 8, **kw))
 
 
 @pytest.mark.parametrize("x_signed,w_signed", SIGNS)

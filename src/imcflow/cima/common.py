@@ -62,7 +62,7 @@ class MvmResult:
 
 @dataclass(frozen=True, eq=False)
 class MvmArgs:
-    """Checked arguments of an MVM, as int64 numpy arrays and plain values."""
+    """Checked arguments of an MVM: integer CPU tensors (no copy of the caller's data) and plain values."""
 
     x: torch.Tensor
     """(batch, rows) integer tensor in its caller's dtype (shared with numpy inputs, not copied)."""

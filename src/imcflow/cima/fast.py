@@ -7,7 +7,7 @@ Equal bit for bit to :mod:`imcflow.cima.reference` (tests/test_cima.py checks it
    no masking (bit i of x is ``(x >> i) & 1`` for every i < x_bits <= 8).
 2. ``k = xp @ wp`` counts rows where both bits are 1: one ``torch._int_mm`` (int8 -> int32, exact).
 3. ADC codes from k (:func:`adc_codes`), then ``acc = sum_ij s_i s_j 2**(i+j) code_ij`` as two
-   small weighted sums (over j in float, exact below 2**24; over i in int64).
+   small weighted sums (:func:`combine`, exact).
 """
 
 from __future__ import annotations
@@ -83,13 +83,15 @@ def adc_codes(k: torch.Tensor, a: MvmArgs, n0: int, draws: Any) -> torch.Tensor:
 
 def combine(codes: torch.Tensor, x_bits: int, x_signed: bool, w_bits: int, w_signed: bool,
             max_code: int) -> torch.Tensor:
-    """int64 (batch, n_out) = sum over i, j of s_i s_j 2**(i+j) codes[n, i, o*w_bits + j]."""
+    """int64 (batch, n_out) = sum over i, j of s_i s_j 2**(i+j) codes[n, i, o*w_bits + j]:
+    a weighted sum over input bit-planes i, then over weight bits j (two small matmuls), in float32
+    when every partial sum stays below 2**24 (then exact), else float64."""
     batch = codes.shape[0]
-    cw = bit_weights(w_bits, w_signed)
-    dtype = torch.float32 if max_code * sum(abs(c) for c in cw) < _FLOAT32_EXACT else torch.float64
-    per_plane = codes.to(dtype).view(batch, x_bits, -1, w_bits) @ torch.tensor(cw, dtype=dtype)
-    ci = torch.tensor(bit_weights(x_bits, x_signed), dtype=torch.int64).view(1, x_bits, 1)
-    return (per_plane.to(torch.int64) * ci).sum(1)
+    ci, cw = bit_weights(x_bits, x_signed), bit_weights(w_bits, w_signed)
+    bound = max_code * sum(map(abs, ci)) * sum(map(abs, cw))
+    dtype = torch.float32 if bound < _FLOAT32_EXACT else torch.float64
+    per_col = torch.matmul(torch.tensor(ci, dtype=dtype).view(1, 1, x_bits), codes.to(dtype))  # (batch, 1, cols)
+    return (per_col.view(batch, -1, w_bits) @ torch.tensor(cw, dtype=dtype)).to(torch.int64)
 
 
 def mvm_args_fast(a: MvmArgs) -> MvmResult:
