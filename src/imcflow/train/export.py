@@ -1,0 +1,94 @@
+"""Copy a training run's weights into the package (``models/weights/``) with a JSON record.
+
+Files written for model ``NAME`` (e.g. ``cifar10-cnn11``):
+
+* ``NAME.pt``: float state_dict (the final float epoch once the phase is done, else its best epoch so far);
+* ``NAME-qat.pt``: QAT state_dict, once a QAT epoch exists;
+* ``NAME.ckpt``: the run's full ``last.ckpt``, so a later session can continue with
+  ``imcflow train NAME --resume-from .../NAME.ckpt --out NEWDIR``;
+* ``NAME.json``: command, epochs, seed, data, accuracies per epoch, date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from imcflow.train.checkpoint import TrainError, is_full_checkpoint, load_checkpoint, save_atomic
+from imcflow.train.loop import LAST, TrainConfig
+
+DATA_NOTE = "CIFAR-10 (JPEG q75 copy)"
+
+
+def command_from_config(cfg: dict) -> str:
+    """The ``imcflow train`` command line that reproduces a run with config ``cfg`` (a TrainConfig as dict)."""
+    default = TrainConfig(data_root="", out_dir="")
+    flags = [("epochs_float", "--epochs-float"), ("epochs_qat", "--epochs-qat"), ("batch_size", "--batch-size"),
+             ("lr_float", "--lr"), ("lr_qat", "--lr-qat"), ("seed", "--seed"), ("limit_train", "--limit-train"),
+             ("limit_test", "--limit-test"), ("device", "--device"), ("chip", "--chip")]
+    parts = ["imcflow", "train", cfg["model"], "--data", cfg["data_root"], "--out", cfg["out_dir"]]
+    for key, flag in flags:
+        if key in ("epochs_float", "epochs_qat", "seed") or cfg.get(key) != getattr(default, key):
+            parts += [flag, str(cfg[key])]
+    if cfg.get("bf16"):
+        parts.append("--bf16")
+    return " ".join(parts)
+
+
+def export_run(out_dir: str | Path, weights_dir: str | Path, threads: int | None = None) -> dict:
+    """Write the run in ``out_dir`` into ``weights_dir`` (see module doc); returns the JSON record."""
+    out, dest = Path(out_dir), Path(weights_dir)
+    last = out / LAST
+    if not last.is_file():
+        raise TrainError(f"no {LAST} in {out}: nothing to export; train first")
+    ckpt = load_checkpoint(last)
+    if not is_full_checkpoint(ckpt):
+        raise TrainError(f"{last} is not a training checkpoint")
+    cfg = ckpt["config"]
+    name = cfg["model"]
+    history = ckpt["history"]
+    record = {
+        "model": name,
+        "command": command_from_config(cfg),
+        "threads": threads,
+        "data": f"{DATA_NOTE} at {cfg['data_root']}" if "shared" in cfg["data_root"] else cfg["data_root"],
+        "seed": cfg["seed"],
+        "config": cfg,
+        "phase": ckpt["phase"],
+        "epochs_done": {p: sum(1 for r in history if r["phase"] == p) for p in ("float", "qat")},
+        "epochs_planned": {"float": cfg["epochs_float"], "qat": cfg["epochs_qat"]},
+        "best_test_acc": ckpt["best_acc"],
+        "history": history,
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "torch": torch.__version__,
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    record["float_weights"] = _export_float(out, dest / f"{name}.pt", ckpt, history)
+    if (out / "best-qat.pt").is_file():
+        qat_src = out / "qat.pt" if (out / "qat.pt").is_file() else out / "best-qat.pt"
+        shutil.copyfile(qat_src, dest / f"{name}-qat.pt")
+        record["qat_weights"] = f"{qat_src.name} of the run"
+    shutil.copyfile(last, dest / f"{name}.ckpt")
+    tmp = dest / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(dest / f"{name}.json")
+    return record
+
+
+def _export_float(out: Path, dest: Path, ckpt: dict, history: list[dict]) -> str:
+    floats = [r for r in history if r["phase"] == "float"]
+    if ckpt.get("float_model") is not None:
+        save_atomic(ckpt["float_model"], dest)
+        acc = floats[-1]["test_acc"] if floats else None
+        return f"final float epoch ({len(floats)} epochs), test acc {acc}"
+    best = out / "best-float.pt"
+    if not best.is_file():
+        raise TrainError(f"{out} has no float weights yet (best-float.pt)")
+    shutil.copyfile(best, dest)
+    top = max(floats, key=lambda r: r["test_acc"])
+    return (f"best float epoch so far ({top['epoch']} of {top['epochs']}, training unfinished), "
+            f"test acc {top['test_acc']}")

@@ -1,0 +1,331 @@
+"""The training loop: float pre-training, then quantisation-aware training (QAT), resumable.
+
+Recipe (chosen for few epochs on a CPU): SGD with Nesterov momentum 0.9, weight decay 5e-4 on
+conv/linear weights, label smoothing 0.1, batch 256, a one-cycle learning rate per batch in the float
+phase and a cosine decay in the QAT phase; augmentation is a random crop of the 4-px zero-padded image
+and a horizontal flip, done on uint8 tensors in memory (:mod:`imcflow.train.augment`).
+
+After every epoch the loop writes ``<out>/last.ckpt`` atomically (model, optimiser, scheduler, phase,
+epoch, RNG states, best accuracy, history) and, when the test accuracy improved, ``best-<phase>.pt``
+(a bare state_dict). Started again with the same ``out_dir`` it continues from ``last.ckpt``; a
+resumed run draws the same random numbers as an uninterrupted one. ``resume_from`` starts a new
+``out_dir`` from a checkpoint or a bare float state_dict (then only the QAT phase runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from imcflow.data import load_cifar10
+from imcflow.models import get_model
+from imcflow.train.augment import random_crop_flip
+from imcflow.train.checkpoint import FORMAT, TrainError, is_full_checkpoint, load_checkpoint, save_atomic
+
+PHASES = ("float", "qat")
+LAST = "last.ckpt"
+PAD_PX = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (recorded in every checkpoint)."""
+
+    data_root: str
+    """CIFAR-10 folder or archive (see :func:`imcflow.data.load_cifar10`)."""
+    out_dir: str
+    """Run folder: last.ckpt, best-float.pt, float.pt, best-qat.pt, qat.pt."""
+    model: str = "cifar10-cnn11"
+    epochs_float: int = 30
+    epochs_qat: int = 0
+    batch_size: int = 256
+    lr_float: float = 0.1
+    """Peak learning rate of the float phase's one-cycle schedule."""
+    lr_qat: float = 0.01
+    """Start of the QAT phase's cosine decay."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    seed: int = 0
+    limit_train: int | None = None
+    """Train on this many images (a fixed random subset), for smoke tests."""
+    limit_test: int | None = None
+    """Evaluate on this many test images (a fixed random subset), for smoke tests."""
+    cache_dir: str | None = None
+    resume_from: str | None = None
+    device: str = "cpu"
+    bf16: bool = False
+    """Float phase only: bfloat16 autocast (2x faster on CPUs with AVX512-BF16); evaluation stays float32."""
+    chip: str = "jssc2022"
+    """QAT phase: chip preset whose ADC the forward pass models."""
+    w_bits: int = 4
+    x_bits: int = 4
+    first_x_bits: int = 8
+
+    def epochs(self, phase: str) -> int:
+        """Epoch count of ``phase``."""
+        return self.epochs_float if phase == "float" else self.epochs_qat
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch did."""
+
+    phase: str
+    epoch: int
+    """Epochs of this phase completed, 1-based."""
+    epochs: int
+    loss: float
+    train_acc: float
+    test_acc: float
+    images_per_s: float
+    lr: float
+    """Learning rate at the end of the epoch."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train`: every epoch's record and the best test accuracy of each phase."""
+
+    history: tuple[EpochRecord, ...]
+    best_acc: dict = field(default_factory=dict)
+    out_dir: str = ""
+
+
+@dataclass(frozen=True)
+class _Data:
+    train_x: torch.Tensor  # uint8 N, 3, 32, 32
+    train_y: torch.Tensor  # int64 N
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def train(cfg: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None = None,
+          on_batch: Callable[[str, int, int, int, float], None] | None = None) -> TrainResult:
+    """Run (or continue) the float phase and then the QAT phase of ``cfg``.
+
+    ``on_epoch(record)`` is called after each epoch; ``on_batch(phase, epoch, step, steps, loss)`` after
+    each batch. Raises TrainError on inconsistent options or checkpoints, DataError on bad data.
+    """
+    _check_config(cfg)
+    ckpt = _starting_checkpoint(cfg)
+    data = _load_data(cfg)
+    history = [EpochRecord(**r) for r in ckpt["history"]] if ckpt else []
+    best = dict(ckpt["best_acc"]) if ckpt else {}
+    float_state = ckpt.get("float_model") if ckpt else None
+    for phase in PHASES:
+        if phase == "float" and float_state is not None:
+            continue  # float phase already complete (or given as weights)
+        if cfg.epochs(phase) == 0:
+            continue
+        if phase == "qat" and float_state is None:
+            raise TrainError("QAT starts from float weights: give --epochs-float > 0, or --resume-from a float "
+                             "checkpoint or state_dict")
+        resume = ckpt if ckpt and ckpt["phase"] == phase else None
+        state = _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, on_batch)
+        if phase == "float":
+            float_state = state
+    return TrainResult(history=tuple(history), best_acc=best, out_dir=cfg.out_dir)
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    for name in ("epochs_float", "epochs_qat", "batch_size"):
+        value = getattr(cfg, name)
+        if value < (1 if name == "batch_size" else 0):
+            raise TrainError(f"--{name.replace('_', '-')} = {value}: must be {'>= 1' if name == 'batch_size' else '>= 0'}")
+    for name in ("limit_train", "limit_test"):
+        value = getattr(cfg, name)
+        if value is not None and value < 2:
+            raise TrainError(f"--{name.replace('_', '-')} = {value}: needs at least 2 images")
+    if cfg.device not in ("cpu", "cuda") or (cfg.device == "cuda" and not torch.cuda.is_available()):
+        raise TrainError(f"--device {cfg.device}: use cpu, or cuda on a machine with a CUDA GPU")
+
+
+# ---------------------------------------------------------------- data
+
+def _load_data(cfg: TrainConfig) -> _Data:
+    train_x, train_y = _subset(*load_cifar10(cfg.data_root, "train", cfg.cache_dir), cfg.limit_train, cfg.seed)
+    test_x, test_y = _subset(*load_cifar10(cfg.data_root, "test", cfg.cache_dir), cfg.limit_test, cfg.seed + 1)
+    return _Data(_to_nchw(train_x), torch.from_numpy(train_y), _to_nchw(test_x), torch.from_numpy(test_y))
+
+
+def _subset(x: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if limit is None or limit >= len(y):
+        return x, y
+    idx = np.sort(np.random.default_rng(seed).permutation(len(y))[:limit])
+    return x[idx], y[idx]
+
+
+def _to_nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def to_model_input(images: torch.Tensor, device: str) -> torch.Tensor:
+    """uint8 NCHW pixels -> float32 in [0, 1] (pixel / 255, the network's input convention), channels-last."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _starting_checkpoint(cfg: TrainConfig) -> dict | None:
+    last = Path(cfg.out_dir) / LAST
+    if last.is_file():
+        ckpt = load_checkpoint(last)
+        if not is_full_checkpoint(ckpt):
+            raise TrainError(f"{last} is not a training checkpoint; delete it or choose another --out")
+        return ckpt
+    if cfg.resume_from is None:
+        return None
+    ckpt = load_checkpoint(Path(cfg.resume_from))
+    if is_full_checkpoint(ckpt):
+        return ckpt
+    # A bare state_dict: float weights, the float phase counts as done.
+    state = ckpt.get("model", ckpt)
+    return {"format": FORMAT, "phase": "float", "float_model": state, "history": [], "best_acc": {}}
+
+
+def _checkpoint(cfg, phase, epoch, steps, model, opt, sched, gen, float_state, history, best) -> dict:
+    return {
+        "format": FORMAT, "config": asdict(cfg), "phase": phase, "epoch": epoch,
+        "schedule": {"epochs": cfg.epochs(phase), "steps_per_epoch": steps, "batch_size": cfg.batch_size},
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state()},
+        "float_model": float_state, "history": [asdict(r) for r in history], "best_acc": dict(best),
+    }
+
+
+def _check_resume(resume: dict, cfg: TrainConfig, phase: str, steps: int) -> None:
+    want = {"epochs": cfg.epochs(phase), "steps_per_epoch": steps, "batch_size": cfg.batch_size}
+    have = resume["schedule"]
+    if have != want:
+        raise TrainError(f"checkpoint in {cfg.out_dir} was made for {phase} phase {have}, this run asks {want}: "
+                         f"rerun with the same --epochs-{phase}, --batch-size and --limit-train, or a new --out")
+
+
+# ---------------------------------------------------------------- one phase
+
+def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, on_batch) -> dict:
+    torch.manual_seed(cfg.seed)  # initial weights; a resumed run restores its RNG state below
+    model = _build_model(phase, cfg, float_state).to(cfg.device).to(memory_format=torch.channels_last)
+    n = len(data.train_y)
+    steps = max(1, n // cfg.batch_size)
+    opt = _optimizer(model, cfg, phase)
+    sched = _scheduler(opt, cfg, phase, steps)
+    gen = torch.Generator().manual_seed(cfg.seed * 2 + PHASES.index(phase))
+    start = 0
+    if resume is not None:
+        _check_resume(resume, cfg, phase, steps)
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        gen.set_state(resume["rng"]["generator"])
+        start = resume["epoch"]
+    out = Path(cfg.out_dir)
+    for epoch in range(start, cfg.epochs(phase)):
+        rec = _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch)
+        history.append(rec)
+        if rec.test_acc > best.get(phase, -1.0):
+            best[phase] = rec.test_acc
+            save_atomic(_cpu_state(model), out / f"best-{phase}.pt")
+        done = epoch + 1 == cfg.epochs(phase)
+        final_state = _cpu_state(model)
+        if done:
+            save_atomic(final_state, out / f"{phase}.pt")
+        fs = final_state if (phase == "float" and done) else float_state
+        save_atomic(_checkpoint(cfg, phase, epoch + 1, steps, model, opt, sched, gen, fs, history, best), out / LAST)
+        if on_epoch:
+            on_epoch(rec)
+    return _cpu_state(model)
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+
+
+def _build_model(phase: str, cfg: TrainConfig, float_state: dict | None) -> nn.Module:
+    model = get_model(cfg.model)
+    if float_state is not None:
+        try:
+            model.load_state_dict(float_state)
+        except RuntimeError as exc:
+            raise TrainError(f"float weights do not match {cfg.model}: {str(exc).splitlines()[0]}") from exc
+    if phase == "float":
+        return model
+    from imcflow.train.qat_glue import to_qat  # imports imcflow.quant (QAT modules)
+
+    return to_qat(model, cfg)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, phase: str) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    lr = cfg.lr_float if phase == "float" else cfg.lr_qat
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
+
+
+def _scheduler(opt, cfg: TrainConfig, phase: str, steps: int):
+    total = max(1, cfg.epochs(phase) * steps)
+    if phase == "float" and total < 4:  # too short for a warm-up and a decay: constant rate
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    if phase == "float":  # warm-up over 25 % of the steps (at least 2), then cosine decay
+        pct = min(0.5, max(0.25, 2.0 / total))
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr_float, total_steps=total, pct_start=pct,
+                                                   div_factor=10.0, final_div_factor=100.0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr_qat * 0.01)
+
+
+def _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch) -> EpochRecord:
+    model.train()
+    t0 = time.perf_counter()
+    perm = torch.randperm(len(data.train_y), generator=gen)
+    bs = min(cfg.batch_size, len(perm))
+    loss_sum, correct, seen = 0.0, 0, 0
+    autocast = torch.autocast(cfg.device, dtype=torch.bfloat16) if (cfg.bf16 and phase == "float") \
+        else contextlib.nullcontext()
+    for step in range(steps):
+        idx = perm[step * bs:(step + 1) * bs]
+        x = to_model_input(random_crop_flip(data.train_x[idx], PAD_PX, gen), cfg.device)
+        y = data.train_y[idx].to(cfg.device)
+        with autocast:
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if not math.isfinite(loss.item()):
+            raise TrainError(f"{phase} epoch {epoch + 1} step {step + 1}: loss is {loss.item()}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        if on_batch:
+            on_batch(phase, epoch + 1, step + 1, steps, loss.item())
+    train_s = time.perf_counter() - t0
+    test_acc = evaluate(model, data.test_x, data.test_y, cfg.device)
+    return EpochRecord(phase=phase, epoch=epoch + 1, epochs=cfg.epochs(phase), loss=loss_sum / seen,
+                       train_acc=correct / seen, test_acc=test_acc, images_per_s=seen / train_s,
+                       lr=sched.get_last_lr()[0], seconds=time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str = "cpu",
+             batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` (put in eval mode) on uint8 NCHW ``images``, in float32."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        logits = model(to_model_input(images[i:i + batch_size], device))
+        correct += int((logits.argmax(1).cpu() == labels[i:i + batch_size]).sum())
+    return correct / max(1, len(labels))

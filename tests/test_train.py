@@ -1,0 +1,125 @@
+"""Training: augmentation (fast == reference), a smoke run that is interrupted and resumes, export."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imcflow.cli import main
+from imcflow.models.cnn11 import load_trained
+from imcflow.train import TrainConfig, TrainError, train
+from imcflow.train.augment import random_crop_flip, random_crop_flip_reference
+from imcflow.train.export import export_run
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def fake_cifar(tmp_path_factory) -> Path:
+    """Pickle-batch CIFAR-10 of 320 train and 64 test images whose class shows in the mean colour."""
+    root = tmp_path_factory.mktemp("cifar")
+    rng = np.random.default_rng(0)
+
+    def batch(n: int) -> dict:
+        labels = rng.integers(0, 10, n)
+        data = rng.integers(0, 64, (n, 3072)) + (labels[:, None] * 19)
+        return {b"data": data.astype(np.uint8), b"labels": labels.tolist()}
+
+    for i in range(1, 6):
+        (root / f"data_batch_{i}").write_bytes(pickle.dumps(batch(64)))
+    (root / "test_batch").write_bytes(pickle.dumps(batch(64)))
+    return root
+
+
+def _cfg(data: Path, out: Path, cache: Path, **kw) -> TrainConfig:
+    base = dict(data_root=str(data), out_dir=str(out), epochs_float=2, batch_size=32, limit_train=64,
+                cache_dir=str(cache), lr_float=0.05)
+    return TrainConfig(**(base | kw))
+
+
+def test_augment_fast_equals_reference() -> None:
+    images = torch.randint(0, 256, (9, 3, 8, 8), dtype=torch.uint8)
+    fast = random_crop_flip(images, 3, torch.Generator().manual_seed(5))
+    slow = random_crop_flip_reference(images, 3, torch.Generator().manual_seed(5))
+    assert torch.equal(fast, slow)
+    assert fast.dtype == torch.uint8 and fast.shape == images.shape
+    assert not torch.equal(fast, images)  # it does move pixels
+    # zero shift and no flip leave an image unchanged: pad 0 means only flips happen
+    flipped = random_crop_flip(images, 0, torch.Generator().manual_seed(1))
+    assert all(torch.equal(f, i) or torch.equal(f, i.flip(2)) for f, i in zip(flipped, images))
+
+
+def test_interrupted_run_resumes_where_it_stopped(fake_cifar: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    straight = train(_cfg(fake_cifar, tmp_path / "straight", cache))
+    assert [(r.phase, r.epoch) for r in straight.history] == [("float", 1), ("float", 2)]
+
+    def stop_after_first(rec) -> None:
+        raise _Stop
+
+    out = tmp_path / "resumed"
+    with pytest.raises(_Stop):
+        train(_cfg(fake_cifar, out, cache), on_epoch=stop_after_first)
+    ckpt = torch.load(out / "last.ckpt", weights_only=False)
+    assert ckpt["phase"] == "float" and ckpt["epoch"] == 1
+    seen: list[int] = []
+    resumed = train(_cfg(fake_cifar, out, cache), on_epoch=lambda r: seen.append(r.epoch))
+    assert seen == [2]  # continued from epoch 1, not 0
+    assert [r.epoch for r in resumed.history] == [1, 2]
+    # same random draws as the uninterrupted run: identical weights
+    a = torch.load(tmp_path / "straight" / "float.pt")
+    b = torch.load(out / "float.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a finished run started again does nothing
+    assert len(train(_cfg(fake_cifar, out, cache), on_epoch=lambda r: seen.append(-1)).history) == 2
+    assert seen == [2]
+
+
+def test_resume_with_other_schedule_is_refused(fake_cifar: Path, tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    with pytest.raises(_Stop):
+        train(_cfg(fake_cifar, out, cache), on_epoch=lambda r: (_ for _ in ()).throw(_Stop()))
+    with pytest.raises(TrainError, match="--epochs-float"):
+        train(_cfg(fake_cifar, out, cache, epochs_float=3))
+
+
+def test_qat_needs_float_weights(fake_cifar: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="QAT starts from float weights"):
+        train(_cfg(fake_cifar, tmp_path / "q", tmp_path / "c", epochs_float=0, epochs_qat=1))
+
+
+def test_cli_smoke_train_resume_export(fake_cifar: Path, tmp_path: Path, capsys) -> None:
+    out, weights = tmp_path / "run", tmp_path / "weights"
+    args = ["train", "cifar10-cnn11", "--data", str(fake_cifar), "--out", str(out), "--epochs-float", "1",
+            "--batch-size", "32", "--limit-train", "128", "--cache-dir", str(tmp_path / "cache"), "--threads", "2"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "float epoch 1/1" in first and "img/s" in first
+    assert main(args + ["--export", "--weights-dir", str(weights)]) == 0
+    assert "float epoch 1/1" not in capsys.readouterr().out  # nothing left to train
+    record = json.loads((weights / "cifar10-cnn11.json").read_text())
+    assert record["epochs_done"] == {"float": 1, "qat": 0} and record["seed"] == 0
+    assert record["command"].startswith("imcflow train cifar10-cnn11 --data")
+    assert "final float epoch" in record["float_weights"]
+    model = load_trained(weights / "cifar10-cnn11.pt")
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+    # the exported full checkpoint starts a new run folder (here: nothing left, both phases done)
+    assert main(["train", "cifar10-cnn11", "--data", str(fake_cifar), "--out", str(tmp_path / "new"),
+                 "--resume-from", str(weights / "cifar10-cnn11.ckpt"), "--epochs-float", "1", "--batch-size", "32",
+                 "--limit-train", "128", "--cache-dir", str(tmp_path / "cache")]) == 0
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["train", "cifar10-cnn11", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CIFAR-10 train data" in err
+    assert main(["train", "cifar10-cnn11", "--out", str(tmp_path / "o"), "--export-only"]) == 2
+    assert "no last.ckpt" in capsys.readouterr().err
