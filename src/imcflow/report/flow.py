@@ -21,23 +21,12 @@ from imcflow.ir.report import Report
 
 
 def load_qgraph(net: str, chip: ChipConfig, trained: bool = True) -> tuple[QGraph, str]:
-    """(QGraph, where it came from) for zoo network or ONNX path ``net``."""
-    try:
-        from imcflow.pipeline import load_qgraph as pipeline_load
-    except ImportError:
-        pipeline_load = None
-    if pipeline_load is not None and trained:
-        try:
-            return pipeline_load(net, chip=chip), "imcflow.pipeline.load_qgraph"
-        except ImcflowError:
-            pass
-    from imcflow.frontend import load_graph
-    from imcflow.frontend.normalize import normalize
-    from imcflow.quant.calibrate import calibrate
-    graph = normalize(load_graph(net))
-    rng = np.random.default_rng(0)
-    calib = rng.random((4, *graph.input_shape), dtype=np.float32)
-    return calibrate(graph, calib, chip), "untrained zoo weights, calibrated on 4 synthetic inputs (timing/energy only)"
+    """(QGraph, where it came from) for zoo network or path ``net`` (via imcflow.pipeline.load_qgraph)."""
+    from imcflow.pipeline import load_qgraph as pipeline_load
+    q = pipeline_load(net, chip=chip, trained=trained)
+    if q.meta.get("trained", True):
+        return q, "trained weights"
+    return q, "untrained (random-init) weights, calibrated on synthetic inputs: timing and energy only"
 
 
 def compile_program(qgraph: QGraph, chip: ChipConfig, objective: str = "throughput") -> Program:
@@ -89,9 +78,8 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
     from imcflow.sim.functional import run_program
     if qgraph is None:
         qgraph, origin = load_qgraph(net, chip)
-        if not origin.startswith("imcflow.pipeline"):
-            raise DataError(f"no trained QGraph for {net!r} (imcflow.pipeline.load_qgraph unavailable or failed); "
-                            "accuracy needs trained weights")
+        if not origin.startswith("trained"):
+            raise DataError(f"no trained weights for {net!r}: accuracy needs them (see docs/cnn11.md to train)")
     prog = prog or compile_program(qgraph, chip)
     ds = load_cifar10(data, "test")
     x_u8, labels = _images_labels(ds)
@@ -130,9 +118,8 @@ def _images_labels(ds) -> tuple[np.ndarray, np.ndarray]:
 
 def _to_input_ints(q: QGraph, x_u8: np.ndarray) -> np.ndarray:
     """uint8 images (N, 3, 32, 32) -> the QGraph's input integers (pixel / 255 quantised)."""
-    x = x_u8.astype(np.float64) / 255.0
-    v = np.floor(x / q.input.scale + 0.5).astype(np.int64)
-    return np.clip(v, q.input.min_int, q.input.max_int)
+    from imcflow.quant.reference import quantize_input
+    return quantize_input(q, x_u8.astype(np.float64) / 255.0)
 
 
 def _float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, float]:

@@ -230,7 +230,7 @@ def _execute(ctx, phase, core, ins, mem: _Store, loaded, tiles, streams, sent) -
     elif op == InstrKind.LOAD:
         raise SimError(f"{where}: LOAD inside a task; loads belong in CoreProgram.loads")
     else:
-        _simd(ctx, where, q.node(ins.layer), mem)
+        _simd(ctx, where, q.node(ins.layer), ins, mem)
 
 
 def _n_row_tiles(ctx: _Ctx, node: QNode) -> int:
@@ -239,16 +239,27 @@ def _n_row_tiles(ctx: _Ctx, node: QNode) -> int:
     return len(row_tiles(w.shape[1], kh, kw, ctx.chip.array.rows))
 
 
-def _full(ctx: _Ctx, mem: _Store, name: str, where: str) -> np.ndarray:
+def _full(ctx: _Ctx, mem: _Store, name: str, where: str, c: tuple[int, int] | None = None) -> np.ndarray:
     spec = ctx.prog.qgraph.spec(name)
-    c, h, w = _chw(spec)
-    if not mem.has(name, (0, c), (0, h * w)):
-        raise _Blocked(f"{where}: needs all of {name!r} on this core")
-    return mem.get(name, (0, c), (0, h * w)).reshape(ctx.n, c, h, w)
+    ch, h, w = _chw(spec)
+    c = (0, ch) if c is None else c
+    if not mem.has(name, c, (0, h * w)):
+        raise _Blocked(f"{where}: needs {name!r} ch[{c[0]}:{c[1]}] (all pixels) on this core")
+    return mem.get(name, c, (0, h * w)).reshape(ctx.n, c[1] - c[0], h, w)
 
 
-def _simd(ctx: _Ctx, where: str, node: QNode, mem: _Store) -> None:
-    ins = [_full(ctx, mem, i, where) for i in node.inputs]
+def _channel_range(node: QNode, ins) -> tuple[int, int]:
+    """Output channels a SIMD instruction computes (all for FLATTEN/CONCAT or an unset range)."""
+    oc = _chw(node.out)[0]
+    if node.op in (QOp.FLATTEN, QOp.CONCAT) or ins.oc_hi <= ins.oc_lo:
+        return 0, oc
+    return ins.oc_lo, ins.oc_hi
+
+
+def _simd(ctx: _Ctx, where: str, node: QNode, ins_, mem: _Store) -> None:
+    c = _channel_range(node, ins_)
+    per_channel = node.op not in (QOp.FLATTEN, QOp.CONCAT)
+    ins = [_full(ctx, mem, i, where, c if per_channel else None) for i in node.inputs]
     x = ins[0]
     if node.op == QOp.MAXPOOL:
         y = kernels.maxpool(x, node.kernel, node.stride, node.padding)
@@ -266,7 +277,7 @@ def _simd(ctx: _Ctx, where: str, node: QNode, mem: _Store) -> None:
     else:
         raise SimError(f"{where}: node {node.name!r} op {node.op.value} is not a SIMD op")
     oc, oh, ow = _chw(node.out)
-    mem.put(node.name, (ctx.n, oc, oh * ow), (0, oc), (0, oh * ow), y.reshape(ctx.n, oc, oh * ow))
+    mem.put(node.name, (ctx.n, oc, oh * ow), c, (0, oh * ow), y.reshape(ctx.n, c[1] - c[0], oh * ow))
 
 
 def _mvm(ctx: _Ctx, where: str, core: int, ins, mem: _Store, loaded: set[int], tiles) -> None:

@@ -292,7 +292,7 @@ class _Lowerer:
             avail[key].append((ins.oc_lo, ins.oc_hi, {k: o for (k, _, _), o in zip(self.chunks(ins.layer, ins.px_lo, ins.px_hi), ops)}))
             self.chain(tkey, b, ops[0], ops[-1])
             return ops
-        return self.simd_node(phase, core, node, b, avail, tkey, where)
+        return self.simd_node(phase, core, node, ins, b, avail, tkey, where)
 
     def n_row_tiles(self, node) -> int:
         w = node.weight
@@ -351,13 +351,15 @@ class _Lowerer:
         self.chain(tkey, b, ops[0], ops[-1])
         return ops
 
-    def simd_node(self, phase: Phase, core: int, node, b: int, avail, tkey, where) -> list[int]:
+    def simd_node(self, phase: Phase, core: int, node, ins, b: int, avail, tkey, where) -> list[int]:
         c_out, h_out, w_out, r_out = self.geom(node.name)
-        total = _node_ops(self.p.qgraph, node)
+        per_channel = node.op not in (QOp.FLATTEN, QOp.CONCAT) and ins.oc_hi > ins.oc_lo
+        c0, c1 = (ins.oc_lo, ins.oc_hi) if per_channel else (0, c_out)
+        total = _node_ops(self.p.qgraph, node) * (c1 - c0) / c_out
         ops, by_chunk = [], {}
         n_chunks = (h_out - 1) // r_out + 1
         all_deps = [[d for src in node.inputs
-                     for d in self.deps_for(avail, src, 0, self.p.qgraph.spec(src).shape[0],
+                     for d in self.deps_for(avail, src, *((c0, c1) if per_channel else (0, self.p.qgraph.spec(src).shape[0])),
                                             *self.in_rows(node, src, k), where)] for k in range(n_chunks)]
         for k, deps in enumerate(all_deps):
             n = total / n_chunks
@@ -367,7 +369,7 @@ class _Lowerer:
             self.count(core, node.name, EventCounts(simd_ops=n))
             ops.append(op)
             by_chunk[k] = op
-        avail[node.name].append((0, c_out, by_chunk))
+        avail[node.name].append((c0, c1, by_chunk))
         self.chain(tkey, b, ops[0], ops[-1])
         return ops
 

@@ -1,0 +1,55 @@
+"""``imcflow eval MODEL --data DIR``: accuracy of a compiled network run through the simulator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from imcflow.cli.common import add_chip_args, chip_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="compile a network and run the CIFAR-10 test set through the simulator")
+    p.add_argument("model", help="zoo name (e.g. cifar10-cnn11) or a .qgraph.json")
+    add_chip_args(p)
+    p.add_argument("--data", required=True, metavar="DIR", help="CIFAR-10 folder, e.g. ../shared/data/cifar10")
+    p.add_argument("--mode", default="bit_true", choices=("ideal", "bit_true", "analog"))
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N test images only")
+    p.add_argument("--batch-size", type=int, default=250, metavar="B", help="images per simulator call")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from imcflow.errors import DataError
+    from imcflow.report.flow import evaluate_accuracy
+
+    if args.limit is not None and args.limit < 1:
+        raise DataError(f"--limit {args.limit}: must be >= 1")
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size {args.batch_size}: must be >= 1")
+    chip = chip_from_args(args)
+    bar = tqdm(total=args.limit or 10000, unit="img", file=sys.stderr, desc=f"{args.model} {args.mode}")
+
+    def progress(done: int) -> None:
+        bar.total = max(bar.total, done)
+        bar.update(done - bar.n)
+
+    res = evaluate_accuracy(args.model, chip, args.data, mode=args.mode, limit=args.limit,
+                            batch_size=args.batch_size, progress=progress)
+    bar.close()
+    lines = [f"{args.model} on {chip.name}, {res['images']} CIFAR-10 (JPEG q75 copy) test images",
+             f"  accuracy ({args.mode}):  {100 * res['accuracy']:.2f} %   ({res['wall_s']:.1f} s)"]
+    if "accuracy_ideal" in res and args.mode != "ideal":
+        lines.append(f"  accuracy (ideal):     {100 * res['accuracy_ideal']:.2f} %   ({res['wall_s_ideal']:.1f} s)")
+    if "accuracy_float" in res:
+        lines.append(f"  accuracy (float):     {100 * res['accuracy_float']:.2f} %   ({res['float_wall_s']:.1f} s, PyTorch)")
+        lines.append(f"  simulator / float PyTorch wall time: {res['sim_over_float_time']:.1f}x")
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    return 0
