@@ -63,7 +63,7 @@ def _tile_codes(k: torch.Tensor, mode: Mode, full_scale: int, adc_bits: int, row
     if mode is Mode.IDEAL:
         return k
     if mode is Mode.BIT_TRUE:
-        return adc_bit_true(k, full_scale, adc_bits, rows)
+        return adc_bit_true(k, full_scale, adc_bits, rows, inplace=True)
     n, cols, ho, wo = k.shape
     noise = draws.noise_lsb[:, plane, :].reshape(n, ho, wo, cols).transpose(0, 3, 1, 2)
     codes = analog_code(k.double().numpy(), draws.gain.reshape(1, cols, 1, 1),
@@ -111,10 +111,10 @@ def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits
             if mode is Mode.ANALOG and draws is None:
                 draws = draw_analog(analog, seed + t, n * ho * wo, x_bits, c_out * w_bits)
             codes = _tile_codes(k, mode, full_scale, adc_bits, (c1 - c0) * kh * kw, draws, i)
-            coef = torch.tensor([ci[i] * c for c in cw], dtype=dtype).view(1, 1, w_bits, 1, 1)
-            term = (codes.to(dtype).view(n, c_out, w_bits, ho, wo) * coef).sum(2)
+            coef = torch.tensor([ci[i] * c for c in cw], dtype=dtype).view(1, 1, 1, w_bits)
+            term = torch.matmul(coef, codes.to(dtype).view(n, c_out, w_bits, ho * wo))  # (n, c_out, 1, ho*wo)
             acc = term if acc is None else acc.add_(term)
-    return acc.to(out_dtype)
+    return acc.view(n, c_out, ho, wo).to(out_dtype)
 
 
 def bpbs_linear(x_int: torch.Tensor, w_int: torch.Tensor, **kw) -> torch.Tensor:

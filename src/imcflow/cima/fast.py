@@ -57,15 +57,16 @@ def binary_counts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch._int_mm(a.contiguous(), b.contiguous())[:m, :n]
 
 
-def adc_bit_true(k: torch.Tensor, full_scale: int, adc_bits: int, max_k: int) -> torch.Tensor:
+def adc_bit_true(k: torch.Tensor, full_scale: int, adc_bits: int, max_k: int, inplace: bool = False) -> torch.Tensor:
     """min(2**b - 1, floor((2*k*2**b + fs) / (2*fs))) for integer-valued ``k`` (any dtype), as float.
 
     Exact in float32 when 2*max_k*2**b + 3*fs < 2**24: numerator and denominator are then exact,
     IEEE division is correctly rounded, and a quotient at least 1/(2*fs) below the next integer m
-    cannot round up to it because m * 2*fs < 2**24. Otherwise float64 (same argument, 2**53)."""
+    cannot round up to it because m * 2*fs < 2**24. Otherwise float64 (same argument, 2**53).
+    ``inplace=True`` may overwrite ``k`` (when it already has the working float dtype)."""
     levels = 1 << adc_bits
     exact32 = 2 * max_k * levels + 3 * full_scale < _FLOAT32_EXACT
-    kf = k.to(torch.float32 if exact32 else torch.float64, copy=True)  # in-place below: keep k intact
+    kf = k.to(torch.float32 if exact32 else torch.float64, copy=not inplace)
     return kf.mul_(2 * levels).add_(full_scale).div_(2 * full_scale).floor_().clamp_max_(levels - 1)
 
 
