@@ -137,3 +137,35 @@ def chain_qgraph(chip: ChipConfig, layers: list[tuple], in_shape: tuple[int, int
     graph = QGraph(name="chain", input_name="x", input=b.specs["x"], nodes=tuple(b.nodes), output=cur)
     graph.verify()
     return graph
+
+
+def resnet_qgraph(chip: ChipConfig, blocks: tuple[int, ...] = (3, 4, 6, 3), width: int = 64,
+                  in_shape: tuple[int, int, int] = (3, 224, 224), classes: int = 1000, seed: int = 0,
+                  w_bits: int = 4, a_bits: int = 4) -> QGraph:
+    """A bottleneck ResNet (default: ResNet-50's topology and size) with random integer weights."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(rng, chip, w_bits, a_bits)
+    b.specs["x"] = QTensor(shape=in_shape, bits=8, signed=False, scale=1 / 255)
+    cur = b.mvm("conv1", "x", width, k=7, stride=2)
+    c, h, w = b.specs[cur].shape
+    cur = b.add_node(QNode(name="maxpool", op=QOp.MAXPOOL, inputs=(cur,), out=b.act((c, (h - 1) // 2 + 1, (w - 1) // 2 + 1)),
+                           kernel=(3, 3), stride=(2, 2), padding=(1, 1)))
+    c_in = width
+    for stage, n in enumerate(blocks):
+        mid = width * 2 ** stage
+        for i in range(n):
+            stride = 2 if (i == 0 and stage > 0) else 1
+            p = f"l{stage + 1}.{i}"
+            a = b.mvm(f"{p}.conv1", cur, mid, k=1)
+            a = b.mvm(f"{p}.conv2", a, mid, k=3, stride=stride)
+            a = b.mvm(f"{p}.conv3", a, mid * 4, k=1)
+            skip = cur
+            if i == 0:
+                skip = b.mvm(f"{p}.down", cur, mid * 4, k=1, stride=stride)
+            cur = b.add(f"{p}.add", a, skip)
+            c_in = mid * 4
+    cur = b.gap("gap", cur)
+    cur = b.mvm("fc", cur, classes, linear=True)
+    graph = QGraph(name="resnet", input_name="x", input=b.specs["x"], nodes=tuple(b.nodes), output=cur)
+    graph.verify()
+    return graph

@@ -86,17 +86,21 @@ class _Emitter:
             ins += self._sends(core, StreamKind.ACT, layer, oc_lo=t.oc_lo, px_lo=px_lo)
         self.tasks[core].append(Task(name=f"{layer}#{copy}", instrs=tuple(ins)))
 
-    def simd_task(self, name: str, core: int) -> None:
+    def simd_task(self, name: str, core: int, oc_lo: int, oc_hi: int, whole: bool) -> None:
         node = self.qgraph.node(name)
-        ins = self._recv_act(core, lambda s: s.tensor in node.inputs)
-        ins.append(Instr(InstrKind(node.op.value), layer=name))
-        ins += self._sends(core, StreamKind.ACT, name)
-        self.tasks[core].append(Task(name=name, instrs=tuple(ins)))
+        ins = self._recv_act(core, lambda s: s.tensor in node.inputs and s.oc_lo < oc_hi and oc_lo < s.oc_hi)
+        spec = node.out
+        pixels = spec.shape[1] * spec.shape[2] if len(spec.shape) == 3 else 1
+        ins.append(Instr(InstrKind(node.op.value), layer=name, oc_lo=oc_lo, oc_hi=oc_hi, px_lo=0, px_hi=pixels))
+        ins += self._sends(core, StreamKind.ACT, name, oc_lo=oc_lo)
+        self.tasks[core].append(Task(name=name if whole else f"{name}[{oc_lo}:{oc_hi}]", instrs=tuple(ins)))
 
     def run(self, perm: list[int]) -> None:
         for name in self.plan.nodes:
             if name in self.plan.hosts:
-                self.simd_task(name, perm[self.plan.hosts[name]])
+                groups = self.plan.hosts[name]
+                for array, lo, hi in groups:
+                    self.simd_task(name, perm[array], lo, hi, whole=len(groups) == 1)
                 continue
             for copy in range(self.plan.copies[name]):
                 by_core: dict[int, list[TileSlot]] = defaultdict(list)

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from imcflow.compiler.codegen import emit_phase
-from imcflow.compiler.placement import OBJECTIVES, PhasePlan, place
+from imcflow.compiler.placement import OBJECTIVES, PhasePlan, Search, phase_work_of, place, place_phase, split_plan
 from imcflow.compiler.routing import phase_streams, route_phase
 from imcflow.compiler.tiling import LayerTiling, tile_graph
 from imcflow.config.chip import ChipConfig
@@ -39,7 +41,7 @@ def compile_qgraph(qgraph: QGraph, chip: ChipConfig, objective: str = "throughpu
         raise CompileError(f"the QGraph is inconsistent: {exc}") from None
     tilings = tile_graph(qgraph, chip)
     plans = place(qgraph, tilings, chip, objective)
-    phases = tuple(_route_and_emit(qgraph, tilings, chip, plans, i) for i in range(len(plans)))
+    phases = _route_all(qgraph, tilings, chip, plans, objective)
     program = Program(name=qgraph.name, qgraph=qgraph, chip=chip, phases=phases, batch=1, batch_reason="",
                       objective=objective)
     estimates = [estimate_phase(phase_work(program, ph), chip) for ph in phases]
@@ -59,33 +61,54 @@ def _needed_later(qgraph: QGraph, plans: list[PhasePlan], index: int) -> set[str
     return later
 
 
-def _route_and_emit(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plans: list[PhasePlan],
-                    index: int) -> Phase:
-    """Streams, routes and code of one phase; if its copies make it unroutable, fall back to one copy."""
-    plan = plans[index]
-    later = _needed_later(qgraph, plans, index)
+def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plans: list[PhasePlan],
+               objective: str) -> tuple[Phase, ...]:
+    """Route and emit every phase. A phase that cannot be routed is re-placed: first with one copy
+    per layer (fewer streams), then cut into two phases (each re-placed), until it routes."""
+    phases: list[Phase] = []
+    while len(phases) < len(plans):
+        i = len(phases)
+        plan = dataclasses.replace(plans[i], index=i)
+        later = _needed_later(qgraph, plans, i)
+        emitted = _try_route(qgraph, tilings, chip, plan, later)
+        if emitted is None and any(n > 1 for n in plan.copies.values()):
+            emitted = _try_route(qgraph, tilings, chip, _single_copy(qgraph, tilings, chip, plan), later)
+        if emitted is None:
+            plans = plans[:i] + _split(qgraph, tilings, chip, plan, objective) + plans[i + 1:]
+        else:
+            phases.append(emitted)
+    return tuple(phases)
+
+
+def _try_route(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,
+               later: set[str]) -> Phase | None:
     specs = phase_streams(qgraph, plan, tilings, later, chip.simd.accumulator_bits)
     try:
         perm, routes = route_phase(plan, qgraph, chip, specs)
     except CompileError:
-        if all(n == 1 for n in plan.copies.values()):
-            raise
-        plan = _single_copy(qgraph, tilings, chip, plan)
-        specs = phase_streams(qgraph, plan, tilings, later, chip.simd.accumulator_bits)
-        perm, routes = route_phase(plan, qgraph, chip, specs)
+        return None
     return emit_phase(plan, qgraph, tilings, chip, specs, perm, routes)
 
 
 def _single_copy(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan) -> PhasePlan:
-    from imcflow.compiler.placement import _Search, phase_work_of  # local: fallback path only
-    search = _Search(qgraph, tilings, chip, plan.nodes, plan.col_tiles, "throughput")
+    """The phase re-placed with one copy of every layer (fewer streams to route)."""
     copies = {layer: 1 for layer in plan.col_tiles}
-    placed = search.pack(copies)
+    placed = Search(qgraph, tilings, chip, plan.nodes, plan.col_tiles, "throughput").pack(copies)
     if placed is None:
-        raise CompileError(f"phase {plan.index}: cannot be routed and does not pack with one copy per layer")
+        return plan
     _, hosts = phase_work_of(qgraph, plan.nodes, placed, tilings, plan.col_tiles, copies)
     return PhasePlan(index=plan.index, nodes=plan.nodes, col_tiles=plan.col_tiles, copies=copies, placed=placed,
                      hosts=hosts)
+
+
+def _split(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,
+           objective: str) -> list[PhasePlan]:
+    halves = split_plan(plan)
+    if halves is None:
+        raise CompileError(f"phase {plan.index} (layer {plan.nodes}): even one column tile cannot be routed on the "
+                           f"{chip.grid_rows}x{chip.grid_cols} mesh with {chip.ocn.tracks_per_channel} tracks per "
+                           f"channel (ocn.tracks_per_channel); raise it or use a larger grid")
+    return [place_phase(qgraph, tilings, chip, objective, plan.index, nodes, cts) for nodes, cts in halves]
 
 
 def choose_batch(estimates, chip: ChipConfig, objective: str, batch: int | None,

@@ -22,7 +22,7 @@ from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
 from imcflow.compiler.packing import Packer, Placed, TileReq
 from imcflow.compiler.tiling import LayerTiling
-from imcflow.ir.qgraph import QGraph
+from imcflow.ir.qgraph import QGraph, QOp
 from imcflow.perf.model import PhaseEstimate, PhaseWork, estimate_phase, node_simd_ops
 
 OBJECTIVES = ("throughput", "latency", "energy")
@@ -41,8 +41,9 @@ class PhasePlan:
     """MVM layer -> [first, last) column tile indices computed in this phase."""
     copies: dict[str, int]
     placed: tuple[Placed, ...]
-    hosts: dict[str, int]
-    """SIMD-only node -> logical array whose SIMD computes it."""
+    hosts: dict[str, tuple[tuple[int, int, int], ...]]
+    """SIMD-only node -> channel groups (array, oc_lo, oc_hi): which array's SIMD computes which
+    output channels of it."""
 
     def acc_array(self, layer: str, copy: int, ct: int) -> int:
         """Array that accumulates and requantises (layer, copy, column tile): where row tile 0 sits."""
@@ -111,25 +112,72 @@ def _fits_more(packer: Packer, reqs: list[TileReq]) -> bool:
 
 # --- SIMD hosts and model view ----------------------------------------------------------------
 
+def _merge_groups(groups: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """Join channel groups on one array whose channel ranges touch (fewer streams)."""
+    out: list[tuple[int, int, int]] = []
+    for a, lo, hi in groups:
+        if out and out[-1][0] == a and out[-1][2] == lo:
+            out[-1] = (a, out[-1][1], hi)
+        else:
+            out.append((a, lo, hi))
+    return tuple(out)
+
+
+def consecutive_column_tiles(placed: list[Placed]) -> tuple[Placed, ...]:
+    """Swap interchangeable tiles (same layer, copy, row tile and shape) so that column tiles sharing
+    an array are consecutive: the array's output channels form one range, so the SIMD ops that
+    follow and their streams need fewer pieces. Costs are unchanged (same shapes and work)."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, p in enumerate(placed):
+        q = p.req
+        groups[(q.layer, q.copy, q.rt, q.rows, q.cols, q.bitplanes)].append(i)
+    out = list(placed)
+    for ids in groups.values():
+        spots = sorted(((placed[i].array, placed[i].r0, placed[i].c0) for i in ids))
+        reqs = sorted((placed[i].req for i in ids), key=lambda q: q.ct)
+        for k, ((a, r0, c0), q) in enumerate(zip(spots, reqs)):
+            out[ids[k]] = Placed(q, a, r0, c0)
+    return tuple(out)
+
+
+CHANNEL_SEPARABLE = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.ADD)
+"""SIMD ops computed channel by channel, which may be split over arrays by channel groups."""
+
+
 def simd_hosts(qgraph: QGraph, nodes: tuple[str, ...], placed: tuple[Placed, ...],
-               tilings: dict[str, LayerTiling], col_tiles: dict[str, tuple[int, int]]) -> dict[str, int]:
-    """Host array of each SIMD-only node: where its first input is produced in this phase (the
-    accumulating array of that layer's copy 0, first column tile, or that node's host); else the
-    array with the least work."""
-    acc = {}
+               tilings: dict[str, LayerTiling], col_tiles: dict[str, tuple[int, int]]
+               ) -> dict[str, tuple[tuple[int, int, int], ...]]:
+    """Channel groups (array, oc_lo, oc_hi) of each SIMD-only node. A channel-separable node whose
+    first input is made in this phase follows that input: one group per column tile of its layer
+    (on the array accumulating copy 0 of it) or the groups of that SIMD node, so residual adds and
+    pooling stay next to the data. Others run on one array: the first input's, else the array
+    with the least work."""
+    acc: dict[tuple[str, int], int] = {}
     load: dict[int, int] = defaultdict(int)
     for p in placed:
         load[p.array] += p.req.bitplanes
-        if p.req.copy == 0 and p.req.rt == 0 and p.req.layer not in acc and p.req.ct == col_tiles[p.req.layer][0]:
-            acc[p.req.layer] = p.array
-    hosts: dict[str, int] = {}
+        if p.req.copy == 0 and p.req.rt == 0:
+            acc[(p.req.layer, p.req.ct)] = p.array
     n_arrays = max([p.array for p in placed], default=0) + 1
     idle = min(range(n_arrays), key=lambda a: (load[a], a))
+    hosts: dict[str, tuple[tuple[int, int, int], ...]] = {}
     for name in nodes:
         if name in tilings:
             continue
-        src = qgraph.node(name).inputs[0]
-        hosts[name] = acc.get(src, hosts.get(src, idle))
+        node = qgraph.node(name)
+        src = node.inputs[0]
+        channels = node.out.shape[0]
+        groups: tuple[tuple[int, int, int], ...]
+        if src in col_tiles and col_tiles[src][0] == 0 and len(tilings[src].col_tiles) == col_tiles[src][1]:
+            tl = tilings[src]
+            groups = _merge_groups([(acc[(src, ct)], *tl.col_tiles[ct]) for ct in range(*col_tiles[src])])
+        elif src in hosts:
+            groups = hosts[src]
+        else:
+            groups = ((idle, 0, channels),)
+        if node.op not in CHANNEL_SEPARABLE or len(node.out.shape) == 0:
+            groups = ((groups[0][0], 0, channels),)
+        hosts[name] = groups
     return hosts
 
 
@@ -149,9 +197,11 @@ def phase_work_of(qgraph: QGraph, plan_nodes: tuple[str, ...], placed: tuple[Pla
         oc_lo, oc_hi = tl.col_tiles[q.ct]
         n = (oc_hi - oc_lo) * (hi - lo)
         simd[p.array] += n * (len(tl.row_tiles) - 1) + 2 * n
-    for name, a in hosts.items():
-        node_ops[name] = node_simd_ops(qgraph, name)
-        simd[a] += node_ops[name]
+    for name, groups in hosts.items():
+        total, channels = node_simd_ops(qgraph, name), qgraph.node(name).out.shape[0]
+        for a, lo, hi in groups:
+            simd[a] += total * (hi - lo) // channels
+        node_ops[name] = max(total * (hi - lo) // channels for _, lo, hi in groups)
     work = PhaseWork(tiles=tuple(p.work() for p in placed), simd_ops=dict(simd), simd_node_ops=node_ops)
     return work, hosts
 
@@ -166,7 +216,9 @@ def _score(est: PhaseEstimate, objective: str, chip: ChipConfig) -> tuple[float,
     return est.stage_time_s, est.latency_s
 
 
-class _Search:
+class Search:
+    """The greedy copy search of one phase (see module doc)."""
+
     def __init__(self, qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig,
                  nodes: tuple[str, ...], col_tiles: dict[str, tuple[int, int]], objective: str):
         self.qgraph, self.tilings, self.chip = qgraph, tilings, chip
@@ -183,7 +235,7 @@ class _Search:
             self.evaluations += 1
             packer = Packer(self.chip)
             if packer.place_all(sorted(reqs, key=order)):
-                placed = tuple(packer.placed())
+                placed = consecutive_column_tiles(packer.placed())
                 score = self.score(placed, copies)[0]
                 if best_score is None or score < best_score:
                     best, best_score = placed, score
@@ -231,21 +283,54 @@ class _Search:
         return copies, placed
 
 
+def place_phase(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, objective: str, index: int,
+                nodes: tuple[str, ...], cts: dict[str, tuple[int, int]]) -> PhasePlan:
+    """Copies and packing of one phase computing ``nodes`` (MVM layers: column tiles ``cts``)."""
+    search = Search(qgraph, tilings, chip, nodes, cts, objective)
+    packer = Packer(chip)
+    reqs = [r for layer, c in cts.items() for r in _requests(tilings[layer], c, 1)]
+    initial = tuple(packer.placed()) if packer.place_all(reqs) else None
+    if initial is None and search.pack({layer: 1 for layer in cts}) is None:
+        raise CompileError(f"phase {index}: its tiles do not pack into {chip.n_cores} arrays (internal: "
+                           f"the phase split and the packer disagree)")
+    copies, placed = search.run(initial or ())
+    _, hosts = phase_work_of(qgraph, nodes, placed, tilings, cts, copies)
+    return PhasePlan(index=index, nodes=nodes, col_tiles=cts, copies=copies, placed=placed, hosts=hosts)
+
+
+def split_plan(plan: PhasePlan) -> tuple[tuple[tuple[str, ...], dict], tuple[tuple[str, ...], dict]] | None:
+    """Cut a phase's work in two halves ((nodes, column tiles) each), or None if it is one tile."""
+    units = [(layer, ct) for layer, (a, b) in plan.col_tiles.items() for ct in range(a, b)]
+    if len(units) < 2:
+        return None
+    first_units = units[:len(units) // 2]
+    last_layer = first_units[-1][0]
+    halves: list[tuple[list[str], dict]] = [([], {}), ([], {})]
+    side = 0
+    for name in plan.nodes:
+        if name not in plan.col_tiles:
+            halves[side][0].append(name)
+            continue
+        mine = [ct for (layer, ct) in first_units if layer == name]
+        a, b = plan.col_tiles[name]
+        if side == 0 and mine:
+            halves[0][0].append(name)
+            halves[0][1][name] = (a, mine[-1] + 1)
+            if mine[-1] + 1 < b:
+                halves[1][0].append(name)
+                halves[1][1][name] = (mine[-1] + 1, b)
+            if name == last_layer:
+                side = 1
+        else:
+            side = 1
+            halves[1][0].append(name)
+            halves[1][1][name] = (a, b)
+    return (tuple(halves[0][0]), halves[0][1]), (tuple(halves[1][0]), halves[1][1])
+
+
 def place(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, objective: str) -> list[PhasePlan]:
     """Phases with copies and packed tiles, chosen by ``objective`` with the performance model."""
     if objective not in OBJECTIVES:
         raise CompileError(f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
-    plans = []
-    for i, ph in enumerate(split_phases(qgraph, tilings, chip)):
-        nodes, cts = tuple(ph["nodes"]), dict(ph["col_tiles"])
-        search = _Search(qgraph, tilings, chip, nodes, cts, objective)
-        packer = Packer(chip)
-        reqs = [r for layer, c in cts.items() for r in _requests(tilings[layer], c, 1)]
-        initial = tuple(packer.placed()) if packer.place_all(reqs) else None
-        if initial is None and search.pack({layer: 1 for layer in cts}) is None:
-            raise CompileError(f"phase {i}: its tiles do not pack into {chip.n_cores} arrays (internal: "
-                               f"the phase split and the packer disagree)")
-        copies, placed = search.run(initial or ())
-        _, hosts = phase_work_of(qgraph, nodes, placed, tilings, cts, copies)
-        plans.append(PhasePlan(index=i, nodes=nodes, col_tiles=cts, copies=copies, placed=placed, hosts=hosts))
-    return plans
+    return [place_phase(qgraph, tilings, chip, objective, i, tuple(ph["nodes"]), dict(ph["col_tiles"]))
+            for i, ph in enumerate(split_phases(qgraph, tilings, chip))]

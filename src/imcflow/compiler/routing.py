@@ -77,7 +77,7 @@ def _pieces(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling], te
                 out.append((plan.acc_array(tensor, k, ct), *tl.col_tiles[ct], lo, hi, True))
         return out
     if tensor in plan.hosts:
-        return [(plan.hosts[tensor], 0, channels, 0, pixels, True)]
+        return [(a, lo, hi, 0, pixels, True) for a, lo, hi in plan.hosts[tensor]]
     return [(IN_PORT, 0, channels, 0, pixels, False)]
 
 
@@ -98,9 +98,9 @@ def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTilin
                     ch_lo, ch_hi = tilings[q.layer].row_tiles[q.rt]
                     if ch_lo < oc_hi and oc_lo < ch_hi:
                         dsts.add(p.array)
-            for name, host in plan.hosts.items():
+            for name, groups in plan.hosts.items():
                 if t in qgraph.node(name).inputs:
-                    dsts.add(host)
+                    dsts.update(a for a, lo, hi in groups if lo < oc_hi and oc_lo < hi)
             if made_here and t in needed_later:
                 dsts.add(OUT_PORT)
             dsts.discard(src)
@@ -135,6 +135,11 @@ def _ep_key(e: int) -> tuple[int, int]:
 # --- routing ------------------------------------------------------------------------------------
 
 def _neighbours(chip: ChipConfig, s: int) -> list[int]:
+    """Switches (and the output port) reachable from switch or port ``s`` in one edge."""
+    if s == IN_PORT:
+        return [r * chip.grid_cols for r in range(chip.grid_rows)]
+    if s == OUT_PORT:
+        return []
     r, c = divmod(s, chip.grid_cols)
     out = []
     if r > 0:
@@ -145,15 +150,19 @@ def _neighbours(chip: ChipConfig, s: int) -> list[int]:
         out.append(s - 1)
     if c < chip.grid_cols - 1:
         out.append(s + 1)
+    if c == chip.grid_cols - 1:
+        out.append(OUT_PORT)
     return out
 
 
-def _switch(chip: ChipConfig, perm: list[int], e: int) -> int:
-    if e == IN_PORT:
-        return 0
-    if e == OUT_PORT:
-        return chip.n_cores - 1
-    return perm[e]
+def _switch(perm: list[int], e: int) -> int:
+    """Route-tree node of an endpoint: the core of a logical array, or the port itself."""
+    return e if e < 0 else perm[e]
+
+
+def _channel(a: int, b: int) -> tuple[int, int] | None:
+    """The track-limited channel of edge (a, b); None for port edges."""
+    return None if a < 0 or b < 0 else (min(a, b), max(a, b))
 
 
 def _grow(chip: ChipConfig, tree: set[int], target: int, cost) -> list[tuple[int, int]]:
@@ -196,23 +205,26 @@ def route_streams(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) 
         penalty = 0.5 * 1.7 ** it
 
         def cost(a: int, b: int) -> float:
-            key = (min(a, b), max(a, b))
+            key = _channel(a, b)
+            if key is None:
+                return 1.0
             over = usage.get(key, 0) + 1 - cap
             return (1.0 + history.get(key, 0.0)) * (1.0 + (penalty * over if over > 0 else 0.0))
 
         routes: list[tuple] = [()] * len(streams)
         for i in order:
             s = streams[i]
-            root = _switch(chip, perm, s.src)
+            root = _switch(perm, s.src)
             tree, edges = {root}, []
-            for tgt in sorted({_switch(chip, perm, d) for d in s.dsts} - {root}):
+            for tgt in sorted({_switch(perm, d) for d in s.dsts} - {root}):
                 if tgt in tree:
                     continue
                 for a, b in _grow(chip, tree, tgt, cost):
                     edges.append((a, b))
                     tree.add(b)
-                    key = (min(a, b), max(a, b))
-                    usage[key] = usage.get(key, 0) + 1
+                    key = _channel(a, b)
+                    if key is not None:
+                        usage[key] = usage.get(key, 0) + 1
             routes[i] = tuple(edges)
         over = {k: u - cap for k, u in usage.items() if u > cap}
         if not over:
@@ -222,14 +234,18 @@ def route_streams(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) 
     return None
 
 
+def _distance(chip: ChipConfig, a: int, b: int) -> int:
+    """Hops between route-tree nodes (ports count from their grid edge)."""
+    if a == IN_PORT:
+        return b % chip.grid_cols if b >= 0 else chip.grid_cols
+    if b == OUT_PORT:
+        return chip.grid_cols - 1 - a % chip.grid_cols
+    (r0, c0), (r1, c1) = divmod(a, chip.grid_cols), divmod(b, chip.grid_cols)
+    return abs(r0 - r1) + abs(c0 - c1)
+
+
 def _wirelength(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) -> int:
-    total = 0
-    for s in streams:
-        r0, c0 = divmod(_switch(chip, perm, s.src), chip.grid_cols)
-        for d in s.dsts:
-            r1, c1 = divmod(_switch(chip, perm, d), chip.grid_cols)
-            total += abs(r0 - r1) + abs(c0 - c1)
-    return total
+    return sum(_distance(chip, _switch(perm, s.src), _switch(perm, d)) for s in streams for d in s.dsts)
 
 
 def improve_assignment(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) -> list[int]:
@@ -265,8 +281,9 @@ def initial_assignment(plan: PhasePlan, qgraph: QGraph, chip: ChipConfig) -> lis
     index = {n.name: i for i, n in enumerate(qgraph.nodes)}
     for p in plan.placed:
         first[p.array] = min(first.get(p.array, 1 << 30), index[p.req.layer])
-    for name, a in plan.hosts.items():
-        first[a] = min(first.get(a, 1 << 30), index[name])
+    for name, groups in plan.hosts.items():
+        for a, _, _ in groups:
+            first[a] = min(first.get(a, 1 << 30), index[name])
     arrays = sorted(range(chip.n_cores), key=lambda a: (first.get(a, 1 << 30), a))
     snake = snake_order(chip)
     perm = [0] * chip.n_cores

@@ -14,10 +14,12 @@ Cores and switches
     occupies one track on every channel its route uses (in either direction: a channel's capacity
     counts streams in both directions together); a track carries ``ocn.track_bits`` bits per
     digital cycle and each switch hop costs ``ocn.hop_cycles``. Two off-chip ports exist:
-    :data:`IN_PORT` (activations from off-chip memory) attaches to switch 0 (west edge of the
-    top-left core) and :data:`OUT_PORT` (activations to off-chip memory) to switch ``n_cores - 1``
-    (east edge of the bottom-right core). The port links are not track-limited; their bandwidth is
-    ``chip.io.in_bits_per_cycle`` / ``out_bits_per_cycle``, shared by all streams through a port.
+    :data:`IN_PORT` (activations from off-chip memory) attaches to every switch of the grid's west
+    edge (grid column 0) and :data:`OUT_PORT` (activations to off-chip memory) to every switch of
+    the east edge (column ``grid_cols - 1``). A route enters from the input port with an edge
+    ``(IN_PORT, s)`` (s on the west edge) and leaves to the output port with an edge
+    ``(s, OUT_PORT)`` (s on the east edge). Port edges are not track-limited; the ports' bandwidth
+    is ``chip.io.in_bits_per_cycle`` / ``out_bits_per_cycle``, shared by all streams through a port.
 
 Phases and batch
     A Program is a sequence of :class:`Phase`. A phase first loads its tiles' weights (every
@@ -74,9 +76,12 @@ Tasks and instructions
         A layer with one row tile has no ACCUMULATE: its only partial sum is the accumulator.
     ``REQUANT``: apply the layer's :class:`~imcflow.ir.qgraph.Requant` to the accumulator of
         (layer, oc range, px range): the result is that piece of the layer's output tensor.
-    ``MAXPOOL``/``AVGPOOL``/``GLOBAL_AVGPOOL``/``ADD``/``FLATTEN``/``CONCAT``: compute QGraph node
-        ``layer`` entirely (all channels, all pixels) from its full input tensors, which this core
-        holds (received or produced here).
+    ``MAXPOOL``/``AVGPOOL``/``GLOBAL_AVGPOOL``/``ADD``/``FLATTEN``/``CONCAT``: compute output
+        channels ``[oc_lo, oc_hi)`` (all pixels; ``px_lo, px_hi`` span the whole output map) of QGraph
+        node ``layer`` from the same channels of its input tensors, which this core holds (received
+        or produced here). Pooling and ADD work channel by channel, so a node may be split over
+        several cores by channel groups (one task each); FLATTEN and CONCAT always cover all
+        channels (and then need every channel of their inputs).
     ``SEND stream``: send the piece named by stream ``stream`` (it must be held by this core).
 
 Streams
@@ -85,8 +90,9 @@ Streams
     activations after REQUANT or a SIMD op; ``PSUM``: integer accumulators of row tile
     ``row_tile`` of layer ``tensor``, sent to the core that ACCUMULATEs). ``src`` is a core or
     :data:`IN_PORT`; ``dsts`` are cores and/or :data:`OUT_PORT`. A core that produces a piece
-    needs no stream to use it itself. A :class:`Route` is a tree of directed switch-to-switch
-    edges from the source's switch reaching every destination's switch (forks allowed).
+    needs no stream to use it itself. A :class:`Route` is a tree of directed edges between
+    neighbouring switches (plus port edges, see above) rooted at the source (its core's switch, or
+    IN_PORT) and reaching every destination (a core's switch, or OUT_PORT); forks are allowed.
 
 Everything is a frozen dataclass; :meth:`Program.to_json`/:meth:`Program.from_json` round-trip to
 an equal Program and :meth:`Program.verify` checks the invariants above.
@@ -108,9 +114,9 @@ from imcflow.ir.qgraph import QGraph, QOp, graphs_equal, row_tiles
 from imcflow.ir.serialize import decode, encode
 
 IN_PORT = -1
-"""Endpoint id of the off-chip input port (attached to switch 0)."""
+"""Endpoint id of the off-chip input port (attached to every west-edge switch)."""
 OUT_PORT = -2
-"""Endpoint id of the off-chip output port (attached to switch n_cores - 1)."""
+"""Endpoint id of the off-chip output port (attached to every east-edge switch)."""
 
 SIMD_OPS = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.ADD, QOp.FLATTEN, QOp.CONCAT)
 
@@ -225,7 +231,7 @@ class Instr:
             return f"ACCUMULATE {self.layer}#{self.copy} {self.n_parts} parts {rng}"
         if op == InstrKind.REQUANT:
             return f"REQUANT {self.layer}#{self.copy} {rng}"
-        return f"{op.name} {self.layer}"
+        return f"{op.name} {self.layer} oc[{self.oc_lo}:{self.oc_hi}]"
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,8 @@ class Stream:
 
 @dataclass(frozen=True)
 class Route:
-    """The switch tree of one stream: directed edges (from_core, to_core) between adjacent switches."""
+    """The tree of one stream: directed edges (from, to) between adjacent switches (named by their
+    core ids), plus ``(IN_PORT, west-edge switch)`` and ``(east-edge switch, OUT_PORT)`` port edges."""
 
     stream_id: int
     edges: tuple[tuple[int, int], ...]
@@ -335,8 +342,8 @@ class Program:
 
     # --- queries --------------------------------------------------------------------------------
     def core_xy(self, core: int) -> tuple[int, int]:
-        """(row, col) of a core or port's switch on the grid."""
-        return _switch_xy(self.chip, core)
+        """(row, col) of a core's switch on the grid."""
+        return divmod(core, self.chip.grid_cols)
 
     def verify(self) -> None:
         """Check the invariants of the module docstring; raise CompileError naming the problem."""
@@ -369,17 +376,13 @@ def _decode_program(obj: dict[str, Any]) -> Program:
 
 # --- verification -----------------------------------------------------------------------------
 
-def _switch_xy(chip: ChipConfig, endpoint: int) -> tuple[int, int]:
-    if endpoint == IN_PORT:
-        endpoint = 0
-    elif endpoint == OUT_PORT:
-        endpoint = chip.n_cores - 1
-    return divmod(endpoint, chip.grid_cols)
-
-
-def _switch(chip: ChipConfig, endpoint: int) -> int:
-    r, c = _switch_xy(chip, endpoint)
-    return r * chip.grid_cols + c
+def port_edge_ok(chip: ChipConfig, a: int, b: int) -> bool:
+    """Whether (a, b) is a valid port edge: IN_PORT -> west-edge switch or east-edge switch -> OUT_PORT."""
+    if a == IN_PORT:
+        return 0 <= b < chip.n_cores and b % chip.grid_cols == 0
+    if b == OUT_PORT:
+        return 0 <= a < chip.n_cores and a % chip.grid_cols == chip.grid_cols - 1
+    return False
 
 
 def _fail(phase: Phase, msg: str) -> None:
@@ -441,29 +444,31 @@ def _verify_routes(prog: Program, phase: Phase) -> None:
     for s in phase.streams:
         if s.stream_id not in routes:
             _fail(phase, f"stream {s.stream_id} ({s.tensor}) has no route")
-        r = routes[s.stream_id]
-        root = _switch(chip, s.src)
-        reached, parent = {root}, {}
-        for a, b in r.edges:
-            for e in (a, b):
-                if not 0 <= e < chip.n_cores:
-                    _fail(phase, f"route of stream {s.stream_id}: switch {e} does not exist")
-            (ra, ca), (rb, cb) = divmod(a, chip.grid_cols), divmod(b, chip.grid_cols)
-            if abs(ra - rb) + abs(ca - cb) != 1:
-                _fail(phase, f"route of stream {s.stream_id}: switches {a} and {b} are not neighbours")
+        root = s.src
+        parent: dict[int, int] = {}
+        for a, b in routes[s.stream_id].edges:
+            if a in (IN_PORT, OUT_PORT) or b in (IN_PORT, OUT_PORT):
+                if not port_edge_ok(chip, a, b):
+                    _fail(phase, f"route of stream {s.stream_id}: {a}->{b} is not a port edge "
+                                 f"(IN_PORT to a west-edge switch, or an east-edge switch to OUT_PORT)")
+            else:
+                if not (0 <= a < chip.n_cores and 0 <= b < chip.n_cores):
+                    _fail(phase, f"route of stream {s.stream_id}: switch {a} or {b} does not exist")
+                (ra, ca), (rb, cb) = divmod(a, chip.grid_cols), divmod(b, chip.grid_cols)
+                if abs(ra - rb) + abs(ca - cb) != 1:
+                    _fail(phase, f"route of stream {s.stream_id}: switches {a} and {b} are not neighbours")
+                usage[(min(a, b), max(a, b))] += 1
             if b in parent or b == root:
-                _fail(phase, f"route of stream {s.stream_id}: switch {b} entered twice (not a tree)")
+                _fail(phase, f"route of stream {s.stream_id}: {b} entered twice (not a tree)")
             parent[b] = a
-            usage[(min(a, b), max(a, b))] += 1
-        for a, b in r.edges:  # each edge must hang from the root
-            node, seen = a, 0
+        for node in parent:  # every edge hangs from the root
+            seen = 0
             while node != root:
-                if node not in parent or seen > chip.n_cores:
-                    _fail(phase, f"route of stream {s.stream_id}: edge {a}->{b} is not connected to its source")
+                if node not in parent or seen > chip.n_cores + 2:
+                    _fail(phase, f"route of stream {s.stream_id}: {node} is not connected to its source {root}")
                 node, seen = parent[node], seen + 1
-        reached |= set(parent)
         for d in s.dsts:
-            if _switch(chip, d) not in reached:
+            if d != root and d not in parent:
                 _fail(phase, f"route of stream {s.stream_id} ({s.tensor}) does not reach endpoint {d}")
     for (a, b), n in usage.items():
         if n > chip.ocn.tracks_per_channel:
@@ -573,7 +578,8 @@ def summary(prog: Program) -> str:
                 lines.append(f"  {name:<18} x{len(copies)} copies oc[{c0.oc_lo}:{c0.oc_hi}] "
                              f"tiles {sum(1 for t in ph.tiles if t.layer == name):>3} on cores {cores}")
             else:
-                hosts = sorted({cp.core for cp in ph.cores for t in cp.tasks if t.name == name})
+                hosts = sorted({cp.core for cp in ph.cores for t in cp.tasks
+                                if t.name == name or t.name.startswith(name + "[")})
                 lines.append(f"  {name:<18} SIMD on core(s) {hosts}")
         routes = {r.stream_id: r for r in ph.routes}
         for s in ph.streams:

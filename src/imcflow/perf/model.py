@@ -255,7 +255,8 @@ def simd_ops_of(ins, qgraph: QGraph) -> int:
     if ins.op == InstrKind.REQUANT:
         return 2 * n
     if ins.op in (InstrKind.MAXPOOL, InstrKind.AVGPOOL, InstrKind.GLOBAL_AVGPOOL, InstrKind.ADD):
-        return node_simd_ops(qgraph, ins.layer)
+        channels = qgraph.node(ins.layer).out.shape[0]
+        return node_simd_ops(qgraph, ins.layer) * (ins.oc_hi - ins.oc_lo) // channels
     return 0
 
 
@@ -289,7 +290,7 @@ def phase_work(program: Program, phase: Phase) -> PhaseWork:
                 n = simd_ops_of(ins, program.qgraph)
                 simd[cp.core] += n
                 if ins.op not in (InstrKind.ACCUMULATE, InstrKind.REQUANT) and n:
-                    node_ops[ins.layer] = n
+                    node_ops[ins.layer] = max(node_ops.get(ins.layer, 0), n)
     links = {r.stream_id: len(r.edges) for r in phase.routes}
     streams = tuple(StreamWork(bits=s.bits, links=links.get(s.stream_id, 0), src=s.src, dsts=s.dsts)
                     for s in phase.streams)
