@@ -118,3 +118,16 @@ def test_bad_arguments_raise(change, match):
     assert isinstance(info.value, ImcflowError)
     with pytest.raises(CimaError, match="drop the mode"):
         bpbs_conv2d_ste(torch.zeros(1, 4, 4, 4), torch.zeros(2, 4, 3, 3), mode="ideal")
+
+
+@pytest.mark.parametrize("mode", ["bit_true", "analog"])
+def test_image_chunks_change_nothing(mode, monkeypatch):
+    import imcflow.cima.conv as conv_mod
+    g = torch.Generator().manual_seed(5)
+    x, w = _rand(g, (5, 6, 4, 4), 3, False), _rand(g, (2, 6, 3, 3), 2, True)
+    kw = dict(x_bits=3, w_bits=2, x_signed=False, padding=1, full_scale=18, mode=mode, adc_bits=8, array_rows=27,
+              analog=AnalogConfig(), seed=4)
+    whole = bpbs_conv2d(x, w, **kw)
+    monkeypatch.setattr(conv_mod, "CHUNK_ELEMS", 1)   # one image per chunk
+    assert torch.equal(bpbs_conv2d(x, w, **kw), whole)
+    np.testing.assert_array_equal(whole.numpy(), bpbs_conv2d_reference(x, w, **kw))

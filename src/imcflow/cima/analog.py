@@ -37,14 +37,26 @@ class AnalogDraws:
     """(batch, x_bits, n_cols) noise of each conversion, in ADC LSB."""
 
 
+class AnalogStream:
+    """The draws of one array, in order: gains and offsets at construction, then the noise of
+    successive input vectors, batch after batch (the same values as one big draw)."""
+
+    def __init__(self, analog: AnalogConfig, seed: int, x_bits: int, n_cols: int):
+        self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._analog, self._shape = analog, (x_bits, n_cols)
+        self.gain = 1.0 + analog.column_gain_sigma * self._rng.standard_normal(n_cols)
+        self.offset_lsb = analog.column_offset_sigma_lsb * self._rng.standard_normal(n_cols)
+
+    def noise_lsb(self, batch: int) -> np.ndarray:
+        """Noise (batch, x_bits, n_cols), in LSB, of the next ``batch`` input vectors."""
+        return self._analog.adc_noise_rms_lsb * self._rng.standard_normal((batch, *self._shape))
+
+
 def draw_analog(analog: AnalogConfig, seed: int, batch: int, x_bits: int, n_cols: int) -> AnalogDraws:
     """Draw gains, offsets and noise for ``batch`` input vectors of ``x_bits`` bit-planes on
     ``n_cols`` physical columns, deterministically from ``seed`` (order: gain, offset, noise)."""
-    rng = np.random.Generator(np.random.PCG64(seed))
-    gain = 1.0 + analog.column_gain_sigma * rng.standard_normal(n_cols)
-    offset = analog.column_offset_sigma_lsb * rng.standard_normal(n_cols)
-    noise = analog.adc_noise_rms_lsb * rng.standard_normal((batch, x_bits, n_cols))
-    return AnalogDraws(gain=gain, offset_lsb=offset, noise_lsb=noise)
+    stream = AnalogStream(analog, seed, x_bits, n_cols)
+    return AnalogDraws(gain=stream.gain, offset_lsb=stream.offset_lsb, noise_lsb=stream.noise_lsb(batch))
 
 
 def analog_code(k, gain, offset_lsb, noise_lsb, full_scale: int, adc_bits: int):

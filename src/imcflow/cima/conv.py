@@ -9,7 +9,9 @@ every column count k exactly (k <= array_rows < 2**24), then the ADC and the sig
 
 Analog mode: tile ``t`` is one mvm with ``seed + t``; its batch is the tile's im2col rows, ordered
 image-major then output row then output column (``n*Ho*Wo + ho*Wo + wo``), and its physical columns
-are ``o*w_bits + j``, so the draws of :func:`imcflow.cima.analog.draw_analog` line up exactly.
+are ``o*w_bits + j``, so the draws of :func:`imcflow.cima.analog.draw_analog` line up exactly. Large
+batches run in chunks of images (bounded memory); the noise is drawn chunk after chunk from one
+:class:`~imcflow.cima.analog.AnalogStream` per tile, which gives the same values as one big draw.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from imcflow.cima.analog import analog_code, draw_analog
+from imcflow.cima.analog import AnalogStream, analog_code
 from imcflow.cima.common import Mode, int_range, parse_mode
 from imcflow.cima.fast import adc_bit_true, bit_planes, bit_weights
 from imcflow.config.chip import AnalogConfig
@@ -58,17 +60,26 @@ def _check_args(x, w, x_bits, w_bits, x_signed, w_signed, full_scale, mode, anal
     return mode
 
 
-def _tile_codes(k: torch.Tensor, mode: Mode, full_scale: int, adc_bits: int, rows: int, draws, plane: int):
+CHUNK_ELEMS = 1 << 24
+"""Images per pass are limited so that one bit-plane's counts (images x C_out*w_bits x Ho x Wo)
+hold at most this many elements (analog mode: divided by x_bits, for its float64 noise)."""
+
+
+def _tile_codes(k: torch.Tensor, mode: Mode, full_scale: int, adc_bits: int, rows: int, stream, noise, plane: int):
     """ADC codes of counts ``k`` (N, cols, Ho, Wo) of one tile and input bit-plane."""
     if mode is Mode.IDEAL:
         return k
     if mode is Mode.BIT_TRUE:
         return adc_bit_true(k, full_scale, adc_bits, rows, inplace=True)
     n, cols, ho, wo = k.shape
-    noise = draws.noise_lsb[:, plane, :].reshape(n, ho, wo, cols).transpose(0, 3, 1, 2)
-    codes = analog_code(k.double().numpy(), draws.gain.reshape(1, cols, 1, 1),
-                        draws.offset_lsb.reshape(1, cols, 1, 1), noise, full_scale, adc_bits)
+    noise = noise[:, plane, :].reshape(n, ho, wo, cols).transpose(0, 3, 1, 2)
+    codes = analog_code(k.double().numpy(), stream.gain.reshape(1, cols, 1, 1),
+                        stream.offset_lsb.reshape(1, cols, 1, 1), noise, full_scale, adc_bits)
     return torch.from_numpy(codes).to(torch.float64)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits: int, x_signed: bool,
@@ -93,28 +104,46 @@ def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits
     """
     mode = _check_args(x_int, w_int, x_bits, w_bits, x_signed, w_signed, full_scale, mode, analog)
     c_out, c_in, kh, kw = w_int.shape
-    xi = x_int.to(torch.int32)
-    wb = bit_planes(w_int.to(torch.int32), w_bits, dim=1).reshape(c_out * w_bits, c_in, kh, kw).float()
-    cw, ci = bit_weights(w_bits, w_signed), bit_weights(x_bits, x_signed)
+    n, _, h, wd = x_int.shape
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
     tiles = row_tiles(c_in, kh, kw, array_rows)
+    streams = ([AnalogStream(analog, seed + t, x_bits, c_out * w_bits) for t in range(len(tiles))]
+               if mode is Mode.ANALOG else None)
+    wb = bit_planes(w_int.to(torch.int32), w_bits, dim=1).reshape(c_out * w_bits, c_in, kh, kw).float()
+    per_image = c_out * w_bits * max(1, ho * wo) * (x_bits if mode is Mode.ANALOG else 1)
+    chunk = max(1, CHUNK_ELEMS // per_image)
+    parts = [_conv_chunk(x_int[n0:n0 + chunk].to(torch.int32), wb, tiles, streams, mode, x_bits, w_bits,
+                         x_signed, w_signed, (sh, sw), (ph, pw), full_scale, adc_bits, array_rows)
+             for n0 in range(0, n, chunk)]
+    acc = torch.cat(parts) if parts else torch.zeros((0, c_out, ho, wo))
+    return acc.to(out_dtype)
+
+
+def _conv_chunk(xi, wb, tiles, streams, mode, x_bits, w_bits, x_signed, w_signed, stride, padding,
+                full_scale, adc_bits, array_rows) -> torch.Tensor:
+    """bpbs_conv2d of a few images: the loop over row tiles and input bit-planes."""
+    kh, kw = wb.shape[2:]
+    c_out = wb.shape[0] // w_bits
+    cw, ci = bit_weights(w_bits, w_signed), bit_weights(x_bits, x_signed)
     max_code = array_rows if mode is Mode.IDEAL else (1 << adc_bits) - 1
     # every partial sum is an integer of at most this size, so the float sums below are exact
     bound = max_code * sum(map(abs, cw)) * sum(map(abs, ci)) * len(tiles)
     dtype = torch.float32 if bound < _FLOAT32_EXACT else torch.float64
     acc = None
     for t, (c0, c1) in enumerate(tiles):
-        draws = None
+        noise = None
         for i in range(x_bits):
             xb = ((xi[:, c0:c1] >> i) & 1).float()
             k = F.conv2d(xb, wb[:, c0:c1], stride=stride, padding=padding)
             n, _, ho, wo = k.shape
-            if mode is Mode.ANALOG and draws is None:
-                draws = draw_analog(analog, seed + t, n * ho * wo, x_bits, c_out * w_bits)
-            codes = _tile_codes(k, mode, full_scale, adc_bits, (c1 - c0) * kh * kw, draws, i)
+            if streams is not None and noise is None:
+                noise = streams[t].noise_lsb(n * ho * wo)  # this chunk's vectors, in the stream's order
+            codes = _tile_codes(k, mode, full_scale, adc_bits, (c1 - c0) * kh * kw, streams and streams[t], noise, i)
             coef = torch.tensor([ci[i] * c for c in cw], dtype=dtype).view(1, 1, 1, w_bits)
             term = torch.matmul(coef, codes.to(dtype).view(n, c_out, w_bits, ho * wo))  # (n, c_out, 1, ho*wo)
             acc = term if acc is None else acc.add_(term)
-    return acc.view(n, c_out, ho, wo).to(out_dtype)
+    return acc.view(n, c_out, ho, wo)
 
 
 def bpbs_linear(x_int: torch.Tensor, w_int: torch.Tensor, **kw) -> torch.Tensor:
