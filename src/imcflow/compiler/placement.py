@@ -26,7 +26,7 @@ from imcflow.ir.qgraph import QGraph, QOp
 from imcflow.perf.model import PhaseEstimate, PhaseWork, estimate_phase, node_simd_ops
 
 OBJECTIVES = ("throughput", "latency", "energy")
-MAX_EVALUATIONS = 400
+MAX_EVALUATIONS = 60
 """Upper bound on packings tried per phase by the copy search (keeps compile time small)."""
 
 
