@@ -165,3 +165,15 @@ def test_limits_raise_typed_errors():
     _raises("must match", x=np.zeros((2, 7), int))
     _raises("mode = 'exact'", mode="exact")
     _raises("full_scale = 0", full_scale=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_chunks_change_nothing(mode, monkeypatch):
+    import imcflow.cima.fast as fast
+    rng = np.random.default_rng(6)
+    x, w = _ints(rng, (50, 30), 4, True), _ints(rng, (30, 4), 3, True)
+    kw = dict(x_signed=True, mode=mode, full_scale=9, chip=TINY, seed=2)
+    whole = mvm(x, w, 4, 3, **kw)
+    monkeypatch.setattr(fast, "BATCH_CHUNK", 7)
+    _same(mvm(x, w, 4, 3, **kw), whole)
+    _same(whole, mvm_reference(x, w, 4, 3, **kw))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imcflow.cima.analog import analog_code, draw_analog
+from imcflow.cima.analog import AnalogStream, analog_code
 from imcflow.cima.common import Mode, MvmArgs, MvmResult, check_mvm_args
 from imcflow.config.chip import ChipConfig
 
@@ -70,15 +70,15 @@ def adc_bit_true(k: torch.Tensor, full_scale: int, adc_bits: int, max_k: int, in
     return kf.mul_(2 * levels).add_(full_scale).div_(2 * full_scale).floor_().clamp_max_(levels - 1)
 
 
-def adc_codes(k: torch.Tensor, a: MvmArgs, n0: int, draws: Any) -> torch.Tensor:
-    """ADC codes (batch, x_bits, cols) of counts ``k`` for input vectors n0.. of ``a``."""
+def adc_codes(k: torch.Tensor, a: MvmArgs, stream: AnalogStream | None) -> torch.Tensor:
+    """ADC codes (batch, x_bits, cols) of counts ``k`` (analog: the next vectors of ``stream``)."""
     rows = a.x.shape[1]
     if a.mode is Mode.IDEAL:
         return k.to(torch.float32 if rows < _FLOAT32_EXACT else torch.float64)
     if a.mode is Mode.BIT_TRUE:
         return adc_bit_true(k, a.full_scale, a.adc_bits, rows)
-    noise = draws.noise_lsb[n0:n0 + k.shape[0]]
-    codes = analog_code(k.numpy(), draws.gain, draws.offset_lsb, noise, a.full_scale, a.adc_bits)
+    noise = stream.noise_lsb(k.shape[0])
+    codes = analog_code(k.numpy(), stream.gain, stream.offset_lsb, noise, a.full_scale, a.adc_bits)
     return torch.from_numpy(codes.astype(np.float32))
 
 
@@ -100,7 +100,7 @@ def mvm_args_fast(a: MvmArgs) -> MvmResult:
     batch, rows = a.x.shape
     n_out = a.w.shape[1]
     n_cols = n_out * a.w_bits
-    draws = draw_analog(a.chip.analog, a.seed, batch, a.x_bits, n_cols) if a.mode is Mode.ANALOG else None
+    stream = AnalogStream(a.chip.analog, a.seed, a.x_bits, n_cols) if a.mode is Mode.ANALOG else None
     wp = bit_planes(a.w, a.w_bits, dim=2).reshape(rows, n_cols)   # column o*w_bits + j
     max_code = rows if a.mode is Mode.IDEAL else (1 << a.adc_bits) - 1
     acc = torch.zeros((batch, n_out), dtype=torch.int64)
@@ -108,7 +108,7 @@ def mvm_args_fast(a: MvmArgs) -> MvmResult:
         xs = a.x[n0:n0 + BATCH_CHUNK]
         xp = bit_planes(xs, a.x_bits, dim=1).reshape(-1, rows)      # row n*x_bits + i
         k = binary_counts(xp, wp).reshape(xs.shape[0], a.x_bits, n_cols)
-        codes = adc_codes(k, a, n0, draws)
+        codes = adc_codes(k, a, stream)
         acc[n0:n0 + BATCH_CHUNK] = combine(codes, a.x_bits, a.x_signed, a.w_bits, a.w_signed, max_code)
     return a.result(acc.numpy())
 
