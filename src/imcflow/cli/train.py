@@ -60,13 +60,14 @@ def run(args: argparse.Namespace) -> int:
           f"epochs float={cfg.epochs_float} qat={cfg.epochs_qat} batch={cfg.batch_size} seed={cfg.seed}", flush=True)
 
     def on_epoch(r) -> None:
-        print(f"{r.phase} epoch {r.epoch}/{r.epochs}: loss {r.loss:.4f} train acc {100 * r.train_acc:.2f} % "
+        print(f"{time.strftime('%H:%M:%S')} {r.phase} epoch {r.epoch}/{r.epochs}: loss {r.loss:.4f} train acc {100 * r.train_acc:.2f} % "
               f"test acc {100 * r.test_acc:.2f} % {r.images_per_s:.0f} img/s lr {r.lr:.4g} ({r.seconds:.0f} s)",
               flush=True)
 
     def on_batch(phase, epoch, step, steps, loss) -> None:
         if args.progress_every and step % args.progress_every == 0:
-            print(f"  {phase} epoch {epoch} batch {step}/{steps} loss {loss:.4f}", flush=True)
+            print(f"  {time.strftime('%H:%M:%S')} {phase} epoch {epoch} batch {step}/{steps} loss {loss:.4f}",
+                  flush=True)
 
     t0 = time.time()
     result = train(cfg, on_epoch=on_epoch, on_batch=on_batch)
