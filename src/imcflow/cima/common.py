@@ -121,7 +121,8 @@ def to_int_tensor(a: Any, what: str) -> torch.Tensor:
             raise CimaError(f"{what} has dtype {a.dtype}: pass an integer array (round and cast it first)")
         if a.dtype == np.uint64 or a.dtype == np.uint32 or a.dtype == np.uint16:
             a = a.astype(np.int64)  # torch lacks general ops on wide unsigned types
-        a = torch.from_numpy(np.ascontiguousarray(a))
+        a = np.ascontiguousarray(a)
+        a = torch.from_numpy(a if a.flags.writeable else a.copy())  # torch warns on read-only memory
     a = a.detach().cpu()
     if a.dtype == torch.bool or a.is_floating_point() or a.is_complex():
         raise CimaError(f"{what} has dtype {a.dtype}: pass an integer tensor (round and cast it first)")
