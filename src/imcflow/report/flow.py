@@ -20,10 +20,17 @@ from imcflow.ir.qgraph import QGraph
 from imcflow.ir.report import Report
 
 
-def load_qgraph(net: str, chip: ChipConfig, trained: bool = True) -> tuple[QGraph, str]:
-    """(QGraph, where it came from) for zoo network or path ``net`` (via imcflow.pipeline.load_qgraph)."""
-    from imcflow.pipeline import load_qgraph as pipeline_load
-    q = pipeline_load(net, chip=chip, trained=trained)
+def load_qgraph(net: str, chip: ChipConfig, trained: bool = True, calib_images: int | None = None) -> tuple[QGraph, str]:
+    """(QGraph, where it came from) for zoo network or path ``net`` (via imcflow.pipeline.load_qgraph).
+
+    ``calib_images``: calibrate post-training on this many seeded synthetic inputs instead of the
+    pipeline's default (a few suffice for timing and energy, which do not depend on weight values)."""
+    from imcflow import pipeline
+    calib = None
+    if calib_images is not None:
+        from imcflow.models import input_shape
+        calib = pipeline.synthetic_calibration(input_shape(net), n=calib_images)
+    q = pipeline.load_qgraph(net, chip=chip, trained=trained, calib=calib)
     if q.meta.get("trained", True):
         return q, "trained weights"
     return q, "untrained (random-init) weights, calibrated on synthetic inputs: timing and energy only"
@@ -55,7 +62,7 @@ def activity_stats(prog: Program, x_int: np.ndarray, mode: str = "bit_true"):
 def benchmark_reports(net: str, chip: ChipConfig, batch: int | None = None) -> dict[str, Report]:
     """Reports of ``net`` on ``chip``: 'base', and 'zero bit-planes skipped' measured on a few
     synthetic (or CIFAR-like uniform) inputs when the network is small enough to run functionally."""
-    q, origin = load_qgraph(net, chip)
+    q, origin = load_qgraph(net, chip, calib_images=4)
     prog = compile_program(q, chip)
     base = simulate_report(prog, images=batch)
     base = _with_note(base, f"QGraph: {origin}")

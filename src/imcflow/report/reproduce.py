@@ -72,11 +72,11 @@ class Reproduction:
 
 
 def _peak_tops(chip: ChipConfig, bits: int) -> float:
-    return float(need("imcflow.config.peak", "peak_tops")(chip, bits))
+    return float(need("imcflow.config.peak", "peak")(chip, bits).tops)
 
 
 def _peak_tops_per_w(chip: ChipConfig, bits: int) -> float:
-    return float(need("imcflow.sim.energy", "peak_tops_per_w")(chip, bits))
+    return float(need("imcflow.config.peak", "peak")(chip, bits).tops_per_w)
 
 
 def reproduce(chip: ChipConfig, data: str | None = None, batch: dict[str, int] | None = None,

@@ -74,14 +74,3 @@ def mvm_counts(chip: ChipConfig, rows: int, cols: int, x_bits: int, vectors: int
     ``x_bits``-bit inputs; ``row_density`` is the fraction of input bits that are 1."""
     evals = float(vectors) * x_bits
     return EventCounts(column_evals=evals * cols, rows_driven=evals * rows * row_density)
-
-
-def peak_tops_per_w(chip: ChipConfig, bits: int) -> float:
-    """MAC-level energy efficiency of a dense ``bits``-bit MVM filling one array (array and ADC
-    energy only, the way the published 30 TOPS/W at 8 b is stated), in TOPS/W (1 MAC = 2 ops)."""
-    chip.check_bits(bits, "bits")
-    a = chip.array
-    counts = mvm_counts(chip, a.rows, (a.cols // bits) * bits, bits)
-    e = counts.column_evals * chip.energy.column_eval_j + counts.rows_driven * chip.energy.row_drive_j
-    macs = a.rows * (a.cols // bits)
-    return 2 * macs / e / 1e12

@@ -55,6 +55,8 @@ class Lowered:
     load_counts: EventCounts = field(default_factory=EventCounts)
     cell_bitplanes: float = 0.0
     """Used cells x bit-planes evaluated over the run (for utilisation)."""
+    core_cell_bitplanes: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+    """Per core: used cells x bit-planes evaluated over the run."""
     macs: int = 0
     layer_array_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     layer_tiles: dict[str, set] = field(default_factory=lambda: defaultdict(set))
@@ -343,6 +345,7 @@ class _Lowerer:
                             buffer_bits=px * t.rows * ins.x_bits, control_cycles=0.0)
             self.count(core, ins.layer, c)
             self.out.cell_bitplanes += planes * t.rows * t.cols
+            self.out.core_cell_bitplanes[core] += planes * t.rows * t.cols
             self.out.macs += px * t.rows * (ins.oc_hi - ins.oc_lo)
             self.out.layer_array_s[ins.layer] += planes * self.chip.bitplane_s
         self.out.layer_tiles[ins.layer].add(t.tile_id)

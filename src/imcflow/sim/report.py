@@ -78,16 +78,41 @@ def simulate_timing(prog: Program, images: int | None = None, features: Features
         lat = [done[b] - start[b] for b in range(images)]
     if period <= 0:
         raise SimError(f"program {prog.name!r}: simulated time per image is {period} s")
-    active = 0.0
-    for ph in prog.phases:
-        ops = [o for o in low.ops if o.phase == ph.index]
-        span = max(sched.finish_s[o.id] for o in ops) - min(sched.start_s[o.id] for o in ops) if ops else 0.0
-        active += len({cp.core for cp in ph.cores if cp.tasks or cp.loads}) * span
     if len(prog.phases) == 1:  # steady state: the clocked cores for one period per image
-        active = len({cp.core for cp in prog.phases[0].cores if cp.tasks or cp.loads}) * period * images
+        active = len(_used_cores(prog.phases[0])) * period * images
+    else:
+        active = _active_core_s(prog, low, sched)
     tl = core_timelines(low.ops, sched, prog.chip.n_cores)
     return TimingResult(low, sched, tl, images, 1.0 / period, sum(lat) / len(lat), sched.makespan_s, period,
                         active, list(low.notes))
+
+
+def _used_cores(phase) -> set[int]:
+    return {cp.core for cp in phase.cores if cp.tasks or cp.loads}
+
+
+def _active_core_s(prog: Program, low: Lowered, sched: Schedule) -> float:
+    """Sum over cores of the union over phases of [first op, last op] of the core's work in the
+    phase: the time each core is clocked with a live program."""
+    spans: dict[int, list[tuple[float, float]]] = {}
+    first: dict[tuple[int, int], float] = {}
+    last: dict[tuple[int, int], float] = {}
+    for op in low.ops:
+        if op.core < 0:
+            continue
+        k = (op.core, op.phase)
+        first[k] = min(first.get(k, float("inf")), sched.start_s[op.id])
+        last[k] = max(last.get(k, 0.0), sched.finish_s[op.id])
+    for (core, _), t0 in first.items():
+        spans.setdefault(core, []).append((t0, last[(core, _)]))
+    total = 0.0
+    for ivs in spans.values():
+        end = -1.0
+        for a, b in sorted(ivs):
+            if b > end:
+                total += b - max(a, end)
+                end = b
+    return total
 
 
 def _plane_fractions(prog: Program, stats: FunctionalStats) -> dict[int, float]:
@@ -160,14 +185,9 @@ def make_report(prog: Program, tr: TimingResult, accuracy: float | None = None,
 
 
 def _core_util(prog: Program, low: Lowered, tr: TimingResult, core: int) -> float:
-    cells = sum(op.duration_s for op in low.ops if op.core == core and op.resource.startswith(f"core{core}.array"))
+    """Used cell-bit-plane evaluations of ``core`` over its capacity during the run."""
     if tr.run_time_s <= 0:
         return 0.0
-    used = {}
-    for ph in prog.phases:
-        for t in ph.tiles:
-            if t.core == core:
-                used[t.tile_id] = t.rows * t.cols
-    # busy fraction x mean fraction of cells the core's tiles use
-    frac = (sum(used.values()) / len(used)) / (prog.chip.array.rows * prog.chip.array.cols) if used else 0.0
-    return min(1.0, cells / tr.run_time_s * frac)
+    chip = prog.chip
+    cap = chip.array.rows * chip.array.cols * tr.run_time_s / chip.bitplane_s
+    return min(1.0, low.core_cell_bitplanes.get(core, 0.0) / cap)
