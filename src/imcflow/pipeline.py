@@ -174,14 +174,16 @@ def model_input_shape(model: Any, input_shape: tuple[int, ...] | None = None) ->
 
 
 def run_model(model: Any, x: np.ndarray, mode: str = "bit_true", chip: str | ChipConfig = "jssc2022",
-              seed: int = 0, calib: np.ndarray | None = None, trained: bool = True) -> np.ndarray:
+              seed: int = 0, calib: np.ndarray | None = None, trained: bool = True, init_seed: int = 0) -> np.ndarray:
     """Outputs of ``model`` on float inputs ``x``: ``float`` runs the float graph; the quantised
-    modes run the QGraph's integer reference executor and return dequantised (real) outputs."""
+    modes run the QGraph's integer reference executor and return dequantised (real) outputs.
+    ``seed`` seeds the analog non-idealities; ``init_seed`` a random-init zoo network and the
+    synthetic calibration inputs."""
     if mode not in RUN_MODES:
         raise QuantError(f"mode {mode!r}: choose one of {', '.join(RUN_MODES)}")
     if mode == "float":
-        graph = load_float_graph(model, trained=trained, seed=seed)
+        graph = load_float_graph(model, trained=trained, seed=init_seed)
         return frontend.run_graph(graph, check_inputs(x, graph.input_shape)).astype(np.float64)
-    qg = load_qgraph(model, chip, calib=calib, trained=trained, seed=seed)
+    qg = load_qgraph(model, chip, calib=calib, trained=trained, seed=init_seed)
     x = check_inputs(x, qg.input.shape)
     return dequantize_output(qg, run_qgraph(qg, quantize_input(qg, x), mode, chip, seed))

@@ -1,0 +1,88 @@
+"""``imcflow run MODEL --inputs X.npy``: run a network on your inputs in float or in the chip's arithmetic.
+
+MODEL is a zoo name, an ``.onnx`` file or a ``.qgraph.json``. Inputs are a float ``.npy`` array
+``(N, C, H, W)`` in the model's float input domain (``pixel / 255`` for the zoo's image models).
+``--mode float`` runs the float network; ``ideal``, ``bit_true`` and ``analog`` run the quantised
+network (:func:`imcflow.pipeline.load_qgraph`) on the integer reference executor and report
+real-valued (dequantised) outputs. ``--save-outputs`` writes them as a float64 ``.npy``.
+
+The steps are separate functions (:func:`load_inputs`, :func:`compute_outputs`, :func:`summary`)
+so that other front ends (e.g. a compiled-program path with a JSON report) can reuse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from imcflow.cli.common import add_chip_args, chip_from_args
+from imcflow.config.chip import ChipConfig
+from imcflow.errors import DataError
+from imcflow.pipeline import RUN_MODES, check_inputs, model_input_shape, run_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a model on a .npy of inputs (float or quantised modes)", description=__doc__)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``imcflow run`` (reusable by extensions of the command)."""
+    p.add_argument("model", help="zoo name, .onnx file or .qgraph.json file")
+    p.add_argument("--inputs", required=True, metavar="X.npy",
+                   help="float inputs (N, C, H, W) in the model's input domain (pixel / 255 for zoo image models)")
+    p.add_argument("--save-outputs", metavar="Y.npy", default=None, help="write the (N, ...) outputs here")
+    p.add_argument("--mode", choices=RUN_MODES, default="bit_true",
+                   help="float network, or the chip's arithmetic: ideal ADC, bit_true (default), analog")
+    add_chip_args(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the analog non-idealities (default 0)")
+    p.add_argument("--calib", metavar="C.npy", default=None,
+                   help="float calibration inputs for post-training quantisation (default: seeded synthetic)")
+    p.add_argument("--untrained", action="store_true",
+                   help="use a random-init zoo network (seed 0) even if trained weights are shipped")
+
+
+def load_inputs(path: str, shape: tuple[int, ...], what: str = "--inputs") -> np.ndarray:
+    """A float32 array (N, *shape) from a .npy file; DataError naming the expected shape otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} {path}: no such file; give a .npy array of shape (N, {', '.join(map(str, shape))})")
+    try:
+        x = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{what} {path}: not a readable .npy array ({exc}); save it with numpy.save") from None
+    if not isinstance(x, np.ndarray):
+        raise DataError(f"{what} {path}: holds several arrays; give one (N, {', '.join(map(str, shape))}) array")
+    return check_inputs(x, shape, f"{what} {path}")
+
+
+def compute_outputs(args: argparse.Namespace, chip: ChipConfig, x: np.ndarray) -> np.ndarray:
+    """Outputs of ``args.model`` on ``x`` in ``args.mode`` (real values, float64)."""
+    calib = load_inputs(args.calib, x.shape[1:], "--calib") if args.calib else None
+    return run_model(args.model, x, args.mode, chip, seed=args.seed, calib=calib, trained=not args.untrained)
+
+
+def summary(model: str, mode: str, chip: ChipConfig, x: np.ndarray, y: np.ndarray) -> str:
+    """A few lines describing a run (shapes, and the predicted classes of a classifier)."""
+    lines = [f"{model}: {x.shape[0]} input(s) {tuple(x.shape[1:])} -> outputs {tuple(y.shape[1:])}, "
+             f"mode {mode}, chip {chip.name}"]
+    if y.ndim == 2 and y.shape[0]:
+        top = y.argmax(axis=1)
+        shown = " ".join(str(int(c)) for c in top[:16]) + (" ..." if len(top) > 16 else "")
+        lines.append(f"  top-1 classes: {shown}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    chip = chip_from_args(args)
+    x = load_inputs(args.inputs, model_input_shape(args.model))
+    y = compute_outputs(args, chip, x)
+    if args.save_outputs:
+        np.save(args.save_outputs, y)
+    print(summary(args.model, args.mode, chip, x, y))
+    if args.save_outputs:
+        print(f"wrote {args.save_outputs}")
+    return 0

@@ -1,0 +1,98 @@
+"""``imcflow run``: zoo names, .qgraph.json and .onnx models on user inputs, every mode, errors."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from imcflow.cli import main
+from imcflow.config import JSSC2022
+from imcflow.frontend import load_graph, normalize, run_graph
+from imcflow.pipeline import load_qgraph
+from imcflow.quant.reference import dequantize_output, quantize_input, run_qgraph
+from quant_testnets import images
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    p = tmp_path / "x.npy"
+    np.save(p, images(3, (3, 8, 8), seed=5))
+    return p
+
+
+def test_float_mode_equals_the_float_graph(inputs, tmp_path, capsys):
+    out = tmp_path / "y.npy"
+    assert main(["run", "cnn-tiny", "--inputs", str(inputs), "--save-outputs", str(out), "--mode", "float"]) == 0
+    torch.manual_seed(0)
+    graph = normalize(load_graph("cnn-tiny"))
+    assert np.allclose(np.load(out), run_graph(graph, np.load(inputs)), atol=1e-6)
+    text = capsys.readouterr().out
+    assert "cnn-tiny: 3 input(s) (3, 8, 8)" in text and "top-1 classes" in text
+
+
+@pytest.mark.parametrize("mode", ["ideal", "bit_true", "analog"])
+def test_quantised_modes_equal_the_reference(inputs, tmp_path, mode):
+    out = tmp_path / "y.npy"
+    assert main(["run", "cnn-tiny", "--inputs", str(inputs), "--save-outputs", str(out), "--mode", mode,
+                 "--chip", "tiny", "--seed", "3"]) == 0
+    qg = load_qgraph("cnn-tiny", "tiny")
+    want = dequantize_output(qg, run_qgraph(qg, quantize_input(qg, np.load(inputs)), mode, "tiny", seed=3))
+    assert np.array_equal(np.load(out), want)
+
+
+def test_qgraph_file_and_set_override(inputs, tmp_path):
+    qg = load_qgraph("cnn-tiny", "jssc2022")
+    path = tmp_path / "m.qgraph.json"
+    qg.save(str(path))
+    out = tmp_path / "y.npy"
+    assert main(["run", str(path), "--inputs", str(inputs), "--save-outputs", str(out), "--mode", "bit_true",
+                 "--set", "adc.bits=6"]) == 0
+    x = quantize_input(qg, np.load(inputs))
+    chip6 = dataclasses.replace(JSSC2022, adc=dataclasses.replace(JSSC2022.adc, bits=6))
+    assert np.array_equal(np.load(out), dequantize_output(qg, run_qgraph(qg, x, "bit_true", chip6)))
+    assert not np.array_equal(np.load(out), dequantize_output(qg, run_qgraph(qg, x, "bit_true", JSSC2022)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_model(inputs, tmp_path):
+    torch.manual_seed(1)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                 torch.nn.Linear(4 * 64, 5)).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(module, (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False)
+    out = tmp_path / "y.npy"
+    assert main(["run", str(path), "--inputs", str(inputs), "--save-outputs", str(out), "--mode", "float"]) == 0
+    with torch.no_grad():
+        want = module(torch.from_numpy(np.load(inputs))).numpy()
+    assert np.allclose(np.load(out), want, atol=1e-5)
+    assert main(["run", str(path), "--inputs", str(inputs), "--save-outputs", str(out), "--mode", "ideal"]) == 0
+    assert np.load(out).shape == (3, 5)
+
+
+def test_bad_shape_names_the_expected_shape(tmp_path, capsys):
+    p = tmp_path / "bad.npy"
+    np.save(p, np.zeros((2, 3, 9, 9), np.float32))
+    assert main(["run", "cnn-tiny", "--inputs", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "(N, 3, 8, 8)" in err and "\n" not in err
+
+
+def test_other_errors_exit_2(inputs, tmp_path, capsys):
+    assert main(["run", "cnn-tiny", "--inputs", str(tmp_path / "missing.npy")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    p = tmp_path / "text.npy"
+    p.write_text("not numpy")
+    assert main(["run", "cnn-tiny", "--inputs", str(p)]) == 2
+    assert "readable" in capsys.readouterr().err
+    assert main(["run", "no-such-model", "--inputs", str(inputs)]) == 2
+    assert "unknown zoo model" in capsys.readouterr().err
+    qg = tmp_path / "m.qgraph.json"
+    load_qgraph("cnn-tiny", "jssc2022").save(str(qg))
+    assert main(["run", str(qg), "--inputs", str(inputs), "--mode", "float"]) == 2
+    assert "no float version" in capsys.readouterr().err
+    assert main(["run", str(qg), "--inputs", str(inputs), "--chip", "tiny"]) == 2
+    assert "full scale" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse rejects an unknown mode
+        main(["run", "cnn-tiny", "--inputs", str(inputs), "--mode", "exact"])
+    assert exc.value.code == 2
