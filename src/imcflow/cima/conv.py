@@ -16,6 +16,8 @@ batches run in chunks of images (bounded memory); the noise is drawn chunk after
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -46,13 +48,13 @@ def _check_int_tensor(t: torch.Tensor, dims: int, bits: int, signed: bool, what:
 
 def _check_args(x, w, x_bits, w_bits, x_signed, w_signed, full_scale, mode, analog) -> Mode:
     for bits, what in ((x_bits, "x_bits"), (w_bits, "w_bits")):
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+        if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 1 <= bits <= 16:
             raise CimaError(f"{what} = {bits!r}: must be an integer from 1 to 16 (the chip allows 1..array.max_bits)")
     _check_int_tensor(x, 4, x_bits, x_signed, "x_int (N, C, H, W)")
     _check_int_tensor(w, 4, w_bits, w_signed, "w_int (C_out, C_in, kh, kw)")
     if x.shape[1] != w.shape[1]:
         raise CimaError(f"x_int has {x.shape[1]} channels but w_int expects {w.shape[1]}")
-    if isinstance(full_scale, bool) or not isinstance(full_scale, int) or full_scale <= 0:
+    if isinstance(full_scale, bool) or not isinstance(full_scale, numbers.Integral) or full_scale <= 0:
         raise CimaError(f"full_scale = {full_scale!r}: must be a positive integer number of rows")
     mode = parse_mode(mode)
     if mode is Mode.ANALOG and analog is None:
@@ -103,6 +105,7 @@ def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits
         2**adc_bits`` (``acc`` in ideal mode) estimates ``conv2d(x_int, w_int)``.
     """
     mode = _check_args(x_int, w_int, x_bits, w_bits, x_signed, w_signed, full_scale, mode, analog)
+    x_bits, w_bits, full_scale, adc_bits, array_rows = map(int, (x_bits, w_bits, full_scale, adc_bits, array_rows))
     c_out, c_in, kh, kw = w_int.shape
     n, _, h, wd = x_int.shape
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
