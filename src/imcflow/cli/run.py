@@ -32,8 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``imcflow run`` (reusable by extensions of the command)."""
     p.add_argument("model", help="zoo name, .onnx file or .qgraph.json file")
-    p.add_argument("--inputs", required=True, metavar="X.npy",
-                   help="float inputs (N, C, H, W) in the model's input domain (pixel / 255 for zoo image models)")
+    p.add_argument("--inputs", default=None, metavar="X.npy",
+                   help="float inputs (N, C, H, W) in the model's input domain (pixel / 255 for zoo image models); "
+                        "without it (or with --json) the model is compiled and its timing and energy simulated")
+    p.add_argument("--json", metavar="REPORT.json", default=None,
+                   help="compile, simulate timing and energy, print the report and write it as JSON")
+    p.add_argument("--images", type=int, default=None, metavar="N", help="images simulated for timing")
+    p.add_argument("--data", metavar="DIR", default=None, help="CIFAR-10 folder: add bit-true accuracy to the report")
     p.add_argument("--save-outputs", metavar="Y.npy", default=None, help="write the (N, ...) outputs here")
     p.add_argument("--mode", choices=RUN_MODES, default="bit_true",
                    help="float network, or the chip's arithmetic: ideal ADC, bit_true (default), analog")
@@ -78,6 +83,16 @@ def summary(model: str, mode: str, chip: ChipConfig, x: np.ndarray, y: np.ndarra
 
 def run(args: argparse.Namespace) -> int:
     chip = chip_from_args(args)
+    if args.json or not args.inputs:  # compile + simulate + report (imcflow.report.flow)
+        from imcflow.report.flow import model_report
+        from imcflow.report.tables import format_report
+        report = model_report(args.model, chip, images=args.images, trained=not args.untrained, data=args.data)
+        print(format_report(report))
+        if args.json:
+            report.save(args.json)
+            print(f"wrote {args.json}")
+        if not args.inputs:
+            return 0
     x = load_inputs(args.inputs, model_input_shape(args.model))
     y = compute_outputs(args, chip, x)
     if args.save_outputs:

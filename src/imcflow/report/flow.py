@@ -70,6 +70,30 @@ def benchmark_reports(net: str, chip: ChipConfig, batch: int | None = None) -> d
     return out
 
 
+def model_report(model: str, chip: ChipConfig, images: int | None = None, trained: bool = True,
+                 data: str | None = None, limit: int | None = 1000, skip_zero: bool = False) -> Report:
+    """Compile ``model`` for ``chip`` and simulate its timing and energy (``imcflow run --json``).
+
+    With ``data`` (a CIFAR-10 folder) the report also carries the bit-true accuracy on the first
+    ``limit`` test images, and with ``skip_zero`` the zero-bit-plane feature uses activity measured
+    on those images (else on synthetic inputs)."""
+    from imcflow.models import ZOO
+    calib = 8 if model in ZOO and data is None else None
+    q, origin = load_qgraph(model, chip, trained=trained, calib_images=calib)
+    prog = compile_program(q, chip)
+    accuracy, stats = None, None
+    if data is not None:
+        res = evaluate_accuracy(model, chip, data, "bit_true", limit=limit, prog=prog, qgraph=q)
+        accuracy = res["accuracy"]
+    if skip_zero:
+        from imcflow.pipeline import synthetic_calibration
+        x = synthetic_calibration(q.input.shape, n=8, seed=1)
+        from imcflow.quant.reference import quantize_input
+        stats = activity_stats(prog, quantize_input(q, x))
+    r = simulate_report(prog, images=images, stats=stats, skip_zero=skip_zero, accuracy=accuracy)
+    return _with_note(r, f"QGraph: {origin}")
+
+
 def _with_note(r: Report, note: str) -> Report:
     import dataclasses
     return dataclasses.replace(r, notes=(*r.notes, note))
