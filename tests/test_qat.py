@@ -97,6 +97,17 @@ def test_every_op_qat_matches_reference(chip):
     assert np.abs(qat - ref).max() <= 16 * qg.spec(qg.output).scale
 
 
+def test_ideal_adc_switch_uses_exact_counts():
+    net = prepare_qat_graph(every_op_graph(), TINY, calib=images(16), input_scale=1 / 255)
+    x = images(4, seed=2)
+    qg = export_qgraph(net)
+    ref = dequantize_output(qg, run_qgraph(qg, quantize_input(qg, x), "ideal", TINY))
+    qat = net.set_adc("ideal")(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(qat - ref).max() <= 16 * qg.spec(qg.output).scale
+    with pytest.raises(QuantError, match="adc"):
+        net.set_adc("analog")
+
+
 def test_float_mode_is_the_float_graph():
     g = every_op_graph()
     net = prepare_qat_graph(g, TINY, calib=images(8))

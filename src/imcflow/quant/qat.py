@@ -31,6 +31,8 @@ Design:
   times ``full_scale / 2**adc_bits`` times ``s_x s_w[c]``, plus the bias, is requantised to the
   next tensor's integers. Pooling and adds follow the integer rules of :mod:`imcflow.ir.qgraph`.
   All rounding is round half up, as on the chip.
+- **ADC in training** (:meth:`QatNet.set_adc`): ``"bit_true"`` by default; ``"ideal"`` (exact
+  counts, several times faster on a CPU) is a documented switch for early epochs only.
 - **Modes** (:meth:`QatNet.set_mode`): ``"qat"`` (default, above), ``"float"`` (the float network
   with the current weights, no quantisation) and ``"int"`` (export, then run the exported QGraph
   with :func:`imcflow.quant.fast_exec.run_qgraph_fast` in bit_true mode: exactly what
@@ -88,7 +90,7 @@ def weight_scale_torch(w: torch.Tensor, w_bits: int) -> torch.Tensor:
     qmax = (1 << (w_bits - 1)) - 1
     s = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1) / qmax
     pos = s[s > 0]
-    fill = pos.min() if pos.numel() else torch.tensor(1.0, dtype=s.dtype)
+    fill = pos.min() if pos.numel() else torch.ones((), dtype=s.dtype, device=s.device)
     return torch.where(s > 0, s, fill)
 
 
@@ -109,6 +111,7 @@ class QatNet(nn.Module):
         self.specs = tensor_specs(self.plan, ranges, spec)
         self.groups = scale_groups(self.plan)
         self.mode = "qat"
+        self.adc = "bit_true"
         self.weight = nn.ParameterDict()
         self.bias = nn.ParameterDict()
         for s in self.plan.steps:
@@ -138,6 +141,16 @@ class QatNet(nn.Module):
         self._int_qgraph = export_qgraph(self) if mode == "int" else None
         return self
 
+    def set_adc(self, adc: str) -> "QatNet":
+        """ADC model of the ``"qat"`` forward: ``"bit_true"`` (default: the chip's ADC rounding and
+        clipping) or ``"ideal"`` (exact column counts: one integer convolution per layer instead of
+        one per input bit-plane and row tile, several times faster; for early QAT epochs, to be
+        followed by ``"bit_true"`` epochs so the network adapts to the real ADC)."""
+        if adc not in ("bit_true", "ideal"):
+            raise QuantError(f"QAT adc {adc!r}: choose 'bit_true' or 'ideal'")
+        self.adc = adc
+        return self
+
     def weight_parameters(self) -> list[nn.Parameter]:
         """Conv/linear weights (the ones weight decay applies to)."""
         return list(self.weight.values())
@@ -150,7 +163,7 @@ class QatNet(nn.Module):
         """Current scale of a QGraph tensor (learned step size of its group, or fixed)."""
         rep = self.groups[tensor]
         if rep in self._fixed_scale:
-            return torch.tensor(self._fixed_scale[rep])
+            return torch.tensor(self._fixed_scale[rep], device=next(iter(self.weight.values())).device)
         s = self.scale[_key(rep)].abs().clamp_min(1e-8)
         q = self.specs[tensor]
         return grad_scale(s, 1.0 / float(np.sqrt(self._numel[tensor] * q.max_int)))
@@ -233,7 +246,7 @@ class QatNet(nn.Module):
                       adc_bits=self.chip.adc.bits, array_rows=self.chip.array.rows, out_dtype=torch.float32)
         if conv:
             kwargs.update(stride=tuple(node.attrs.get("stride", (1, 1))), padding=tuple(node.attrs.get("padding", (0, 0))))
-        if self.chip.adc.lossless:  # exact counts: the accumulator is the integer product itself
+        if self.chip.adc.lossless or self.adc == "ideal":  # exact counts: the integer product itself
             f = torch.nn.functional
             acc = (f.conv2d(x_int, w_int, stride=kwargs.get("stride", 1), padding=kwargs.get("padding", 0))
                    if conv else f.linear(x_int, w_int))
