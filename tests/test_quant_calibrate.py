@@ -122,3 +122,17 @@ def test_bad_settings_are_errors(graph):
         calibrate(graph, images(2), TINY, QuantSpec(method="mse"))
     with pytest.raises(QuantError, match="calibration inputs"):
         calibrate(graph, images(2)[:, :2], TINY)
+
+
+def test_qcdq_annotations_are_honoured(graph):
+    def with_attrs(n, **attrs):
+        return dataclasses.replace(n, attrs={**n.attrs, **attrs})
+
+    nodes = [with_attrs(n, act_scale=0.05, act_bits=4) if n.name == "r1" else
+             with_attrs(n, w_bits=3) if n.name == "c3" else n for n in graph.nodes]
+    g = dataclasses.replace(graph, nodes=tuple(nodes), meta={**graph.meta, "input_scale": 1 / 200, "input_bits": 8})
+    qg = calibrate(g, images(8), TINY)
+    assert qg.node("c1").out.scale == 0.05 and qg.input.scale == 1 / 200
+    c3 = qg.node("c3")
+    assert c3.w_bits == 3 and c3.weight.min() >= -4 and c3.weight.max() <= 3
+    assert qg.node("c2").w_bits == 4

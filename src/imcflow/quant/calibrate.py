@@ -23,6 +23,10 @@ Choices (all documented, all parameters of :class:`QuantSpec`):
   integers at a common shift, 16-b multipliers; ReLU -> ``out_min = 0``, clamp -> ``out_max``.
 - Scale groups (:func:`imcflow.quant.plan.scale_groups`): pool, flatten and concat outputs share
   their inputs' spec; a concat's inputs all get one scale (the widest range among them).
+- Already-quantised (QCDQ) ONNX models: the importer's annotations are honoured. A node's
+  ``act_scale``/``act_bits`` fix its output tensor's scale and bits (the graph output keeps
+  ``out_bits``), ``meta["input_scale"]``/``meta["input_bits"]`` the input's, and a weight layer's
+  ``w_bits`` attr its weight bits (:func:`layer_w_bits`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import torch
 from imcflow.config.chip import ChipConfig
 from imcflow.config.presets import get_preset
 from imcflow.errors import QuantError
-from imcflow.ir.graph import Graph, Op
+from imcflow.ir.graph import Graph, Node, Op
 from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, pick_full_scale, row_tiles
 from imcflow.quant.plan import Plan, float_tensors, plan_graph, pool_stride, scale_groups
 from imcflow.quant.requant import derive_add, derive_requant, round_half_up
@@ -138,6 +142,27 @@ def _signedness(plan: Plan, input_signed: bool) -> dict[str, bool]:
     return signed
 
 
+def layer_w_bits(node: Node, spec: QuantSpec) -> int:
+    """Weight bits of a layer: its ``w_bits`` attr (QCDQ import) or ``spec.w_bits``."""
+    bits = node.attrs.get("w_bits", spec.w_bits)
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise QuantError(f"{node.describe()}: w_bits = {bits!r}: signed weights need 2..8 bits")
+    return bits
+
+
+def annotations(plan: Plan) -> dict[str, tuple[float, int | None]]:
+    """(scale, bits) fixed by QCDQ annotations, per QGraph tensor (see module doc)."""
+    out = {}
+    meta = plan.graph.meta
+    if meta.get("input_scale"):
+        out[plan.graph.input_name] = (float(meta["input_scale"]), meta.get("input_bits"))
+    for s in plan.steps:
+        src = s.act if s.act is not None and "act_scale" in s.act.attrs else s.node
+        if "act_scale" in src.attrs and s.name != plan.output:
+            out[s.name] = (float(src.attrs["act_scale"]), src.attrs.get("act_bits"))
+    return out
+
+
 def tensor_specs(plan: Plan, ranges: Ranges, spec: QuantSpec,
                  scales: dict[str, float] | None = None) -> dict[str, QTensor]:
     """The QTensor of every QGraph tensor: bits, signedness and scale resolved over scale groups.
@@ -147,6 +172,10 @@ def tensor_specs(plan: Plan, ranges: Ranges, spec: QuantSpec,
     signed = _signedness(plan, ranges.input_signed)
     bits = {t: spec.a_bits for t in shapes}
     bits[plan.graph.input_name] = spec.in_bits
+    fixed_by_model = annotations(plan)
+    for t, (_, b) in fixed_by_model.items():
+        if b:
+            bits[t] = int(b)
     bits[plan.output] = spec.out_bits
     groups = scale_groups(plan)
     members: dict[str, list[str]] = {}
@@ -160,6 +189,9 @@ def tensor_specs(plan: Plan, ranges: Ranges, spec: QuantSpec,
         scale = (r if r > 0 else 1.0) / max_int(g_bits, g_signed)
         if plan.graph.input_name in group and spec.input_scale is not None:
             scale = spec.input_scale
+        fixed = [fixed_by_model[t][0] for t in group if t in fixed_by_model]
+        if fixed:
+            scale = fixed[0]
         fixed = [scales[t] for t in group if scales and t in scales]
         if fixed:
             scale = fixed[0]
@@ -183,8 +215,9 @@ def _mvm_node(step, specs, chip, spec: QuantSpec, weight, bias, s_w, w_int=None)
                          f"{chip.array.max_bits} (array.max_bits); lower the bits of the tensor feeding it")
     w = node.params["weight"] if weight is None else weight
     b = node.bias if bias is None else bias
-    s_w = weight_scales(w, spec.w_bits) if s_w is None else np.asarray(s_w, dtype=np.float64)
-    w_int = quantize_weight(w, s_w, spec.w_bits) if w_int is None else np.asarray(w_int).astype(np.int8)
+    w_bits = layer_w_bits(node, spec)
+    s_w = weight_scales(w, w_bits) if s_w is None else np.asarray(s_w, dtype=np.float64)
+    w_int = quantize_weight(w, s_w, w_bits) if w_int is None else np.asarray(w_int).astype(np.int8)
     lo, hi = step.act_range
     requant = derive_requant(node.name, x_spec.scale, s_w, b, out, lo, hi)
     if node.op is Op.CONV:
@@ -194,7 +227,7 @@ def _mvm_node(step, specs, chip, spec: QuantSpec, weight, bias, s_w, w_int=None)
     else:
         kh = kw = 1
         geo = {}
-    return QNode(name=node.name, op=_QOP[node.op], inputs=step.inputs, out=out, weight=w_int, w_bits=spec.w_bits,
+    return QNode(name=node.name, op=_QOP[node.op], inputs=step.inputs, out=out, weight=w_int, w_bits=w_bits,
                  w_scale=s_w, adc_full_scale_rows=full_scale_for(w.shape[1], kh, kw, chip), requant=requant, **geo)
 
 

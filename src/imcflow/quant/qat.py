@@ -56,7 +56,8 @@ from imcflow.config.presets import get_preset
 from imcflow.errors import QuantError
 from imcflow.ir.graph import Graph, Op
 from imcflow.ir.qgraph import QGraph
-from imcflow.quant.calibrate import QuantSpec, Ranges, build_qgraph, collect_ranges, full_scale_for, tensor_specs
+from imcflow.quant.calibrate import (QuantSpec, Ranges, build_qgraph, collect_ranges, full_scale_for, layer_w_bits,
+                                     tensor_specs)
 from imcflow.quant.fast_exec import run_qgraph_fast
 from imcflow.quant.plan import float_node, plan_graph, pool_stride, scale_groups
 from imcflow.quant.reference import dequantize_output, quantize_input
@@ -113,6 +114,7 @@ class QatNet(nn.Module):
         self.mode = "qat"
         self.adc = "bit_true"
         self.weight = nn.ParameterDict()
+        self.w_bits = {s.name: layer_w_bits(s.node, spec) for s in self.plan.steps if s.node.op in (Op.CONV, Op.LINEAR)}
         self.bias = nn.ParameterDict()
         for s in self.plan.steps:
             if s.node.op in (Op.CONV, Op.LINEAR):
@@ -171,8 +173,9 @@ class QatNet(nn.Module):
     def weight_int(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(integer weights with STE, per-channel scales) of MVM layer ``name``."""
         w = self.weight[_key(name)]
-        s_w = weight_scale_torch(w, self.spec.w_bits)
-        return quantize_weight_ste(w, s_w, self.spec.w_bits), s_w
+        bits = self.w_bits[name]
+        s_w = weight_scale_torch(w, bits)
+        return quantize_weight_ste(w, s_w, bits), s_w
 
     # --- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,7 +245,7 @@ class QatNet(nn.Module):
         conv = node.op is Op.CONV
         kh, kw = (w_int.shape[2], w_int.shape[3]) if conv else (1, 1)
         fs = full_scale_for(w_int.shape[1], kh, kw, self.chip)
-        kwargs = dict(x_bits=x_spec.bits, w_bits=self.spec.w_bits, x_signed=x_spec.signed, full_scale=fs,
+        kwargs = dict(x_bits=x_spec.bits, w_bits=self.w_bits[step.name], x_signed=x_spec.signed, full_scale=fs,
                       adc_bits=self.chip.adc.bits, array_rows=self.chip.array.rows, out_dtype=torch.float32)
         if conv:
             kwargs.update(stride=tuple(node.attrs.get("stride", (1, 1))), padding=tuple(node.attrs.get("padding", (0, 0))))
