@@ -123,3 +123,53 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert err.count("\n") == 1 and "no CIFAR-10 train data" in err
     assert main(["train", "cifar10-cnn11", "--out", str(tmp_path / "o"), "--export-only"]) == 2
     assert "no last.ckpt" in capsys.readouterr().err
+
+
+def test_qat_phase_small(fake_cifar: Path, tmp_path: Path) -> None:
+    """One QAT epoch from float weights (the chip's BPBS + ADC arithmetic is slow on a CPU: 16 images)."""
+    from imcflow.ir.qgraph import QGraph
+
+    cache = tmp_path / "cache"
+    small = dict(batch_size=16, limit_train=16, limit_test=16)
+    train(_cfg(fake_cifar, tmp_path / "float", cache, epochs_float=1, **small))
+    out = tmp_path / "qat"
+    result = train(_cfg(fake_cifar, out, cache, epochs_float=0, epochs_qat=1, lr_qat=0.005,
+                        resume_from=str(tmp_path / "float" / "float.pt"), **small))
+    assert [(r.phase, r.epoch) for r in result.history] == [("qat", 1)]
+    assert set(result.best_acc) == {"qat", "qat_int"}
+    qg = QGraph.load(str(out / "qat.qgraph.json"))
+    qg.verify()
+    assert [n.w_bits for n in qg.mvm_nodes()] == [4] * 11
+    assert qg.spec(qg.mvm_nodes()[0].inputs[0]).bits == 8  # raw 8-b pixels into c1
+    assert qg.spec(qg.mvm_nodes()[1].inputs[0]).bits == 4
+
+
+@pytest.mark.slow
+def test_qat_phase_from_float_weights_resumes_and_exports(fake_cifar: Path, tmp_path: Path) -> None:
+    from imcflow.ir.qgraph import QGraph
+
+    cache = tmp_path / "cache"
+    small = dict(batch_size=16, limit_train=32, limit_test=32)
+    train(_cfg(fake_cifar, tmp_path / "float", cache, epochs_float=1, **small))
+    weights = str(tmp_path / "float" / "float.pt")  # a bare state_dict: only QAT runs
+    qat = dict(small, epochs_float=0, epochs_qat=2, resume_from=weights, lr_qat=0.005)
+
+    straight = train(_cfg(fake_cifar, tmp_path / "straight", cache, **qat))
+    assert [(r.phase, r.epoch) for r in straight.history] == [("qat", 1), ("qat", 2)]
+    assert 0.0 <= straight.best_acc["qat_int"] <= 1.0
+
+    out = tmp_path / "resumed"
+    with pytest.raises(_Stop):
+        train(_cfg(fake_cifar, out, cache, **qat), on_epoch=lambda r: (_ for _ in ()).throw(_Stop()))
+    seen: list[tuple[str, int]] = []
+    train(_cfg(fake_cifar, out, cache, **qat), on_epoch=lambda r: seen.append((r.phase, r.epoch)))
+    assert seen == [("qat", 2)]
+    a, b = torch.load(tmp_path / "straight" / "qat.pt"), torch.load(out / "qat.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    qg = QGraph.load(str(out / "qat.qgraph.json"))
+    qg.verify()
+    assert (out / "qat.qgraph.json").read_text() == (tmp_path / "straight" / "qat.qgraph.json").read_text()
+
+    record = export_run(out, tmp_path / "w")
+    assert record["epochs_done"] == {"float": 0, "qat": 2} and "final QAT epoch" in record["qat_qgraph"]
+    assert (tmp_path / "w" / "cifar10-cnn11.qgraph.json").is_file()

@@ -3,7 +3,8 @@
 Files written for model ``NAME`` (e.g. ``cifar10-cnn11``):
 
 * ``NAME.pt``: float state_dict (the final float epoch once the phase is done, else its best epoch so far);
-* ``NAME-qat.pt``: QAT state_dict, once a QAT epoch exists;
+* ``NAME.qgraph.json``: the QAT network's exported integers (final QAT epoch, else best so far), which
+  :func:`imcflow.pipeline.load_qgraph` prefers for the zoo name;
 * ``NAME.ckpt``: the run's full ``last.ckpt``, so a later session can continue with
   ``imcflow train NAME --resume-from .../NAME.ckpt --out NEWDIR``;
 * ``NAME.json``: command, epochs, seed, data, accuracies per epoch, date.
@@ -68,10 +69,12 @@ def export_run(out_dir: str | Path, weights_dir: str | Path, threads: int | None
     }
     dest.mkdir(parents=True, exist_ok=True)
     record["float_weights"] = _export_float(out, dest / f"{name}.pt", ckpt, history)
-    if (out / "best-qat.pt").is_file():
-        qat_src = out / "qat.pt" if (out / "qat.pt").is_file() else out / "best-qat.pt"
-        shutil.copyfile(qat_src, dest / f"{name}-qat.pt")
-        record["qat_weights"] = f"{qat_src.name} of the run"
+    qgraphs = [out / "qat.qgraph.json", out / "best-qat.qgraph.json"]
+    qat_src = next((q for q in qgraphs if q.is_file()), None)
+    if qat_src is not None:
+        shutil.copyfile(qat_src, dest / f"{name}.qgraph.json")
+        record["qat_qgraph"] = (f"{qat_src.name} of the run: "
+                                + ("final QAT epoch" if qat_src == qgraphs[0] else "best QAT epoch so far"))
     shutil.copyfile(last, dest / f"{name}.ckpt")
     tmp = dest / f"{name}.json.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")

@@ -69,6 +69,8 @@ class TrainConfig:
     w_bits: int = 4
     x_bits: int = 4
     first_x_bits: int = 8
+    eval_int: bool = True
+    """After the last QAT epoch, also measure the exported integers run bit-true (``best_acc["qat_int"]``)."""
 
     def epochs(self, phase: str) -> int:
         """Epoch count of ``phase``."""
@@ -216,7 +218,9 @@ def _check_resume(resume: dict, cfg: TrainConfig, phase: str, steps: int) -> Non
 
 def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, on_batch) -> dict:
     torch.manual_seed(cfg.seed)  # initial weights; a resumed run restores its RNG state below
-    model = _build_model(phase, cfg, float_state).to(cfg.device).to(memory_format=torch.channels_last)
+    model = _build_model(phase, cfg, float_state, data).to(cfg.device)
+    if phase == "float":
+        model = model.to(memory_format=torch.channels_last)
     n = len(data.train_y)
     steps = max(1, n // cfg.batch_size)
     opt = _optimizer(model, cfg, phase)
@@ -237,11 +241,15 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
         history.append(rec)
         if rec.test_acc > best.get(phase, -1.0):
             best[phase] = rec.test_acc
-            save_atomic(_cpu_state(model), out / f"best-{phase}.pt")
+            _save_weights(phase, model, out, f"best-{phase}")
         done = epoch + 1 == cfg.epochs(phase)
         final_state = _cpu_state(model)
         if done:
-            save_atomic(final_state, out / f"{phase}.pt")
+            _save_weights(phase, model, out, phase)
+            if phase == "qat" and cfg.eval_int:
+                from imcflow.train.qat_glue import int_accuracy
+
+                best["qat_int"] = int_accuracy(model, data.test_x, data.test_y)
         fs = final_state if (phase == "float" and done) else float_state
         save_atomic(_checkpoint(cfg, phase, epoch + 1, steps, model, opt, sched, gen, fs, history, best), out / LAST)
         if on_epoch:
@@ -249,11 +257,20 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
     return _cpu_state(model)
 
 
+def _save_weights(phase: str, model: nn.Module, out: Path, stem: str) -> None:
+    """``<stem>.pt`` (state_dict); for QAT also ``<stem>.qgraph.json`` (the exported integers)."""
+    save_atomic(_cpu_state(model), out / f"{stem}.pt")
+    if phase == "qat":
+        from imcflow.train.qat_glue import save_qgraph
+
+        save_qgraph(model, out / f"{stem}.qgraph.json")
+
+
 def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
 
 
-def _build_model(phase: str, cfg: TrainConfig, float_state: dict | None) -> nn.Module:
+def _build_model(phase: str, cfg: TrainConfig, float_state: dict | None, data: _Data) -> nn.Module:
     model = get_model(cfg.model)
     if float_state is not None:
         try:
@@ -262,9 +279,9 @@ def _build_model(phase: str, cfg: TrainConfig, float_state: dict | None) -> nn.M
             raise TrainError(f"float weights do not match {cfg.model}: {str(exc).splitlines()[0]}") from exc
     if phase == "float":
         return model
-    from imcflow.train.qat_glue import to_qat  # imports imcflow.quant (QAT modules)
+    from imcflow.train.qat_glue import calibration_batch, to_qat  # QAT modules of imcflow.quant
 
-    return to_qat(model, cfg)
+    return to_qat(model, cfg, calibration_batch(data.train_x, cfg.seed))
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, phase: str) -> torch.optim.Optimizer:
