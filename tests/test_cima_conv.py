@@ -122,12 +122,12 @@ def test_bad_arguments_raise(change, match):
 
 @pytest.mark.parametrize("mode", ["bit_true", "analog"])
 def test_image_chunks_change_nothing(mode, monkeypatch):
-    import imcflow.cima.conv as conv_mod
+    import imcflow.cima.fast as fast
     g = torch.Generator().manual_seed(5)
     x, w = _rand(g, (5, 6, 4, 4), 3, False), _rand(g, (2, 6, 3, 3), 2, True)
     kw = dict(x_bits=3, w_bits=2, x_signed=False, padding=1, full_scale=18, mode=mode, adc_bits=8, array_rows=27,
               analog=AnalogConfig(), seed=4)
     whole = bpbs_conv2d(x, w, **kw)
-    monkeypatch.setattr(conv_mod, "CHUNK_ELEMS", 1)   # one image per chunk
+    monkeypatch.setattr(fast, "BATCH_CHUNK", 20)   # one 4x4 image per chunk, 20 windows per product
     assert torch.equal(bpbs_conv2d(x, w, **kw), whole)
     np.testing.assert_array_equal(whole.numpy(), bpbs_conv2d_reference(x, w, **kw))

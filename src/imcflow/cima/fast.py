@@ -24,7 +24,14 @@ from imcflow.config.chip import ChipConfig
 
 _FLOAT32_EXACT = 1 << 24
 BATCH_CHUNK = 8192
-"""Input vectors per int8 product, bounding memory (about BATCH_CHUNK * x_bits * rows bytes)."""
+"""Most input vectors per int8 product (bounds the bit-planes: BATCH_CHUNK * x_bits * rows bytes)."""
+COUNT_ELEMS = 1 << 23
+"""Most column counts per product (batch x x_bits x columns): bounds the int32/float temporaries."""
+
+
+def chunk_vectors(x_bits: int, n_cols: int) -> int:
+    """Input vectors per product: BATCH_CHUNK, fewer for wide layers (COUNT_ELEMS)."""
+    return max(1, min(BATCH_CHUNK, COUNT_ELEMS // (x_bits * n_cols)))
 
 
 def bit_weights(bits: int, signed: bool) -> list[int]:
@@ -70,15 +77,16 @@ def adc_bit_true(k: torch.Tensor, full_scale: int, adc_bits: int, max_k: int, in
     return kf.mul_(2 * levels).add_(full_scale).div_(2 * full_scale).floor_().clamp_max_(levels - 1)
 
 
-def adc_codes(k: torch.Tensor, a: MvmArgs, stream: AnalogStream | None) -> torch.Tensor:
-    """ADC codes (batch, x_bits, cols) of counts ``k`` (analog: the next vectors of ``stream``)."""
-    rows = a.x.shape[1]
-    if a.mode is Mode.IDEAL:
+def adc_codes(k: torch.Tensor, rows: int, mode: Mode, full_scale: int, adc_bits: int,
+              stream: AnalogStream | None) -> torch.Tensor:
+    """ADC codes (batch, x_bits, cols) of int32 counts ``k`` <= ``rows`` (analog: the next vectors
+    of ``stream``), as float."""
+    if mode is Mode.IDEAL:
         return k.to(torch.float32 if rows < _FLOAT32_EXACT else torch.float64)
-    if a.mode is Mode.BIT_TRUE:
-        return adc_bit_true(k, a.full_scale, a.adc_bits, rows)
+    if mode is Mode.BIT_TRUE:
+        return adc_bit_true(k, full_scale, adc_bits, rows)
     noise = stream.noise_lsb(k.shape[0])
-    codes = analog_code(k.numpy(), stream.gain, stream.offset_lsb, noise, a.full_scale, a.adc_bits)
+    codes = analog_code(k.numpy(), stream.gain, stream.offset_lsb, noise, full_scale, adc_bits)
     return torch.from_numpy(codes.astype(np.float32))
 
 
@@ -95,21 +103,32 @@ def combine(codes: torch.Tensor, x_bits: int, x_signed: bool, w_bits: int, w_sig
     return (per_col.view(batch, -1, w_bits) @ torch.tensor(cw, dtype=dtype)).to(torch.int64)
 
 
+def mvm_kernel(x: torch.Tensor, w: torch.Tensor, *, x_bits: int, w_bits: int, x_signed: bool, w_signed: bool,
+               mode: Mode, full_scale: int, adc_bits: int, stream: AnalogStream | None = None) -> torch.Tensor:
+    """int64 acc (batch, n_out) of range-checked integer tensors x (batch, rows), w (rows, n_out),
+    :func:`chunk_vectors` at a time (analog noise is drawn from ``stream``, vector after vector)."""
+    batch, rows = x.shape
+    n_out = w.shape[1]
+    n_cols = n_out * w_bits
+    wp = bit_planes(w, w_bits, dim=2).reshape(rows, n_cols)   # column o*w_bits + j
+    max_code = rows if mode is Mode.IDEAL else (1 << adc_bits) - 1
+    acc = torch.zeros((batch, n_out), dtype=torch.int64)
+    chunk = chunk_vectors(x_bits, n_cols)
+    for n0 in range(0, batch, chunk):
+        xs = x[n0:n0 + chunk]
+        xp = bit_planes(xs, x_bits, dim=1).reshape(-1, rows)      # row n*x_bits + i
+        k = binary_counts(xp, wp).reshape(xs.shape[0], x_bits, n_cols)
+        codes = adc_codes(k, rows, mode, full_scale, adc_bits, stream)
+        acc[n0:n0 + chunk] = combine(codes, x_bits, x_signed, w_bits, w_signed, max_code)
+    return acc
+
+
 def mvm_args_fast(a: MvmArgs) -> MvmResult:
     """The fast MVM on already checked arguments."""
-    batch, rows = a.x.shape
-    n_out = a.w.shape[1]
-    n_cols = n_out * a.w_bits
+    n_cols = a.w.shape[1] * a.w_bits
     stream = AnalogStream(a.chip.analog, a.seed, a.x_bits, n_cols) if a.mode is Mode.ANALOG else None
-    wp = bit_planes(a.w, a.w_bits, dim=2).reshape(rows, n_cols)   # column o*w_bits + j
-    max_code = rows if a.mode is Mode.IDEAL else (1 << a.adc_bits) - 1
-    acc = torch.zeros((batch, n_out), dtype=torch.int64)
-    for n0 in range(0, batch, BATCH_CHUNK):
-        xs = a.x[n0:n0 + BATCH_CHUNK]
-        xp = bit_planes(xs, a.x_bits, dim=1).reshape(-1, rows)      # row n*x_bits + i
-        k = binary_counts(xp, wp).reshape(xs.shape[0], a.x_bits, n_cols)
-        codes = adc_codes(k, a, stream)
-        acc[n0:n0 + BATCH_CHUNK] = combine(codes, a.x_bits, a.x_signed, a.w_bits, a.w_signed, max_code)
+    acc = mvm_kernel(a.x, a.w, x_bits=a.x_bits, w_bits=a.w_bits, x_signed=a.x_signed, w_signed=a.w_signed,
+                     mode=a.mode, full_scale=a.full_scale, adc_bits=a.adc_bits, stream=stream)
     return a.result(acc.numpy())
 
 
