@@ -7,6 +7,7 @@ import json
 import sys
 
 from imcflow.cli.common import add_chip_args, chip_from_args
+from imcflow.errors import DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,8 @@ def _run(args: argparse.Namespace) -> int:
     from imcflow.report.reproduce import reproduce
     from imcflow.report.tables import format_rows
 
+    if args.accuracy_limit < 0:
+        raise DataError(f"--accuracy-limit {args.accuracy_limit}: must be >= 0 (0 = all 10,000 test images)")
     chip = chip_from_args(args)
     limit = None if args.accuracy_limit == 0 else args.accuracy_limit
     rep = reproduce(chip, data=args.data, accuracy_limit=limit,
