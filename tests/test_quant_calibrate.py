@@ -119,7 +119,7 @@ def test_bad_settings_are_errors(graph):
     with pytest.raises(QuantError, match="w_bits"):
         calibrate(graph, images(2), TINY, QuantSpec(w_bits=9))
     with pytest.raises(QuantError, match="method"):
-        calibrate(graph, images(2), TINY, QuantSpec(method="mse"))
+        calibrate(graph, images(2), TINY, QuantSpec(method="kl"))
     with pytest.raises(QuantError, match="calibration inputs"):
         calibrate(graph, images(2)[:, :2], TINY)
 
@@ -136,3 +136,25 @@ def test_qcdq_annotations_are_honoured(graph):
     c3 = qg.node("c3")
     assert c3.w_bits == 3 and c3.weight.min() >= -4 and c3.weight.max() <= 3
     assert qg.node("c2").w_bits == 4
+
+
+def test_mse_clipping_lowers_the_error():
+    rng = np.random.default_rng(0)
+    w = rng.standard_t(3, size=(8, 64)).astype(np.float32)  # heavy tails: clipping pays
+    for clip, expect_smaller in (("max", False), ("mse", True)):
+        s = weight_scales(w, 4, clip)
+        err = ((quantize_weight(w, s, 4) * s[:, None] - w) ** 2).sum()
+        if clip == "max":
+            base = err
+            assert np.allclose(s, np.abs(w).max(1) / 7)
+        else:
+            assert err < base and np.all(s <= np.abs(w).max(1) / 7 + 1e-12)
+
+
+def test_mse_activation_ranges(graph):
+    x = images(16)
+    m = calibrate(graph, x, TINY, QuantSpec(method="mse", w_clip="mse"))
+    mx = calibrate(graph, x, TINY, QuantSpec(method="max"))
+    assert m.node("c1").out.scale <= mx.node("c1").out.scale
+    with pytest.raises(QuantError, match="w_clip"):
+        calibrate(graph, x, TINY, QuantSpec(w_clip="l1"))

@@ -3,12 +3,14 @@
 Choices (all documented, all parameters of :class:`QuantSpec`):
 
 - **Weights**: symmetric signed ``w_bits`` (default 4) integers with one scale per output channel,
-  ``s_w[c] = max|w[c]| / (2**(w_bits-1) - 1)`` (max-based; QAT may supply learned scales).
+  ``s_w[c] = max|w[c]| / (2**(w_bits-1) - 1)`` (``w_clip="max"``), or the clipped range with the
+  least squared error (``w_clip="mse"``); QAT supplies its own.
 - **Activations**: one scale per tensor, ``a_bits`` (default 4). A tensor is unsigned when its
   producer guarantees it is non-negative (a fused ReLU, a clamp with min >= 0, an add of two
   unsigned tensors, pooling/flatten/concat of unsigned tensors) and signed otherwise. Its range
-  ``r`` is a percentile (default 99.99) of ``|value|`` over the calibration batch, or the maximum
-  (``method="max"``); ``scale = r / max_int``.
+  ``r`` is a percentile (default 99.99) of ``|value|`` over the calibration batch, the maximum
+  (``method="max"``) or the range with the least squared quantisation error (``method="mse"``);
+  ``scale = r / max_int``.
 - **First layer input**: ``in_bits`` (default 8) raw integers. With ``input_scale`` given (the zoo's
   image models take ``pixel / 255``, so ``input_scale = 1/255`` makes the integers the raw 8-b
   pixels), that scale is used; otherwise ``scale = max|calibration input| / max_int``. The input
@@ -44,7 +46,12 @@ from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, pick_full_scale, row_
 from imcflow.quant.plan import Plan, float_tensors, plan_graph, pool_stride, scale_groups
 from imcflow.quant.requant import derive_add, derive_requant, round_half_up
 
-METHODS = ("percentile", "max")
+METHODS = ("percentile", "max", "mse")
+W_CLIPS = ("max", "mse")
+MSE_SAMPLES = 1 << 20
+"""Values per tensor the ``mse`` range search looks at (a seeded subsample of larger tensors)."""
+MSE_STEPS = 64
+"""Candidate ranges of the ``mse`` search: ``max * k / MSE_STEPS`` for k = 1 .. MSE_STEPS."""
 
 _QOP = {Op.CONV: QOp.CONV, Op.LINEAR: QOp.LINEAR, Op.MAXPOOL: QOp.MAXPOOL, Op.AVGPOOL: QOp.AVGPOOL,
         Op.GLOBAL_AVGPOOL: QOp.GLOBAL_AVGPOOL, Op.ADD: QOp.ADD, Op.FLATTEN: QOp.FLATTEN, Op.CONCAT: QOp.CONCAT}
@@ -61,8 +68,13 @@ class QuantSpec:
     input_scale: float | None = None
     """Real value of one input step (1/255 for pixel/255 inputs); None: from calibration."""
     method: str = "percentile"
+    """Activation range: ``percentile`` of |value|, ``max``, or ``mse`` (the range among
+    ``MSE_STEPS`` fractions of the max that minimises the quantisation's mean squared error)."""
     percentile: float = 99.99
     out_margin: float = 2.0
+    w_clip: str = "max"
+    """Weight scale per channel: ``max`` (max|w| / max_int) or ``mse`` (the clipped range among
+    ``MSE_STEPS`` fractions of max|w| that minimises the channel's squared error)."""
 
     def check(self, chip: ChipConfig) -> None:
         """QuantError for widths the chip cannot run or bad calibration settings."""
@@ -76,6 +88,8 @@ class QuantSpec:
             raise QuantError(f"out_bits = {self.out_bits}: must be 2..32")
         if self.method not in METHODS:
             raise QuantError(f"calibration method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.w_clip not in W_CLIPS:
+            raise QuantError(f"w_clip {self.w_clip!r}: choose one of {', '.join(W_CLIPS)}")
         if not 0 < self.percentile <= 100:
             raise QuantError(f"percentile = {self.percentile}: must be in (0, 100]")
         if self.input_scale is not None and not self.input_scale > 0:
@@ -95,10 +109,30 @@ def max_int(bits: int, signed: bool) -> int:
     return (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
 
 
-def weight_scales(w: np.ndarray, w_bits: int) -> np.ndarray:
-    """Max-based symmetric per-output-channel scales (float64, > 0; all-zero channels borrow the
-    smallest other scale so they do not limit the requant shift)."""
-    peak = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
+def mse_fraction(v: np.ndarray, levels_lo: int, levels_hi: int) -> np.ndarray:
+    """Per row of ``v`` (float64 (R, M)), the fraction k/MSE_STEPS of the row's max|v| whose range,
+    split into integer levels ``[levels_lo, levels_hi]``, quantises the row with least squared error."""
+    peak = np.abs(v).max(axis=1, keepdims=True)
+    peak = np.where(peak > 0, peak, 1.0)
+    best_err = np.full(v.shape[0], np.inf)
+    best = np.ones(v.shape[0])
+    for k in range(1, MSE_STEPS + 1):
+        s = peak * (k / MSE_STEPS) / levels_hi
+        err = ((np.clip(np.floor(v / s + 0.5), levels_lo, levels_hi) * s - v) ** 2).sum(axis=1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best = np.where(better, k / MSE_STEPS, best)
+    return best
+
+
+def weight_scales(w: np.ndarray, w_bits: int, clip: str = "max") -> np.ndarray:
+    """Symmetric per-output-channel scales (float64, > 0): ``max`` or ``mse`` clipping (see
+    :class:`QuantSpec`); all-zero channels borrow the smallest other scale so they do not limit
+    the requant shift."""
+    flat = w.reshape(w.shape[0], -1).astype(np.float64)
+    peak = np.abs(flat).max(axis=1)
+    if clip == "mse":
+        peak = peak * mse_fraction(flat, -max_int(w_bits, True) - 1, max_int(w_bits, True))
     s = peak / max_int(w_bits, True)
     positive = s[s > 0]
     return np.where(s > 0, s, positive.min() if positive.size else 1.0)
@@ -117,10 +151,18 @@ def collect_ranges(plan: Plan, calib_x: np.ndarray, spec: QuantSpec) -> Ranges:
     x = torch.as_tensor(np.asarray(calib_x, dtype=np.float32))
     values = float_tensors(plan.graph, x)
     absmax = {plan.graph.input_name: float(x.abs().max())}
+    rng = np.random.default_rng(0)
     for s in plan.steps:
-        v = values[s.tensor].abs().reshape(-1).numpy()
+        raw = values[s.tensor].reshape(-1).numpy()
+        v = np.abs(raw)
         if s.name == plan.output:
             absmax[s.name] = float(v.max()) * spec.out_margin
+        elif spec.method == "mse":
+            sample = raw if raw.size <= MSE_SAMPLES else rng.choice(raw, MSE_SAMPLES, replace=False)
+            signed = bool((sample < 0).any())
+            hi = max_int(spec.a_bits, signed)
+            frac = mse_fraction(sample[None].astype(np.float64), -hi - 1 if signed else 0, hi)[0]
+            absmax[s.name] = float(v.max()) * float(frac)
         elif spec.method == "max" or spec.percentile >= 100:
             absmax[s.name] = float(v.max())
         else:
@@ -216,7 +258,7 @@ def _mvm_node(step, specs, chip, spec: QuantSpec, weight, bias, s_w, w_int=None)
     w = node.params["weight"] if weight is None else weight
     b = node.bias if bias is None else bias
     w_bits = layer_w_bits(node, spec)
-    s_w = weight_scales(w, w_bits) if s_w is None else np.asarray(s_w, dtype=np.float64)
+    s_w = weight_scales(w, w_bits, spec.w_clip) if s_w is None else np.asarray(s_w, dtype=np.float64)
     w_int = quantize_weight(w, s_w, w_bits) if w_int is None else np.asarray(w_int).astype(np.int8)
     lo, hi = step.act_range
     requant = derive_requant(node.name, x_spec.scale, s_w, b, out, lo, hi)
