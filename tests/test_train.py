@@ -93,6 +93,10 @@ def test_resume_with_other_schedule_is_refused(fake_cifar: Path, tmp_path: Path)
 def test_qat_needs_float_weights(fake_cifar: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainError, match="QAT starts from float weights"):
         train(_cfg(fake_cifar, tmp_path / "q", tmp_path / "c", epochs_float=0, epochs_qat=1))
+    weights = tmp_path / "w.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), weights)
+    with pytest.raises(TrainError, match="--epochs-float 0"):  # weights given: no float epochs to run
+        train(_cfg(fake_cifar, tmp_path / "q", tmp_path / "c", epochs_float=3, resume_from=str(weights)))
 
 
 def test_cli_smoke_train_resume_export(fake_cifar: Path, tmp_path: Path, capsys) -> None:

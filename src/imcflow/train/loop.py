@@ -124,6 +124,8 @@ def train(cfg: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None = Non
     history = [EpochRecord(**r) for r in ckpt["history"]] if ckpt else []
     best = dict(ckpt["best_acc"]) if ckpt else {}
     float_state = ckpt.get("float_model") if ckpt else None
+    if float_state is not None:
+        _check_float_done(cfg, history)
     for phase in PHASES:
         if phase == "float" and float_state is not None:
             continue  # float phase already complete (or given as weights)
@@ -204,6 +206,14 @@ def _checkpoint(cfg, phase, epoch, steps, model, opt, sched, gen, float_state, h
         "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state()},
         "float_model": float_state, "history": [asdict(r) for r in history], "best_acc": dict(best),
     }
+
+
+def _check_float_done(cfg: TrainConfig, history: list[EpochRecord]) -> None:
+    """A finished float phase is not run again: refuse a different --epochs-float rather than ignore it."""
+    done = sum(1 for r in history if r.phase == "float")
+    if cfg.epochs_float not in (0, done):
+        raise TrainError(f"the float phase of this checkpoint is already done ({done} epochs, or given as weights); "
+                         f"pass --epochs-float {done} (or 0) to go on with QAT, or start a new --out")
 
 
 def _check_resume(resume: dict, cfg: TrainConfig, phase: str, steps: int) -> None:
