@@ -7,6 +7,9 @@ binary products per logical MAC, as int8 products (about 4x the float32 rate), s
 means the bit-plane and ADC work costs little on top of the products.
 
     python benchmarks/cima_speed.py [--chip jssc2022] [--batch 4096] [--repeats 15] [--threads N]
+
+On a loaded machine pass ``--threads 1``: the MVM is a chain of short multi-threaded torch ops,
+which suffer from oversubscribed cores far more than one long matmul does.
 """
 
 from __future__ import annotations
