@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--n-calib", type=int, default=256)
     ap.add_argument("--chip", default="jssc2022")
-    ap.add_argument("--percentiles", default="99.9,99.99,99.999,100")
+    ap.add_argument("--settings", default="percentile:99.99:max,percentile:99.9:max,max:100:max,mse:0:max,mse:0:mse",
+                    help="comma-separated method:percentile:w_clip activation/weight calibration settings")
     ap.add_argument("--bit-true", action="store_true", help="also run bit_true for every setting (slow on CPU)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -45,13 +46,15 @@ def main() -> None:
     xc, _ = _subset(*load_cifar10(args.data, "train"), args.n_calib, 1)
     f_acc = float((run_graph(graph, xt).argmax(1) == yt).mean())
     print(f"float top-1 on {len(yt)} test images: {f_acc:.4f}")
-    for p in (float(v) for v in args.percentiles.split(",")):
-        spec = QuantSpec(input_scale=1 / 255, percentile=p, method="max" if p >= 100 else "percentile")
+    for setting in args.settings.split(","):
+        method, p, w_clip = setting.split(":")
+        p = float(p) if method == "percentile" else 99.99
+        spec = QuantSpec(input_scale=1 / 255, method=method, percentile=p, w_clip=w_clip)
         qg = calibrate(graph, xc, args.chip, spec)
         xi = quantize_input(qg, xt)
         t = time.time()
         ideal = float((run_qgraph_fast(qg, xi, "ideal", args.chip).argmax(1) == yt).mean())
-        line = f"PTQ w4a4 percentile {p:g}: ideal top-1 {ideal:.4f} ({len(yt) / (time.time() - t):.0f} img/s)"
+        line = f"PTQ w4a4 {setting:<24}: ideal top-1 {ideal:.4f} ({len(yt) / (time.time() - t):.0f} img/s)"
         if args.bit_true:
             t = time.time()
             bt = float((run_qgraph_fast(qg, xi, "bit_true", args.chip).argmax(1) == yt).mean())

@@ -269,7 +269,7 @@ def prepare_qat(graph: Graph, chip: str | ChipConfig = "jssc2022", w_bits: int =
     None uses 64 seeded uniform [0, 1) inputs, adequate only for pixel/255 image models)."""
     chip = get_preset(chip)
     spec = QuantSpec(w_bits=w_bits, a_bits=a_bits, in_bits=first_in_bits, out_bits=out_bits,
-                     input_scale=input_scale, percentile=percentile)
+                     input_scale=input_scale, percentile=percentile, w_clip="max")  # QAT: max-based weights
     spec.check(chip)
     if calib is None:
         calib = np.random.default_rng(seed).random((64, *graph.input_shape)).astype(np.float32)
