@@ -41,7 +41,9 @@ def command_from_config(cfg: dict) -> str:
 
 
 def export_run(out_dir: str | Path, weights_dir: str | Path, threads: int | None = None) -> dict:
-    """Write the run in ``out_dir`` into ``weights_dir`` (see module doc); returns the JSON record."""
+    """Write the run in ``out_dir`` into ``weights_dir`` (see module doc); returns the JSON record.
+
+    ``threads``: torch threads of the training run, recorded when the checkpoint lacks them."""
     out, dest = Path(out_dir), Path(weights_dir)
     last = out / LAST
     if not last.is_file():
@@ -55,7 +57,7 @@ def export_run(out_dir: str | Path, weights_dir: str | Path, threads: int | None
     record = {
         "model": name,
         "command": command_from_config(cfg),
-        "threads": threads,
+        "threads": ckpt.get("threads", threads),
         "data": f"{DATA_NOTE} at {cfg['data_root']}" if "shared" in cfg["data_root"] else cfg["data_root"],
         "seed": cfg["seed"],
         "config": cfg,

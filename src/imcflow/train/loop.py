@@ -205,6 +205,7 @@ def _checkpoint(cfg, phase, epoch, steps, model, opt, sched, gen, float_state, h
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state()},
         "float_model": float_state, "history": [asdict(r) for r in history], "best_acc": dict(best),
+        "threads": torch.get_num_threads(),
     }
 
 
