@@ -37,6 +37,15 @@ def _tile_slots(plan: PhasePlan, qgraph: QGraph, tilings: dict[str, LayerTiling]
     return out
 
 
+def _covered(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
+    """Whether the union of ``ranges`` covers [lo, hi)."""
+    at = lo
+    for a, b in sorted(ranges):
+        if a <= at < b:
+            at = b
+    return at >= hi
+
+
 class _Emitter:
     """Builds the tasks of every core of one phase."""
 
@@ -73,6 +82,9 @@ class _Emitter:
         for t in tiles:
             if t.row_tile > 0:
                 ins += self._sends(core, StreamKind.PSUM, layer, copy=copy, row_tile=t.row_tile, oc_lo=t.oc_lo)
+        made: list[tuple[int, int]] = []
+        outgoing = [s for s in self.streams if s.kind == StreamKind.ACT and s.src == core and s.tensor == layer
+                    and s.px_lo == px_lo]
         for t in tiles:
             if t.row_tile != 0:
                 continue
@@ -83,7 +95,10 @@ class _Emitter:
             if len(tl.row_tiles) > 1:
                 ins.append(Instr(InstrKind.ACCUMULATE, n_parts=len(tl.row_tiles), **rng))
             ins.append(Instr(InstrKind.REQUANT, **rng))
-            ins += self._sends(core, StreamKind.ACT, layer, oc_lo=t.oc_lo, px_lo=px_lo)
+            made.append((t.oc_lo, t.oc_hi))
+            ready = [s for s in outgoing if _covered(made, s.oc_lo, s.oc_hi)]
+            ins += [Instr(InstrKind.SEND, stream=s.stream_id) for s in ready]
+            outgoing = [s for s in outgoing if s not in ready]
         self.tasks[core].append(Task(name=f"{layer}#{copy}", instrs=tuple(ins)))
 
     def simd_task(self, name: str, core: int, oc_lo: int, oc_hi: int, whole: bool) -> None:

@@ -41,7 +41,7 @@ class Placed:
     def work(self) -> TileWork:
         q = self.req
         return TileWork(layer=q.layer, core=self.array, row_offset=self.r0, rows=q.rows, col_offset=self.c0,
-                        cols=q.cols, bitplanes=q.bitplanes)
+                        cols=q.cols, bitplanes=q.bitplanes, weight_key=(q.layer, q.rt, q.ct))
 
 
 def _free(placed: list[Placed], r0: int, c0: int, h: int, w: int) -> bool:

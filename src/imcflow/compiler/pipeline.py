@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 from imcflow.compiler.codegen import emit_phase
-from imcflow.compiler.placement import OBJECTIVES, PhasePlan, Search, phase_work_of, place, place_phase, split_plan
+from imcflow.compiler.placement import (OBJECTIVES, PhasePlan, fewer_copies, phase_work_of, place, place_phase,
+                                       split_plan)
 from imcflow.compiler.routing import phase_streams, route_phase
 from imcflow.compiler.tiling import LayerTiling, tile_graph
 from imcflow.config.chip import ChipConfig
@@ -63,18 +64,22 @@ def _needed_later(qgraph: QGraph, plans: list[PhasePlan], index: int) -> set[str
 
 def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plans: list[PhasePlan],
                objective: str) -> tuple[Phase, ...]:
-    """Route and emit every phase. A phase that cannot be routed is re-placed: first with one copy
-    per layer (fewer streams), then cut into two phases (each re-placed), until it routes."""
+    """Route and emit every phase. A phase that cannot be routed is re-placed with fewer copies
+    (about three quarters of each layer's, step by step, so fewer streams) until every layer has
+    one copy; then it is cut into two phases (each placed afresh)."""
     phases: list[Phase] = []
     while len(phases) < len(plans):
         i = len(phases)
-        plan = dataclasses.replace(plans[i], index=i)
+        plan: PhasePlan | None = dataclasses.replace(plans[i], index=i)
         later = _needed_later(qgraph, plans, i)
-        emitted = _try_route(qgraph, tilings, chip, plan, later)
-        if emitted is None and any(n > 1 for n in plan.copies.values()):
-            emitted = _try_route(qgraph, tilings, chip, _single_copy(qgraph, tilings, chip, plan), later)
+        emitted = None
+        while plan is not None and emitted is None:
+            emitted = _try_route(qgraph, tilings, chip, plan, later)
+            if emitted is None:
+                last = plan
+                plan = fewer_copies(qgraph, tilings, chip, plan, objective)
         if emitted is None:
-            plans = plans[:i] + _split(qgraph, tilings, chip, plan, objective) + plans[i + 1:]
+            plans = plans[:i] + _split(qgraph, tilings, chip, last, objective) + plans[i + 1:]
         else:
             phases.append(emitted)
     return tuple(phases)
@@ -82,23 +87,15 @@ def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
 
 def _try_route(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,
                later: set[str]) -> Phase | None:
-    specs = phase_streams(qgraph, plan, tilings, later, chip.simd.accumulator_bits)
+    work, _ = phase_work_of(qgraph, plan.nodes, plan.placed, tilings, plan.col_tiles, plan.copies)
+    array_s = max(estimate_phase(work, chip).core_array_s.values(), default=0.0)
+    merge_bits = array_s * chip.clock.digital_hz * chip.ocn.track_bits
+    specs = phase_streams(qgraph, plan, tilings, later, chip.simd.accumulator_bits, merge_bits)
     try:
         perm, routes = route_phase(plan, qgraph, chip, specs)
     except CompileError:
         return None
     return emit_phase(plan, qgraph, tilings, chip, specs, perm, routes)
-
-
-def _single_copy(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan) -> PhasePlan:
-    """The phase re-placed with one copy of every layer (fewer streams to route)."""
-    copies = {layer: 1 for layer in plan.col_tiles}
-    placed = Search(qgraph, tilings, chip, plan.nodes, plan.col_tiles, "throughput").pack(copies)
-    if placed is None:
-        return plan
-    _, hosts = phase_work_of(qgraph, plan.nodes, placed, tilings, plan.col_tiles, copies)
-    return PhasePlan(index=plan.index, nodes=plan.nodes, col_tiles=plan.col_tiles, copies=copies, placed=placed,
-                     hosts=hosts)
 
 
 def _split(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,

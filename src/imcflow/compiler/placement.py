@@ -15,12 +15,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
 from imcflow.compiler.packing import Packer, Placed, TileReq
+from imcflow.compiler.partition import partition
 from imcflow.compiler.tiling import LayerTiling
 from imcflow.ir.qgraph import QGraph, QOp
 from imcflow.perf.model import PhaseEstimate, PhaseWork, estimate_phase, node_simd_ops
@@ -44,6 +46,8 @@ class PhasePlan:
     hosts: dict[str, tuple[tuple[int, int, int], ...]]
     """SIMD-only node -> channel groups (array, oc_lo, oc_hi): which array's SIMD computes which
     output channels of it."""
+    floor_s: float = 0.0
+    """Estimated off-chip I/O time per image of the phase (placement does not try to beat it)."""
 
     def acc_array(self, layer: str, copy: int, ct: int) -> int:
         """Array that accumulates and requantises (layer, copy, column tile): where row tile 0 sits."""
@@ -67,47 +71,6 @@ def _requests(tl: LayerTiling, cts: tuple[int, int], n_copies: int) -> list[Tile
             for rt in range(len(tl.row_tiles)):
                 out.append(TileReq(tl.layer, k, rt, ct, tl.tile_rows(rt), tl.tile_cols(ct), (hi - lo) * tl.x_bits))
     return out
-
-
-# --- phases -------------------------------------------------------------------------------------
-
-def split_phases(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig) -> list[dict]:
-    """Greedy phase partition. Returns per phase {"nodes": [...], "col_tiles": {layer: (a, b)}}."""
-    phases: list[dict] = [{"nodes": [], "col_tiles": {}}]
-    packer = Packer(chip)
-    for node in qgraph.nodes:
-        if not node.is_mvm:
-            phases[-1]["nodes"].append(node.name)
-            continue
-        tl = tilings[node.name]
-        for ct in range(len(tl.col_tiles)):
-            reqs = _requests(tl, (ct, ct + 1), 1)
-            if not _fits_more(packer, reqs):
-                packer = Packer(chip)
-                if not packer.place_all(reqs):
-                    raise CompileError(
-                        f"layer {node.name!r}: one column tile needs {len(tl.row_tiles)} row tile(s) of up to "
-                        f"{max(tl.tile_rows(r) for r in range(len(tl.row_tiles)))} rows x {tl.tile_cols(ct)} columns "
-                        f"summed in one phase, which do not fit the {chip.n_cores} arrays of "
-                        f"{chip.array.rows}x{chip.array.cols}; use a chip with more cores or larger arrays")
-                phases.append({"nodes": [], "col_tiles": {}})
-            ph = phases[-1]
-            if node.name not in ph["nodes"]:
-                ph["nodes"].append(node.name)
-                ph["col_tiles"][node.name] = (ct, ct + 1)
-            else:
-                ph["col_tiles"][node.name] = (ph["col_tiles"][node.name][0], ct + 1)
-    if not phases[0]["nodes"] and len(phases) > 1:
-        phases.pop(0)
-    return phases
-
-
-def _fits_more(packer: Packer, reqs: list[TileReq]) -> bool:
-    saved = [list(a) for a in packer.arrays], list(packer.times)
-    if packer.place_all(reqs):
-        return True
-    packer.arrays, packer.times = saved
-    return False
 
 
 # --- SIMD hosts and model view ----------------------------------------------------------------
@@ -144,20 +107,68 @@ CHANNEL_SEPARABLE = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.ADD)
 """SIMD ops computed channel by channel, which may be split over arrays by channel groups."""
 
 
+def _host_chunks(base: list[tuple[int, int, int]], g: int) -> list[tuple[int, int, int]]:
+    """``base`` channel groups joined into ``g`` contiguous chunks, each on its first group's array."""
+    n = len(base)
+    out = []
+    for k in range(g):
+        part = base[k * n // g:(k + 1) * n // g]
+        if part:
+            out.append((part[0][0], part[0][1], part[-1][2]))
+    return out
+
+
+def choose_host_groups(base: list[tuple[int, int, int]], pieces: list[tuple[int, int, int]],
+                       consumers: list[tuple[int, int, int]], in_degree_cap: int) -> tuple[tuple[int, int, int], ...]:
+    """Channel groups of a channel-separable SIMD node fed by the pieces (array, oc_lo, oc_hi) of
+    a layer: the layer's column tiles of copy 0 (``base``) joined into g contiguous chunks, g chosen
+    to minimise the stream endpoints (a piece made off its chunk's array is one stream; a chunk
+    is one forked stream to every consumer array (array, ch_lo, ch_hi) reading its channels)
+    while no host receives more than ``in_degree_cap`` streams (else the least loaded host)."""
+    best_key, best = None, None
+    g = len(base)
+    while True:
+        chunks = _host_chunks(base, g)
+        indeg: dict[int, int] = defaultdict(int)
+        ends = 0
+        for a, lo, hi in pieces:
+            for h, clo, chi in chunks:
+                if clo < hi and lo < chi and h != a:
+                    indeg[h] += 1
+                    ends += 1
+        for h, clo, chi in chunks:
+            ends += 1 + len({a for a, lo, hi in consumers if lo < chi and clo < hi and a != h})
+        worst = max(indeg.values(), default=0)
+        key = (max(0, worst - in_degree_cap), ends, -g)
+        if best_key is None or key < best_key:
+            best_key, best = key, chunks
+        if g == 1:
+            return _merge_groups(best)
+        g = (g + 1) // 2
+
+
 def simd_hosts(qgraph: QGraph, nodes: tuple[str, ...], placed: tuple[Placed, ...],
-               tilings: dict[str, LayerTiling], col_tiles: dict[str, tuple[int, int]]
+               tilings: dict[str, LayerTiling], col_tiles: dict[str, tuple[int, int]], in_degree_cap: int = 8
                ) -> dict[str, tuple[tuple[int, int, int], ...]]:
-    """Channel groups (array, oc_lo, oc_hi) of each SIMD-only node. A channel-separable node whose
-    first input is made in this phase follows that input: one group per column tile of its layer
-    (on the array accumulating copy 0 of it) or the groups of that SIMD node, so residual adds and
-    pooling stay next to the data. Others run on one array: the first input's, else the array
-    with the least work."""
+    """Channel groups (array, oc_lo, oc_hi) of each SIMD-only node. A channel-separable node with
+    an input made in this phase follows the first such input: a layer's column tiles (on the
+    arrays accumulating copy 0 of it; channels made in other phases go to the first and last
+    groups) joined into chunks by :func:`choose_host_groups`, or the groups of that SIMD node, so
+    residual adds and pooling stay next to the data. Others run on one array: the first made
+    input's, else the array with the least work."""
     acc: dict[tuple[str, int], int] = {}
     load: dict[int, int] = defaultdict(int)
+    pieces: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    readers: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     for p in placed:
-        load[p.array] += p.req.bitplanes
-        if p.req.copy == 0 and p.req.rt == 0:
-            acc[(p.req.layer, p.req.ct)] = p.array
+        q = p.req
+        load[p.array] += q.bitplanes
+        tl = tilings[q.layer]
+        if q.rt == 0:
+            pieces[q.layer].append((p.array, *tl.col_tiles[q.ct]))
+            if q.copy == 0:
+                acc[(q.layer, q.ct)] = p.array
+        readers[qgraph.node(q.layer).inputs[0]].append((p.array, *tl.row_tiles[q.rt]))
     n_arrays = max([p.array for p in placed], default=0) + 1
     idle = min(range(n_arrays), key=lambda a: (load[a], a))
     hosts: dict[str, tuple[tuple[int, int, int], ...]] = {}
@@ -165,14 +176,18 @@ def simd_hosts(qgraph: QGraph, nodes: tuple[str, ...], placed: tuple[Placed, ...
         if name in tilings:
             continue
         node = qgraph.node(name)
-        src = node.inputs[0]
         channels = node.out.shape[0]
+        made = [i for i in node.inputs if i in col_tiles or i in hosts]
         groups: tuple[tuple[int, int, int], ...]
-        if src in col_tiles and col_tiles[src][0] == 0 and len(tilings[src].col_tiles) == col_tiles[src][1]:
+        if made and made[0] in col_tiles:
+            src = made[0]
             tl = tilings[src]
-            groups = _merge_groups([(acc[(src, ct)], *tl.col_tiles[ct]) for ct in range(*col_tiles[src])])
-        elif src in hosts:
-            groups = hosts[src]
+            base = [(acc[(src, ct)], *tl.col_tiles[ct]) for ct in range(*col_tiles[src])]
+            base[0] = (base[0][0], 0, base[0][2])
+            base[-1] = (base[-1][0], base[-1][1], channels)
+            groups = choose_host_groups(base, pieces[src], readers[name], in_degree_cap)
+        elif made:
+            groups = hosts[made[0]]
         else:
             groups = ((idle, 0, channels),)
         if node.op not in CHANNEL_SEPARABLE or len(node.out.shape) == 0:
@@ -208,21 +223,29 @@ def phase_work_of(qgraph: QGraph, plan_nodes: tuple[str, ...], placed: tuple[Pla
 
 # --- copy search ------------------------------------------------------------------------------
 
-def _score(est: PhaseEstimate, objective: str, chip: ChipConfig) -> tuple[float, float]:
+def _score(est: PhaseEstimate, objective: str, chip: ChipConfig, floor_s: float, n_tiles: int) -> tuple:
+    """Objective of a placement, smaller is better. Throughput: the stage time, but no faster than
+    ``floor_s`` (the phase's off-chip I/O time, which no placement changes), then fewer tiles (fewer
+    copies: fewer streams to route, less to load), then latency."""
     if objective == "latency":
-        return est.latency_s, est.stage_time_s
+        return est.latency_s, est.stage_time_s, n_tiles
     if objective == "energy":
-        return est.energy_j + chip.energy.static_w * est.stage_time_s, est.stage_time_s
-    return est.stage_time_s, est.latency_s
+        return est.energy_j + chip.energy.static_w * est.stage_time_s, est.stage_time_s, n_tiles
+    return round(max(est.stage_time_s, floor_s), 12), n_tiles, est.latency_s
 
 
 class Search:
     """The greedy copy search of one phase (see module doc)."""
 
     def __init__(self, qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig,
-                 nodes: tuple[str, ...], col_tiles: dict[str, tuple[int, int]], objective: str):
+                 nodes: tuple[str, ...], col_tiles: dict[str, tuple[int, int]], objective: str,
+                 floor_s: float = 0.0, caps: dict[str, int] | None = None):
         self.qgraph, self.tilings, self.chip = qgraph, tilings, chip
         self.nodes, self.col_tiles, self.objective = nodes, col_tiles, objective
+        self.floor_s = floor_s
+        self.caps = {layer: min(tilings[layer].pixels, (caps or {}).get(layer, tilings[layer].pixels))
+                     for layer in col_tiles}
+        """Most copies each layer may have (never more than its output pixels)."""
         self.evaluations = 0
 
     def pack(self, copies: dict[str, int]) -> tuple[Placed, ...] | None:
@@ -244,7 +267,7 @@ class Search:
     def score(self, placed: tuple[Placed, ...], copies: dict[str, int]):
         work, _ = phase_work_of(self.qgraph, self.nodes, placed, self.tilings, self.col_tiles, copies)
         est = estimate_phase(work, self.chip)
-        return _score(est, self.objective, self.chip), est
+        return _score(est, self.objective, self.chip, self.floor_s, len(placed)), est
 
     def candidates(self, placed: tuple[Placed, ...], est: PhaseEstimate) -> list[str]:
         """Layers to try giving more copies, most limiting first."""
@@ -257,18 +280,16 @@ class Search:
             return sorted(on_core, key=lambda layer: (-per_layer[layer], layer))
         return sorted(per_layer, key=lambda layer: (-per_layer[layer], layer))
 
-    def run(self, initial: tuple[Placed, ...]) -> tuple[dict[str, int], tuple[Placed, ...]]:
-        copies = {layer: 1 for layer in self.col_tiles}
-        placed = self.pack(copies) or initial
+    def run(self, copies: dict[str, int], placed: tuple[Placed, ...]) -> tuple[dict[str, int], tuple[Placed, ...]]:
+        """Greedy improvement from ``copies`` packed as ``placed`` (see module doc)."""
         score, est = self.score(placed, copies)
         improved = True
         while improved and self.evaluations < MAX_EVALUATIONS:
             improved = False
             for layer in self.candidates(placed, est):
-                tl = self.tilings[layer]
                 n = copies[layer]
                 for extra in range(1, n + 1):
-                    if n + extra > tl.pixels or self.evaluations >= MAX_EVALUATIONS:
+                    if n + extra > self.caps[layer] or self.evaluations >= MAX_EVALUATIONS:
                         break
                     trial = {**copies, layer: n + extra}
                     got = self.pack(trial)
@@ -283,19 +304,88 @@ class Search:
         return copies, placed
 
 
+BALANCE_STEP = 1.08
+"""Ratio between successive target array times tried by the balanced copy search."""
+BALANCE_PATIENCE = 3
+"""Feasible targets tried past the best one before the balanced search stops."""
+
+
+def layer_time_s(tl: LayerTiling, chip: ChipConfig) -> float:
+    """Per-image array time of one tile of one copy of a layer (all its output pixels)."""
+    return tl.pixels * tl.x_bits * chip.bitplane_s
+
+
+def balanced_copies(tilings: dict[str, LayerTiling], cts: dict[str, tuple[int, int]], chip: ChipConfig,
+                    target_s: float, caps: dict[str, int]) -> dict[str, int]:
+    """Copies per layer in proportion to its work: enough that each copy's tiles take at most
+    ``target_s`` per image (never more than ``caps``)."""
+    out = {}
+    for layer in cts:
+        tl = tilings[layer]
+        out[layer] = max(1, min(caps[layer], math.ceil(layer_time_s(tl, chip) / target_s - 1e-9)))
+    return out
+
+
+def balanced_search(search: Search, tilings: dict[str, LayerTiling], cts: dict[str, tuple[int, int]],
+                    chip: ChipConfig) -> tuple[dict[str, int], tuple[Placed, ...]] | None:
+    """Copies that balance the phase's work over all arrays: for target array times T from
+    (total tile work) / n_cores upwards (ratio BALANCE_STEP), give every layer ``ceil(t_L / T)``
+    copies, pack, and keep the packing the objective scores best; stop BALANCE_PATIENCE feasible
+    targets after the best. None when not even one copy of every layer packs."""
+    times = {layer: layer_time_s(tilings[layer], chip) for layer in cts}
+    work = sum(times[layer] * len(tilings[layer].row_tiles) * (b - a) for layer, (a, b) in cts.items())
+    top = max(times.values(), default=0.0)
+    target = work / chip.n_cores if work > 0 else top
+    best, best_score, since, tried = None, None, 0, set()
+    while True:
+        copies = balanced_copies(tilings, cts, chip, target, search.caps) if target > 0 else {layer: 1 for layer in cts}
+        key = tuple(sorted(copies.items()))
+        if key not in tried:
+            tried.add(key)
+            placed = search.pack(copies)
+            if placed is not None:
+                score = search.score(placed, copies)[0]
+                if best_score is None or score < best_score:
+                    best, best_score, since = (copies, placed), score, 0
+                else:
+                    since += 1
+        if all(v == 1 for v in copies.values()) or since >= BALANCE_PATIENCE:
+            return best
+        target *= BALANCE_STEP
+
+
 def place_phase(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, objective: str, index: int,
-                nodes: tuple[str, ...], cts: dict[str, tuple[int, int]]) -> PhasePlan:
-    """Copies and packing of one phase computing ``nodes`` (MVM layers: column tiles ``cts``)."""
-    search = Search(qgraph, tilings, chip, nodes, cts, objective)
-    packer = Packer(chip)
-    reqs = [r for layer, c in cts.items() for r in _requests(tilings[layer], c, 1)]
-    initial = tuple(packer.placed()) if packer.place_all(reqs) else None
-    if initial is None and search.pack({layer: 1 for layer in cts}) is None:
+                nodes: tuple[str, ...], cts: dict[str, tuple[int, int]], floor_s: float = 0.0,
+                caps: dict[str, int] | None = None) -> PhasePlan:
+    """Copies and packing of one phase computing ``nodes`` (MVM layers: column tiles ``cts``):
+    the balanced search, then the greedy search for the limiting layers from there. ``floor_s``:
+    the phase's off-chip I/O time per image (compute below it gains nothing); ``caps``: most
+    copies per layer (default: one per output pixel)."""
+    search = Search(qgraph, tilings, chip, nodes, cts, objective, floor_s, caps)
+    got = balanced_search(search, tilings, cts, chip)
+    if got is None:
         raise CompileError(f"phase {index}: its tiles do not pack into {chip.n_cores} arrays (internal: "
                            f"the phase split and the packer disagree)")
-    copies, placed = search.run(initial or ())
+    search.evaluations = 0
+    copies, placed = search.run(*got)
     _, hosts = phase_work_of(qgraph, nodes, placed, tilings, cts, copies)
-    return PhasePlan(index=index, nodes=nodes, col_tiles=cts, copies=copies, placed=placed, hosts=hosts)
+    return PhasePlan(index=index, nodes=nodes, col_tiles=cts, copies=copies, placed=placed, hosts=hosts,
+                     floor_s=floor_s)
+
+
+def fewer_copies(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,
+                 objective: str) -> PhasePlan | None:
+    """The phase re-placed with fewer copies (fewer streams to route): the layer whose copies make
+    the most output pieces (copies x column tiles) may keep about three quarters of its copies
+    (ties: all of them), and the phase is placed afresh under these caps (so the other layers
+    rebalance). None when every layer already has one copy."""
+    copies = plan.copies
+    if all(n == 1 for n in copies.values()):
+        return None
+    pieces = {layer: copies[layer] * (b - a) if copies[layer] > 1 else 0 for layer, (a, b) in plan.col_tiles.items()}
+    most = max(pieces.values())
+    caps = {layer: max(1, (3 * n) // 4) if pieces[layer] == most else n for layer, n in copies.items()}
+    return place_phase(qgraph, tilings, chip, objective, plan.index, plan.nodes, plan.col_tiles, plan.floor_s, caps)
 
 
 def split_plan(plan: PhasePlan) -> tuple[tuple[tuple[str, ...], dict], tuple[tuple[str, ...], dict]] | None:
@@ -329,8 +419,9 @@ def split_plan(plan: PhasePlan) -> tuple[tuple[tuple[str, ...], dict], tuple[tup
 
 
 def place(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, objective: str) -> list[PhasePlan]:
-    """Phases with copies and packed tiles, chosen by ``objective`` with the performance model."""
+    """Phases (:func:`imcflow.compiler.partition.partition`) with copies and packed tiles, chosen
+    by ``objective`` with the performance model."""
     if objective not in OBJECTIVES:
         raise CompileError(f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
-    return [place_phase(qgraph, tilings, chip, objective, i, tuple(ph["nodes"]), dict(ph["col_tiles"]))
-            for i, ph in enumerate(split_phases(qgraph, tilings, chip))]
+    return [place_phase(qgraph, tilings, chip, objective, i, nodes, cts, floor_s)
+            for i, (nodes, cts, floor_s) in enumerate(partition(qgraph, tilings, chip))]

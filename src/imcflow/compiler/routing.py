@@ -19,6 +19,7 @@ with one copy per layer, i.e. fewer streams).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass
 
@@ -81,9 +82,46 @@ def _pieces(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling], te
     return [(IN_PORT, 0, channels, 0, pixels, False)]
 
 
+def needed_input_pixels(qgraph: QGraph, tl: LayerTiling, copy: int, n_copies: int) -> tuple[int, int]:
+    """Input pixels [lo, hi) (row-major) that copy ``copy`` of layer ``tl`` reads: the input rows its
+    output rows' receptive fields touch (a superset of the exact receptive fields; everything for
+    LINEAR layers and vector inputs)."""
+    node = qgraph.node(tl.layer)
+    spec = qgraph.spec(node.inputs[0])
+    _, pixels = tensor_extent(spec)
+    if len(spec.shape) != 3 or len(node.out.shape) != 3:
+        return 0, pixels
+    h_in, w_in = spec.shape[1], spec.shape[2]
+    w_out = node.out.shape[2]
+    lo, hi = pixel_range(tl.pixels, copy, n_copies)
+    y0, y1 = lo // w_out, (hi - 1) // w_out
+    r0 = max(0, y0 * node.stride[0] - node.padding[0])
+    r1 = min(h_in - 1, y1 * node.stride[0] - node.padding[0] + node.kernel[0] - 1)
+    return r0 * w_in, (r1 + 1) * w_in
+
+
+def merge_streams(streams: list[StreamSpec], cap_bits: float) -> list[StreamSpec]:
+    """Join activation streams of one tensor from one source with the same pixels and destinations
+    whose channel ranges touch (column tiles of one layer copy on one array) into one stream, as
+    long as the joined stream carries at most ``cap_bits`` per image (one track's capacity over the
+    phase's array time, so that merging never makes a stream the bottleneck). Fewer streams are
+    easier to route."""
+    out: list[StreamSpec] = []
+    for s in streams:
+        prev = out[-1] if out else None
+        if (prev is not None and s.kind == StreamKind.ACT and prev.kind == StreamKind.ACT and prev.src >= 0
+                and (prev.tensor, prev.src, prev.px_lo, prev.px_hi, prev.dsts) == (s.tensor, s.src, s.px_lo, s.px_hi, s.dsts)
+                and prev.oc_hi == s.oc_lo and prev.bits + s.bits <= cap_bits):
+            out[-1] = dataclasses.replace(prev, oc_hi=s.oc_hi, bits=prev.bits + s.bits)
+        else:
+            out.append(s)
+    return out
+
+
 def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling],
-                  needed_later: set[str], acc_bits: int) -> list[StreamSpec]:
-    """Every stream of one phase (activations, partial sums, port traffic)."""
+                  needed_later: set[str], acc_bits: int, merge_bits: float = 0.0) -> list[StreamSpec]:
+    """Every stream of one phase (activations, partial sums, port traffic); activation pieces
+    are joined by :func:`merge_streams` up to ``merge_bits`` per stream (0: not joined)."""
     in_phase = set(plan.nodes)
     tensors = [t for t in [qgraph.input_name] + [n.name for n in qgraph.nodes]
                if t in in_phase or any(t in qgraph.node(m).inputs for m in plan.nodes)]
@@ -96,7 +134,8 @@ def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTilin
                 q = p.req
                 if qgraph.node(q.layer).inputs[0] == t:
                     ch_lo, ch_hi = tilings[q.layer].row_tiles[q.rt]
-                    if ch_lo < oc_hi and oc_lo < ch_hi:
+                    need_lo, need_hi = needed_input_pixels(qgraph, tilings[q.layer], q.copy, plan.copies[q.layer])
+                    if ch_lo < oc_hi and oc_lo < ch_hi and need_lo < px_hi and px_lo < need_hi:
                         dsts.add(p.array)
             for name, groups in plan.hosts.items():
                 if t in qgraph.node(name).inputs:
@@ -107,6 +146,8 @@ def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTilin
             if dsts:
                 streams.append(StreamSpec(StreamKind.ACT, t, src, tuple(sorted(dsts, key=_ep_key)), oc_lo, oc_hi,
                                           px_lo, px_hi, (oc_hi - oc_lo) * (px_hi - px_lo) * bits))
+    if merge_bits > 0:
+        streams = merge_streams(streams, merge_bits)
     streams += _psum_streams(plan, tilings, acc_bits)
     return streams
 

@@ -134,6 +134,12 @@ class WeightLoadConfig:
     """[A] Off-chip weight bus width, bits per digital cycle (12.8 Gb/s at 200 MHz)."""
     array_write_bits_per_cycle: int = 256
     """[A] Bits written into one array per digital cycle."""
+    broadcast_copies: bool = True
+    """[A] One bus word may be written into several arrays' write ports at once, so the copies of a
+    layer (tiles holding the same weights: same layer, row tile and output channels) cost one bus
+    transfer, not one per copy. The weight-loading network is separate from the OCN and
+    configurable (chip.md), so fanning a bus word out to several arrays is assumed; False makes
+    every copy's weights a separate transfer (load volume grows with the copies)."""
 
     def __post_init__(self) -> None:
         _positive(self, "bus_bits", "array_write_bits_per_cycle")

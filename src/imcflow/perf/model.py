@@ -16,9 +16,13 @@ it, so they agree on what a mapping costs. It is deliberately simple and documen
   stream's bits / ``ocn.track_bits`` cycles (one track per stream), the input port's bits /
   ``io.in_bits_per_cycle`` and the output port's bits / ``io.out_bits_per_cycle``. Pipeline
   throughput of the phase = 1 / stage time.
-- **Weight load time** of a phase = max(total tile bits / ``weight_load.bus_bits``, largest
-  per-core tile bits / ``weight_load.array_write_bits_per_cycle``) cycles (the bus is shared,
-  arrays are written in parallel). It is not overlapped with compute (conservative).
+- **Weight load time** of a phase = max(bus bits / ``weight_load.bus_bits``, largest per-core tile
+  bits / ``weight_load.array_write_bits_per_cycle``) cycles (the bus is shared, arrays are written
+  in parallel). Bus bits = the bits of every tile, except that with
+  ``weight_load.broadcast_copies`` tiles holding the same weights (copies of one layer: same
+  layer, row tile and output channels, :attr:`TileWork.weight_key`) cross the bus once and are
+  written into all their arrays together. Loading is not overlapped with compute (conservative:
+  the simulator may start loading a core once it has finished the previous phase).
 - **Per-image time** of a program with batch B: one phase, weights resident:
   stage time; several phases: sum over phases of (load time / B + stage time + fill / B), where
   the fill (pipeline latency of the phase, below) is paid once per batch.
@@ -55,6 +59,10 @@ class TileWork:
     cols: int
     bitplanes: int
     """Bit-plane evaluations per image: output pixels of the tile's copy x input bits."""
+    weight_key: tuple = ()
+    """Identity of the weights held (e.g. (layer, row tile, oc_lo, oc_hi)): tiles with the same
+    non-empty key hold the same weights (copies) and share one bus transfer when
+    ``weight_load.broadcast_copies``; an empty key is unique."""
 
     @property
     def weight_bits(self) -> int:
@@ -169,6 +177,21 @@ def array_time_s(tiles: list[TileWork] | tuple[TileWork, ...], chip: ChipConfig,
     return sum(longest.values()) * chip.bitplane_s
 
 
+def bus_bits(tiles: tuple[TileWork, ...] | list[TileWork], chip: ChipConfig) -> int:
+    """Bits the weight bus carries to load ``tiles`` (copies once with ``broadcast_copies``)."""
+    if not chip.weight_load.broadcast_copies:
+        return sum(t.weight_bits for t in tiles)
+    seen: set[tuple] = set()
+    total = 0
+    for t in tiles:
+        if t.weight_key:
+            if t.weight_key in seen:
+                continue
+            seen.add(t.weight_key)
+        total += t.weight_bits
+    return total
+
+
 def load_time_s(tiles: tuple[TileWork, ...] | list[TileWork], chip: ChipConfig) -> float:
     """Weight load time of a phase holding ``tiles``."""
     if not tiles:
@@ -176,7 +199,7 @@ def load_time_s(tiles: tuple[TileWork, ...] | list[TileWork], chip: ChipConfig) 
     per_core: dict[int, int] = defaultdict(int)
     for t in tiles:
         per_core[t.core] += t.weight_bits
-    cycles = max(sum(per_core.values()) / chip.weight_load.bus_bits,
+    cycles = max(bus_bits(tiles, chip) / chip.weight_load.bus_bits,
                  max(per_core.values()) / chip.weight_load.array_write_bits_per_cycle)
     return cycles / chip.clock.digital_hz
 
@@ -209,7 +232,8 @@ def estimate_phase(work: PhaseWork, chip: ChipConfig) -> PhaseEstimate:
               + sum(work.simd_ops.values()) * e.simd_op_j
               + sum(s.bits * s.links for s in work.streams) * e.ocn_bit_hop_j
               + (sum(s.bits for s in work.streams if s.src == IN_PORT or OUT_PORT in s.dsts)) * e.offchip_bit_j)
-    load_e = sum(t.weight_bits for t in work.tiles) * (e.weight_write_bit_j + e.offchip_bit_j)
+    load_e = (sum(t.weight_bits for t in work.tiles) * e.weight_write_bit_j
+              + bus_bits(work.tiles, chip) * e.offchip_bit_j)
     return PhaseEstimate(stage_time_s=stage, bottleneck=what, core_array_s=arr, core_simd_s=simd,
                          stream_s=stream_s, io_in_s=io_in, io_out_s=io_out,
                          load_time_s=load_time_s(work.tiles, chip), latency_s=latency,
@@ -280,7 +304,8 @@ def phase_work(program: Program, phase: Phase) -> PhaseWork:
     """The model's view of one phase of a compiled Program."""
     bp = _bitplanes(program, phase)
     tiles = tuple(TileWork(layer=t.layer, core=t.core, row_offset=t.row_offset, rows=t.rows,
-                           col_offset=t.col_offset, cols=t.cols, bitplanes=bp.get(t.tile_id, 0))
+                           col_offset=t.col_offset, cols=t.cols, bitplanes=bp.get(t.tile_id, 0),
+                           weight_key=(t.layer, t.row_tile, t.oc_lo, t.oc_hi))
                   for t in phase.tiles)
     simd: dict[int, int] = defaultdict(int)
     node_ops: dict[str, int] = {}

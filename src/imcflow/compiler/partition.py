@@ -1,0 +1,310 @@
+"""Phase partition: consecutive groups of layer segments, chosen by dynamic programming.
+
+A **segment** is an MVM layer, or a group of its column tiles when the whole layer (one copy) does
+not fit the chip: layers are cut into the fewest equal groups of column tiles that each fit an
+empty chip (all row tiles of a column tile stay together: their partial sums are added in one
+phase). SIMD-only nodes go with the phase of the last MVM segment before them in graph order
+(their inputs are complete by then).
+
+A phase is a run of consecutive segments ``[i, j)``. Its cost per image is estimated as
+
+    max(compute, io_in, io_out) + (weight load + fill) / PLAN_BATCH
+
+- *compute*: the smallest per-image array time ``T`` for which every layer given
+  ``ceil(t_L / T)`` copies (``t_L`` = one copy's tile time: output pixels x input bits x
+  ``chip.bitplane_s``) packs into the arrays, by first-fit decreasing on tile time (capacity ``T``
+  per array) and area (cells per array). This is the same balancing rule the placement uses
+  (:mod:`imcflow.compiler.placement`), without block-diagonal sharing (conservative);
+- *io_in* / *io_out*: bits of tensors entering from / leaving to off-chip memory per image over
+  ``io.in_bits_per_cycle`` / ``io.out_bits_per_cycle``;
+- *weight load*: the phase's weights over the bus (copies once with
+  ``weight_load.broadcast_copies``, else once per copy); *fill*: one image's pass through the
+  phase's layers.
+
+The partition minimising the sum over phases is found exactly (over segment boundaries) by dynamic
+programming; phases whose one-copy tiles exceed the arrays' cells are not considered.
+
+A network whose tiles all fit the chip at once runs as ONE phase with resident weights (chip.md:
+only "a model larger than the chip runs in phases"): its weights are loaded once, no activation
+leaves the chip between layers and no image waits for a batch, even where the model would
+predict a higher steady-state rate from several phases with batched reloading.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from imcflow.compiler.packing import Packer, TileReq
+from imcflow.compiler.tiling import LayerTiling
+from imcflow.config.chip import ChipConfig
+from imcflow.errors import CompileError
+from imcflow.ir.qgraph import QGraph
+
+PLAN_BATCH = 32
+"""Batch assumed when the partition weighs weight loading and pipeline fill against compute (the
+final batch is chosen afterwards from the objective; with broadcast copies the total load volume
+does not depend on the partition, so this only breaks near-ties)."""
+SEARCH_STEPS = 10
+"""Bisection steps of the per-phase compute estimate."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Column tiles ``[cts[0], cts[1])`` of MVM layer ``layer`` (all their row tiles)."""
+
+    layer: str
+    cts: tuple[int, int]
+
+
+def tile_time_s(tl: LayerTiling, chip: ChipConfig) -> float:
+    """Per-image array time of one tile of one copy of the layer (all its output pixels)."""
+    return tl.pixels * tl.x_bits * chip.bitplane_s
+
+
+def _one_copy_reqs(tl: LayerTiling, cts: tuple[int, int]) -> list[TileReq]:
+    return [TileReq(tl.layer, 0, rt, ct, tl.tile_rows(rt), tl.tile_cols(ct), tl.pixels * tl.x_bits)
+            for ct in range(*cts) for rt in range(len(tl.row_tiles))]
+
+
+def _fits_empty_chip(tl: LayerTiling, cts: tuple[int, int], chip: ChipConfig) -> bool:
+    reqs = sorted(_one_copy_reqs(tl, cts), key=lambda r: (-r.rows * r.cols, r.ct, r.rt))
+    return Packer(chip).place_all(reqs)
+
+
+def layer_segments(tilings: dict[str, LayerTiling], chip: ChipConfig) -> list[Segment]:
+    """Segments of every MVM layer, in graph order (see module doc); CompileError when one column
+    tile with its row tiles does not fit an empty chip."""
+    out: list[Segment] = []
+    for tl in sorted(tilings.values(), key=lambda t: t.index):
+        n = len(tl.col_tiles)
+        for ct in range(n):
+            if not _fits_empty_chip(tl, (ct, ct + 1), chip):
+                raise CompileError(
+                    f"layer {tl.layer!r}: one column tile needs {len(tl.row_tiles)} row tile(s) of up to "
+                    f"{max(tl.tile_rows(r) for r in range(len(tl.row_tiles)))} rows x {tl.tile_cols(ct)} columns "
+                    f"summed in one phase, which do not fit the {chip.n_cores} arrays of "
+                    f"{chip.array.rows}x{chip.array.cols}; use a chip with more cores or larger arrays")
+        area = sum(tl.tile_rows(rt) * tl.tile_cols(ct) for ct in range(n) for rt in range(len(tl.row_tiles)))
+        groups = max(1, math.ceil(area / (chip.n_cores * chip.array.rows * chip.array.cols)))
+        while True:
+            cuts = [(k * n // groups, (k + 1) * n // groups) for k in range(groups)]
+            if all(_fits_empty_chip(tl, c, chip) for c in cuts if c[0] < c[1]):
+                break
+            groups += 1
+        out.extend(Segment(tl.layer, c) for c in cuts if c[0] < c[1])
+    return out
+
+
+@dataclass(frozen=True)
+class _Item:
+    layer: str
+    t_s: float
+    pixels: int
+    areas: tuple[int, ...]
+    """Cells of each tile of one copy."""
+    bits: int
+    """Weight bits of one copy."""
+
+
+def ffd_fits(items: list[_Item], copies: dict[str, int], target_s: float, chip: ChipConfig) -> bool:
+    """Whether the tiles (``copies`` of each item) fit the arrays with at most ``target_s`` of array
+    time and at most the cells of one array each (first-fit decreasing, least-loaded array first)."""
+    cap = chip.array.rows * chip.array.cols
+    pieces = sorted(((it.t_s / copies[it.layer], a) for it in items for a in it.areas
+                     for _ in range(copies[it.layer])), reverse=True)
+    time = [0.0] * chip.n_cores
+    area = [0] * chip.n_cores
+    limit = target_s * (1 + 1e-9)
+    for t, a in pieces:
+        best = -1
+        for k in range(chip.n_cores):
+            if area[k] + a <= cap and time[k] + t <= limit and (best < 0 or time[k] < time[best]):
+                best = k
+        if best < 0:
+            return False
+        time[best] += t
+        area[best] += a
+    return True
+
+
+def copies_for(items, target_s: float) -> dict[str, int]:
+    """Copies per layer so that each copy's tiles take at most ``target_s`` (at most one per pixel)."""
+    return {it.layer: max(1, min(it.pixels, math.ceil(it.t_s / target_s - 1e-9))) for it in items}
+
+
+def estimate_compute(items: list[_Item], chip: ChipConfig) -> tuple[float, dict[str, int]] | None:
+    """Smallest array time per image (and the copies) that packs, by bisection; None if even one
+    copy of everything exceeds the cells."""
+    total = sum(it.t_s * len(it.areas) for it in items)
+    if not items or total == 0:
+        return 0.0, {it.layer: 1 for it in items}
+    hi = total
+    ones = {it.layer: 1 for it in items}
+    if not ffd_fits(items, ones, hi, chip):
+        return None
+    lo = total / chip.n_cores
+    if ffd_fits(items, copies_for(items, lo), lo, chip):
+        return lo, copies_for(items, lo)
+    for _ in range(SEARCH_STEPS):
+        mid = math.sqrt(lo * hi)
+        if ffd_fits(items, copies_for(items, mid), mid, chip):
+            hi = mid
+        else:
+            lo = mid
+    return hi, copies_for(items, hi)
+
+
+class Partitioner:
+    """The dynamic programme over segment boundaries (see module doc)."""
+
+    def __init__(self, qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig):
+        self.q, self.tilings, self.chip = qgraph, tilings, chip
+        self.segs = layer_segments(tilings, chip)
+        self.index = {n.name: i for i, n in enumerate(qgraph.nodes)}
+        self.anchor = self._anchors()
+        self.last_seg = {}
+        for k, s in enumerate(self.segs):
+            self.last_seg[s.layer] = k
+        for name, k in self.anchor.items():
+            self.last_seg[name] = k
+        self.consumers: dict[str, list[str]] = {}
+        for n in qgraph.nodes:
+            for i in n.inputs:
+                self.consumers.setdefault(i, []).append(n.name)
+
+    def _anchors(self) -> dict[str, int]:
+        """SIMD-only node -> index of the segment whose phase computes it."""
+        out, current = {}, 0
+        last_of = {}
+        for k, s in enumerate(self.segs):
+            last_of[s.layer] = k
+        for n in self.q.nodes:
+            if n.name in self.tilings:
+                current = last_of[n.name]
+            else:
+                out[n.name] = current
+        return out
+
+    def phase_content(self, i: int, j: int) -> tuple[tuple[str, ...], dict[str, tuple[int, int]]]:
+        """Nodes (graph order) and MVM column tiles of the phase made of segments ``[i, j)``."""
+        cts: dict[str, tuple[int, int]] = {}
+        for s in self.segs[i:j]:
+            a, b = cts.get(s.layer, s.cts)
+            cts[s.layer] = (min(a, s.cts[0]), max(b, s.cts[1]))
+        simd = {name for name, k in self.anchor.items() if i <= k < j}
+        nodes = tuple(n.name for n in self.q.nodes if n.name in cts or n.name in simd)
+        return nodes, cts
+
+    def _bits(self, tensor: str) -> int:
+        spec = self.q.spec(tensor)
+        return math.prod(spec.shape) * spec.bits
+
+    def io_s(self, i: int, j: int, nodes: tuple[str, ...], cts: dict[str, tuple[int, int]]) -> tuple[float, float]:
+        """(in, out) port time per image of the phase ``[i, j)``."""
+        here = set(nodes)
+        frac = {}
+        for name in nodes:
+            if name in cts:
+                tl = self.tilings[name]
+                a, b = cts[name]
+                frac[name] = (tl.col_tiles[b - 1][1] - tl.col_tiles[a][0]) / self.q.node(name).out.shape[0]
+            else:
+                frac[name] = 1.0
+        bits_in = 0.0
+        seen = set()
+        for name in nodes:
+            for t in self.q.node(name).inputs:
+                if t in seen:
+                    continue
+                seen.add(t)
+                bits_in += self._bits(t) * (1.0 - frac.get(t, 0.0) if t in here else 1.0)
+        bits_out = 0.0
+        for name in nodes:
+            later = name == self.q.output or any(self.last_seg.get(c, -1) >= j for c in self.consumers.get(name, ()))
+            if later:
+                bits_out += self._bits(name) * frac[name]
+        cyc = 1.0 / self.chip.clock.digital_hz
+        return (bits_in / self.chip.io.in_bits_per_cycle * cyc, bits_out / self.chip.io.out_bits_per_cycle * cyc)
+
+    def items(self, cts: dict[str, tuple[int, int]]) -> list[_Item]:
+        out = []
+        for layer, (a, b) in cts.items():
+            tl = self.tilings[layer]
+            areas = tuple(tl.tile_rows(rt) * tl.tile_cols(ct) for ct in range(a, b) for rt in range(len(tl.row_tiles)))
+            out.append(_Item(layer, tile_time_s(tl, self.chip), tl.pixels, areas, sum(areas)))
+        return out
+
+    def area(self, i: int, j: int) -> int:
+        return sum(self.tilings[s.layer].tile_rows(rt) * self.tilings[s.layer].tile_cols(ct)
+                   for s in self.segs[i:j] for ct in range(*s.cts)
+                   for rt in range(len(self.tilings[s.layer].row_tiles)))
+
+    def cost(self, i: int, j: int) -> float | None:
+        """Estimated seconds per image of phase ``[i, j)`` (see module doc); None if it cannot fit."""
+        nodes, cts = self.phase_content(i, j)
+        items = self.items(cts)
+        got = estimate_compute(items, self.chip)
+        if got is None:
+            return None
+        compute, copies = got
+        io_in, io_out = self.io_s(i, j, nodes, cts)
+        wl = self.chip.weight_load
+        bits = sum(it.bits * (1 if wl.broadcast_copies else copies[it.layer]) for it in items)
+        load = bits / wl.bus_bits / self.chip.clock.digital_hz
+        fill = sum(it.t_s / copies[it.layer] for it in items)
+        return max(compute, io_in, io_out) + (load + fill) / PLAN_BATCH
+
+    def fallback_cost(self, i: int, j: int) -> float:
+        """One segment that the estimate's area packing misses (the real packer fits it): one copy,
+        every tile's time in turn (pessimistic)."""
+        nodes, cts = self.phase_content(i, j)
+        compute = sum(it.t_s * len(it.areas) for it in self.items(cts))
+        return max(compute, *self.io_s(i, j, nodes, cts))
+
+    def run(self) -> list[tuple[tuple[str, ...], dict[str, tuple[int, int]], float]]:
+        """The best partition: per phase (nodes, MVM column tiles, off-chip I/O time per image)."""
+        n = len(self.segs)
+        if n == 0:
+            return [(tuple(x.name for x in self.q.nodes), {}, 0.0)]
+        cap = self.chip.n_cores * self.chip.array.rows * self.chip.array.cols
+        if self.area(0, n) <= cap and self.cost(0, n) is not None:
+            nodes, cts = self.phase_content(0, n)
+            return [(nodes, cts, 0.0)]
+        best = [math.inf] * (n + 1)
+        back = [0] * (n + 1)
+        best[0] = 0.0
+        for j in range(1, n + 1):
+            for i in range(j - 1, -1, -1):
+                if i < j - 1 and self.area(i, j) > cap:
+                    break
+                if best[i] == math.inf:
+                    continue
+                c = self.cost(i, j)
+                if c is None:
+                    if i < j - 1:
+                        break
+                    c = self.fallback_cost(i, j)
+                if best[i] + c < best[j]:
+                    best[j], back[j] = best[i] + c, i
+        cuts = []
+        j = n
+        while j > 0:
+            cuts.append((back[j], j))
+            j = back[j]
+        out = []
+        for i, j in reversed(cuts):
+            nodes, cts = self.phase_content(i, j)
+            out.append((nodes, cts, max(self.io_s(i, j, nodes, cts))))
+        return out
+
+
+def partition(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
+              ) -> list[tuple[tuple[str, ...], dict[str, tuple[int, int]], float]]:
+    """Phases as (nodes in graph order, MVM layer -> [first, last) column tiles, estimated off-chip
+    I/O seconds per image); see module doc."""
+    return Partitioner(qgraph, tilings, chip).run()
+
+
+__all__ = ["Segment", "layer_segments", "partition", "estimate_compute", "ffd_fits", "copies_for",
+           "tile_time_s", "PLAN_BATCH"]
