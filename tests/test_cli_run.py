@@ -29,6 +29,8 @@ def test_float_mode_equals_the_float_graph(inputs, tmp_path, capsys):
     assert np.allclose(np.load(out), run_graph(graph, np.load(inputs)), atol=1e-6)
     text = capsys.readouterr().out
     assert "cnn-tiny: 3 input(s) (3, 8, 8)" in text and "top-1 classes" in text
+    assert main(["run", "cnn-tiny", "--inputs", str(inputs), "--mode", "ideal", "--untrained"]) == 0
+    assert "random-init weights (for performance studies only)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("mode", ["ideal", "bit_true", "analog"])

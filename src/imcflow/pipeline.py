@@ -185,5 +185,21 @@ def run_model(model: Any, x: np.ndarray, mode: str = "bit_true", chip: str | Chi
         graph = load_float_graph(model, trained=trained, seed=init_seed)
         return frontend.run_graph(graph, check_inputs(x, graph.input_shape)).astype(np.float64)
     qg = load_qgraph(model, chip, calib=calib, trained=trained, seed=init_seed)
-    x = check_inputs(x, qg.input.shape)
-    return dequantize_output(qg, run_qgraph(qg, quantize_input(qg, x), mode, chip, seed))
+    return run_quantised(qg, x, mode, chip, seed)
+
+
+def run_quantised(qgraph: QGraph, x: np.ndarray, mode: str = "bit_true", chip: str | ChipConfig = "jssc2022",
+                  seed: int = 0) -> np.ndarray:
+    """Dequantised outputs of ``qgraph`` on float inputs ``x`` through the integer reference executor."""
+    x = check_inputs(x, qgraph.input.shape)
+    return dequantize_output(qgraph, run_qgraph(qgraph, quantize_input(qgraph, x), mode, chip, seed))
+
+
+def describe_source(qgraph: QGraph) -> str:
+    """Where a QGraph's weights came from, in words (from its meta)."""
+    trained = qgraph.meta.get("trained")
+    if trained is False:
+        return "random-init weights (for performance studies only)"
+    if trained is True:
+        return f"trained float weights, post-training quantised ({qgraph.meta.get('calibration_data', '?')} calibration)"
+    return f"{trained} weights" if trained else "weights of the given quantised graph"

@@ -20,7 +20,8 @@ import numpy as np
 from imcflow.cli.common import add_chip_args, chip_from_args
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import DataError
-from imcflow.pipeline import RUN_MODES, check_inputs, model_input_shape, run_model
+from imcflow.pipeline import (RUN_MODES, check_inputs, describe_source, load_qgraph, model_input_shape, run_model,
+                              run_quantised)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,16 +65,23 @@ def load_inputs(path: str, shape: tuple[int, ...], what: str = "--inputs") -> np
     return check_inputs(x, shape, f"{what} {path}")
 
 
-def compute_outputs(args: argparse.Namespace, chip: ChipConfig, x: np.ndarray) -> np.ndarray:
-    """Outputs of ``args.model`` on ``x`` in ``args.mode`` (real values, float64)."""
+def compute_outputs(args: argparse.Namespace, chip: ChipConfig, x: np.ndarray) -> tuple[np.ndarray, str]:
+    """(outputs of ``args.model`` on ``x`` in ``args.mode`` as real values (float64), where the
+    weights came from in words)."""
+    trained = not args.untrained
+    if args.mode == "float":
+        return run_model(args.model, x, "float", chip, trained=trained), "float network"
     calib = load_inputs(args.calib, x.shape[1:], "--calib") if args.calib else None
-    return run_model(args.model, x, args.mode, chip, seed=args.seed, calib=calib, trained=not args.untrained)
+    qgraph = load_qgraph(args.model, chip, calib=calib, trained=trained)
+    return run_quantised(qgraph, x, args.mode, chip, args.seed), describe_source(qgraph)
 
 
-def summary(model: str, mode: str, chip: ChipConfig, x: np.ndarray, y: np.ndarray) -> str:
-    """A few lines describing a run (shapes, and the predicted classes of a classifier)."""
+def summary(model: str, mode: str, chip: ChipConfig, x: np.ndarray, y: np.ndarray, source: str = "") -> str:
+    """A few lines describing a run (shapes, weights, and the predicted classes of a classifier)."""
     lines = [f"{model}: {x.shape[0]} input(s) {tuple(x.shape[1:])} -> outputs {tuple(y.shape[1:])}, "
              f"mode {mode}, chip {chip.name}"]
+    if source:
+        lines.append(f"  weights: {source}")
     if y.ndim == 2 and y.shape[0]:
         top = y.argmax(axis=1)
         shown = " ".join(str(int(c)) for c in top[:16]) + (" ..." if len(top) > 16 else "")
@@ -94,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.inputs:
             return 0
     x = load_inputs(args.inputs, model_input_shape(args.model))
-    y = compute_outputs(args, chip, x)
+    y, source = compute_outputs(args, chip, x)
     if args.save_outputs:
         np.save(args.save_outputs, y)
-    print(summary(args.model, args.mode, chip, x, y))
+    print(summary(args.model, args.mode, chip, x, y, source))
     if args.save_outputs:
         print(f"wrote {args.save_outputs}")
     return 0
