@@ -91,3 +91,14 @@ def test_bad_inputs_are_typed_errors(qg_tiny):
         run_qgraph(qg_tiny, np.zeros((1, 3, 8, 8), dtype=np.int64), mode="exact")
     with pytest.raises(DataError, match="float inputs"):
         quantize_input(qg_tiny, np.zeros((3, 8, 8)))
+
+
+def test_signed_inputs_and_signed_activations():
+    x = images(8) - 0.5  # signed first-layer input: two's complement bit-planes
+    qg = calibrate(every_op_graph(seed=3), x, TINY)
+    assert qg.input.signed and qg.node("c2").out.signed
+    xi = quantize_input(qg, x[:4])
+    assert xi.min() < 0
+    assert np.array_equal(run_qgraph(qg, xi, "ideal", TINY), plain_int_exec(qg, xi))
+    bt = run_qgraph(qg, xi, "bit_true", TINY)
+    assert np.abs(dequantize_output(qg, bt) - dequantize_output(qg, plain_int_exec(qg, xi))).mean() < 0.3
