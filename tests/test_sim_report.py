@@ -94,3 +94,13 @@ def test_fewer_cores_lower_throughput():
     except Exception as exc:  # the compiler may refuse: that is also "less throughput"
         pytest.skip(f"2-core chip cannot hold the network: {exc}")
     assert _report(prog).throughput_img_s < base
+
+
+def test_run_cli_writes_a_report(tmp_path, capsys):
+    from imcflow.cli import main
+    out = tmp_path / "r.json"
+    assert main(["run", "cnn-tiny", "--chip", "tiny", "--untrained", "--json", str(out)]) == 0
+    r = Report.from_json(out.read_text())
+    r.verify()
+    assert r.network == "cnn-tiny" and r.throughput_img_s > 0
+    assert "img/s/W" in capsys.readouterr().out

@@ -108,3 +108,13 @@ def test_cnn11_on_jssc2022_equals_reference():
     x = _inputs(q, 2, 0)
     for mode in ("ideal", "bit_true"):
         assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, JSSC2022)), mode
+
+
+@pytest.mark.parametrize("name", ["mlp-tiny", "cnn-tiny", "resnet-tiny"])
+def test_tiny_zoo_networks_equal_reference(name):
+    from imcflow.pipeline import load_qgraph
+    q = load_qgraph(name, TINY, trained=False)
+    prog = _compile(q, TINY)
+    x = _inputs(q, 3, 0)
+    for mode in ("ideal", "bit_true"):
+        assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), (name, mode)

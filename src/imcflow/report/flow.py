@@ -114,15 +114,21 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
     prog = prog or compile_program(qgraph, chip)
     ds = load_cifar10(data, "test")
     x_u8, labels = _images_labels(ds)
-    if limit is not None:
-        x_u8, labels = x_u8[:limit], labels[:limit]
+    if limit is not None and limit < len(labels):  # the test set is sorted by class: take a seeded sample
+        idx = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
+        x_u8, labels = x_u8[idx], labels[idx]
     x_int = _to_input_ints(qgraph, x_u8)
-    res: dict[str, Any] = {"network": net, "chip": chip.name, "mode": mode, "images": int(len(labels))}
+    from imcflow.quant.fast_exec import run_qgraph_fast
+    res: dict[str, Any] = {"network": net, "chip": chip.name, "mode": mode, "images": int(len(labels)),
+                           "subset": "all" if limit is None or limit >= 10000 else f"seeded sample of {limit}"}
     for m in dict.fromkeys([mode, "ideal"]):
         t0 = time.perf_counter()
         correct = 0
         for i in range(0, len(labels), batch_size):
-            y = run_program(prog, x_int[i:i + batch_size], m)
+            if m == mode:  # through the compiled program on the simulator
+                y = run_program(prog, x_int[i:i + batch_size], m)
+            else:  # the ideal-ADC reference accuracy of the same QGraph (quantiser's fast executor)
+                y = run_qgraph_fast(qgraph, x_int[i:i + batch_size], m, chip)
             correct += int((y.reshape(y.shape[0], -1).argmax(1) == labels[i:i + batch_size]).sum())
             if progress is not None and m == mode:
                 progress(min(len(labels), i + batch_size))

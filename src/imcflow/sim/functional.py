@@ -42,8 +42,16 @@ class _Store:
         self.mask: dict[object, np.ndarray] = {}
 
     def put(self, key: object, shape: tuple[int, ...], c: tuple[int, int], p: tuple[int, int],
-            value: np.ndarray, dtype=np.int64) -> None:
+            value: np.ndarray) -> None:
+        """Store ``value`` as channels ``c``, pixels ``p`` of ``key``: activations (tensor names)
+        as float32 (exact for integers below 2**24; activations have at most 8 bits), partial
+        sums and accumulators (tuple keys) as int64."""
+        dtype = np.int64 if isinstance(key, tuple) else np.float32
         if key not in self.data:
+            if c == (0, shape[1]) and p == (0, shape[2]):
+                self.data[key] = np.ascontiguousarray(value, dtype=dtype).reshape(shape)
+                self.mask[key] = np.ones((shape[1], shape[2]), dtype=bool)
+                return
             self.data[key] = np.zeros(shape, dtype=dtype)
             self.mask[key] = np.zeros((shape[1], shape[2]), dtype=bool)
         self.data[key][:, c[0]:c[1], p[0]:p[1]] = value
@@ -120,7 +128,7 @@ def run_program(prog: Program, x_int: np.ndarray, mode: str = "bit_true", seed: 
     if not offchip.has(q.output, (0, oc), (0, oh * ow)):
         raise SimError(f"program {prog.name!r}: the graph output {q.output!r} never reached OUT_PORT in full")
     y = offchip.get(q.output, (0, oc), (0, oh * ow))
-    return y.reshape((n, *out.shape)).astype(np.int64)
+    return np.rint(y).astype(np.int64).reshape((n, *out.shape))
 
 
 def _run_phase(ctx: _Ctx, phase: Phase) -> None:
@@ -245,7 +253,7 @@ def _full(ctx: _Ctx, mem: _Store, name: str, where: str, c: tuple[int, int] | No
     c = (0, ch) if c is None else c
     if not mem.has(name, c, (0, h * w)):
         raise _Blocked(f"{where}: needs {name!r} ch[{c[0]}:{c[1]}] (all pixels) on this core")
-    return mem.get(name, c, (0, h * w)).reshape(ctx.n, c[1] - c[0], h, w)
+    return mem.get(name, c, (0, h * w)).astype(np.int64).reshape(ctx.n, c[1] - c[0], h, w)
 
 
 def _channel_range(node: QNode, ins) -> tuple[int, int]:

@@ -37,17 +37,18 @@ def needed_pixels(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, in
 def tile_mvm(x: np.ndarray, w: np.ndarray, *, kernel: tuple[int, int], stride: tuple[int, int],
              padding: tuple[int, int], px_lo: int, px_hi: int, x_bits: int, x_signed: bool, w_bits: int,
              full_scale: int, mode: str, chip: ChipConfig, seed: int) -> np.ndarray:
-    """Accumulators (N, oc, px_hi - px_lo) of one row tile: ``x`` (N, c, H, W) holds the tile's input
-    channels, ``w`` (oc, c, kh, kw) its weights. Only the output rows holding the pixel range are
-    computed (vectorised over the batch with :func:`imcflow.cima.conv.bpbs_conv2d`)."""
+    """Accumulators (N, oc, px_hi - px_lo) int64 of one row tile: ``x`` (N, c, H, W) (integer values,
+    any dtype) holds the tile's input channels, ``w`` (oc, c, kh, kw) its weights. Only the input
+    rows that the output rows holding the pixel range read are padded and convolved (vectorised
+    over the batch with :func:`imcflow.cima.conv.bpbs_conv2d`)."""
     n, _, h, wd = x.shape
     kh, kw = kernel
     ow = out_size(wd, kw, stride[1], padding[1])
     y0, y1 = px_lo // ow, (px_hi - 1) // ow
-    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
-    crop = xp[:, :, y0 * stride[0]: y1 * stride[0] + kh]
-    acc = bpbs_conv2d(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)),
-                      torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)),
+    lo, hi = y0 * stride[0] - padding[0], y1 * stride[0] - padding[0] + kh   # input rows [lo, hi)
+    crop = torch.from_numpy(np.ascontiguousarray(x[:, :, max(0, lo):min(h, hi)], dtype=np.float32))
+    crop = F.pad(crop, (padding[1], padding[1], max(0, -lo), max(0, hi - h)))
+    acc = bpbs_conv2d(crop, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)),
                       x_bits=x_bits, w_bits=w_bits, x_signed=x_signed, stride=stride, padding=0,
                       full_scale=full_scale, mode=mode, adc_bits=chip.adc.bits, array_rows=chip.array.rows,
                       seed=seed, analog=chip.analog, out_dtype=torch.int64).numpy()
