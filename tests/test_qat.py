@@ -49,7 +49,8 @@ def test_qat_step_on_cnn11_updates_every_parameter(cnn11_step):
     changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
     # every weight and bias moves; step sizes get gradients (LSQ scales them down, so a step may
     # be below float32 resolution)
-    assert {k for k in before if not k.startswith("scale.")} <= changed
+    assert {k for k in before if k.startswith(("weight.", "bias."))} <= changed
+    assert not any(k.startswith("fixed_scale") for k in changed)  # input and logit scales are fixed
     assert any(k.startswith("scale.") for k in changed)
 
 
@@ -106,6 +107,16 @@ def test_ideal_adc_switch_uses_exact_counts():
     assert np.abs(qat - ref).max() <= 16 * qg.spec(qg.output).scale
     with pytest.raises(QuantError, match="adc"):
         net.set_adc("analog")
+
+
+def test_state_dict_round_trip_reproduces_the_export():
+    net = prepare_qat_graph(every_op_graph(), TINY, calib=images(16), input_scale=1 / 255)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1.1)
+    other = prepare_qat_graph(every_op_graph(), TINY, calib=images(4, seed=9), input_scale=1 / 255)
+    other.load_state_dict(net.state_dict())
+    assert export_qgraph(other).to_json() == export_qgraph(net).to_json()
 
 
 def test_float_mode_is_the_float_graph():

@@ -124,11 +124,12 @@ class QatNet(nn.Module):
                 self.bias[_key(s.name)] = nn.Parameter(torch.from_numpy(b.copy()))
         fixed = {self.groups[graph.input_name], self.groups[self.plan.output]}
         self.scale = nn.ParameterDict()
-        self._fixed_scale: dict[str, float] = {}
+        self._fixed: set[str] = set()
         for rep in sorted(set(self.groups.values())):
             s0 = self.specs[rep].scale
             if rep in fixed:
-                self._fixed_scale[rep] = s0
+                self._fixed.add(rep)  # a buffer, so that state_dict() holds every scale
+                self.register_buffer(f"fixed_scale_{_key(rep)}", torch.tensor(float(s0), dtype=torch.float64))
             else:
                 self.scale[_key(rep)] = nn.Parameter(torch.tensor(float(s0)))
         self._numel = {t: int(np.prod(q.shape)) for t, q in self.specs.items()}
@@ -164,11 +165,15 @@ class QatNet(nn.Module):
     def tensor_scale(self, tensor: str) -> torch.Tensor:
         """Current scale of a QGraph tensor (learned step size of its group, or fixed)."""
         rep = self.groups[tensor]
-        if rep in self._fixed_scale:
-            return torch.tensor(self._fixed_scale[rep], device=next(iter(self.weight.values())).device)
+        if rep in self._fixed:
+            return getattr(self, f"fixed_scale_{_key(rep)}").to(torch.float32)
         s = self.scale[_key(rep)].abs().clamp_min(1e-8)
         q = self.specs[tensor]
         return grad_scale(s, 1.0 / float(np.sqrt(self._numel[tensor] * q.max_int)))
+
+    def fixed_scale(self, tensor: str) -> float:
+        """The exact (float64) scale of a tensor whose scale is not learned (input, logits)."""
+        return float(getattr(self, f"fixed_scale_{_key(self.groups[tensor])}"))
 
     def weight_int(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(integer weights with STE, per-channel scales) of MVM layer ``name``."""
@@ -291,6 +296,7 @@ def export_qgraph(net: QatNet) -> QGraph:
                 w_int, s_w = net.weight_int(s.name)
                 weights[s.name] = (net.weight[_key(s.name)].numpy().copy(), net.bias[_key(s.name)].numpy().copy(),
                                    s_w.numpy().astype(np.float64), w_int.numpy().astype(np.int8))
-        scales = {t: net._fixed_scale.get(net.groups[t], float(net.tensor_scale(t))) for t in net.specs}
+        scales = {t: net.fixed_scale(t) if net.groups[t] in net._fixed else float(net.tensor_scale(t))
+                  for t in net.specs}
     return build_qgraph(net.plan, net.ranges, net.chip, net.spec, weights=weights, scales=scales,
                         meta={"trained": "qat"})
