@@ -37,6 +37,9 @@ def test_shipped_qat_export_is_preferred(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "shipped_qgraph_path", lambda name: shipped)
     assert load_qgraph("cnn-tiny", "jssc2022").name == "shipped"
     assert load_qgraph("cnn-tiny", "jssc2022", trained=False).name == "cnn-tiny"
+    # trained for jssc2022's ADC full scales: on the tiny chip the float weights are re-quantised
+    other = load_qgraph("cnn-tiny", "tiny")
+    assert other.name == "cnn-tiny" and "does not fit chip 'tiny'" in other.meta["note"]
 
 
 def test_shipped_float_weights_are_used(tmp_path, monkeypatch):

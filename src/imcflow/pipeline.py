@@ -132,20 +132,43 @@ def load_qgraph(model: str | Path | torch.nn.Module | QGraph, chip: str | ChipCo
         qg = model
     elif is_qgraph_path(model):
         qg = QGraph.load(str(model))
-    elif _is_zoo(model) and trained and shipped_qgraph_path(model).is_file():
-        qg = QGraph.load(str(shipped_qgraph_path(model)))
     else:
-        graph = load_float_graph(model, input_shape, trained, seed)
-        data = synthetic_calibration(graph.input_shape, seed=seed) if calib is None else calib
-        spec = QuantSpec(w_bits=w_bits, a_bits=a_bits, input_scale=_default_input_scale(model, graph))
-        is_trained = graph.meta.get("trained", True)
-        meta = {"trained": is_trained, "calibration_data": "synthetic" if calib is None else "given"}
-        if not is_trained:
-            meta["note"] = "random-init weights: for performance studies only"
-        qg = calibrate(graph, data, chip, spec, meta=meta)
+        qg = _shipped_qgraph(model, chip) if _is_zoo(model) and trained else None
+        if qg is None:
+            qg = _ptq(model, chip, calib, trained, seed, input_shape, w_bits, a_bits)
     qg.verify()
     check_qgraph_fits_chip(qg, chip)
     return qg
+
+
+def _shipped_qgraph(name: str, chip: ChipConfig) -> QGraph | None:
+    """The shipped QAT export of zoo model ``name`` if there is one and it fits ``chip``."""
+    path = shipped_qgraph_path(name)
+    if not path.is_file():
+        return None
+    qg = QGraph.load(str(path))
+    try:
+        check_qgraph_fits_chip(qg, chip)
+    except QuantError:
+        return None  # trained for another ADC: _ptq re-quantises the float weights and says so
+    return qg
+
+
+def _ptq(model, chip: ChipConfig, calib, trained: bool, seed: int, input_shape, w_bits: int, a_bits: int) -> QGraph:
+    graph = load_float_graph(model, input_shape, trained, seed)
+    data = synthetic_calibration(graph.input_shape, seed=seed) if calib is None else calib
+    spec = QuantSpec(w_bits=w_bits, a_bits=a_bits, input_scale=_default_input_scale(model, graph))
+    is_trained = graph.meta.get("trained", True)
+    meta = {"trained": is_trained, "calibration_data": "synthetic" if calib is None else "given"}
+    notes = []
+    if _is_zoo(model) and trained and shipped_qgraph_path(model).is_file():
+        notes.append(f"the shipped QAT export does not fit chip {chip.name!r} (ADC full scales or bits), "
+                     f"so the float weights were quantised post-training for it")
+    if not is_trained:
+        notes.append("random-init weights: for performance studies only")
+    if notes:
+        meta["note"] = "; ".join(notes)
+    return calibrate(graph, data, chip, spec, meta=meta)
 
 
 def check_inputs(x: np.ndarray, input_shape: tuple[int, ...], what: str = "inputs") -> np.ndarray:
@@ -201,5 +224,7 @@ def describe_source(qgraph: QGraph) -> str:
     if trained is False:
         return "random-init weights (for performance studies only)"
     if trained is True:
-        return f"trained float weights, post-training quantised ({qgraph.meta.get('calibration_data', '?')} calibration)"
+        note = qgraph.meta.get("note")
+        return (f"trained float weights, post-training quantised ({qgraph.meta.get('calibration_data', '?')} "
+                f"calibration)" + (f"; {note}" if note else ""))
     return f"{trained} weights" if trained else "weights of the given quantised graph"
