@@ -65,12 +65,25 @@ def _spots(placed: list[Placed], h: int, w: int, chip: ChipConfig) -> list[tuple
 
 
 class Packer:
-    """Mutable packing state of one phase (internal to the compiler)."""
+    """Mutable packing state of one phase (internal to the compiler).
 
-    def __init__(self, chip: ChipConfig):
+    With a ``budget_s`` > 0 the packer packs for locality instead: among spots that keep the
+    array's time within the budget it takes the array with the most *affinity* (tiles of the same
+    layer copy count 2: their outputs leave as one stream; tiles of a layer in ``related`` (its
+    producers and consumers) count 1: the stream between them stays inside the array), then an
+    already used array; only when no spot is within budget does it fall back to the least time."""
+
+    def __init__(self, chip: ChipConfig, budget_s: float = 0.0, related: dict[str, set[str]] | None = None):
         self.chip = chip
         self.arrays: list[list[Placed]] = [[] for _ in range(chip.n_cores)]
         self.times = [0.0] * chip.n_cores
+        self.budget_s = budget_s
+        self.related = related or {}
+
+    def _affinity(self, placed: list[Placed], req: TileReq) -> int:
+        near = self.related.get(req.layer, set())
+        return sum(2 if (p.req.layer, p.req.copy) == (req.layer, req.copy) else 1 if p.req.layer in near else 0
+                   for p in placed)
 
     def place(self, req: TileReq) -> Placed | None:
         """Place ``req`` at its cheapest spot; None if no array has room."""
@@ -82,10 +95,14 @@ class Packer:
                     continue  # every empty array is alike: try the first only
                 seen_empty = True
             works = [p.work() for p in placed]
+            affinity = self._affinity(placed, req) if self.budget_s > 0 else 0
             for r0, c0 in _spots(placed, req.rows, req.cols, self.chip):
                 cand = Placed(req, a, r0, c0)
                 t = array_time_s(works + [cand.work()], self.chip)
-                key = (round(t - self.times[a], 15), round(t, 15), 0 if placed else 1, r0 + c0, a)
+                if t <= self.budget_s * (1 + 1e-9):
+                    key = (0, -affinity, 0 if placed else 1, round(t, 15), r0 + c0, a)
+                else:
+                    key = (1, round(t - self.times[a], 15), round(t, 15), 0 if placed else 1, r0 + c0, a)
                 if best_key is None or key < best_key:
                     best, best_key = cand, key
         if best is not None:

@@ -235,6 +235,11 @@ class Partitioner:
             out.append(_Item(layer, tile_time_s(tl, self.chip), tl.pixels, areas, sum(areas)))
         return out
 
+    def packs(self, cts: dict[str, tuple[int, int]]) -> bool:
+        """Whether one copy of the phase's tiles packs into the arrays (the placement's packer)."""
+        reqs = [r for layer, c in cts.items() for r in _one_copy_reqs(self.tilings[layer], c)]
+        return Packer(self.chip).place_all(sorted(reqs, key=lambda r: (-r.rows * r.cols, r.layer, r.ct, r.rt)))
+
     def area(self, i: int, j: int) -> int:
         return sum(self.tilings[s.layer].tile_rows(rt) * self.tilings[s.layer].tile_cols(ct)
                    for s in self.segs[i:j] for ct in range(*s.cts)
@@ -245,7 +250,7 @@ class Partitioner:
         nodes, cts = self.phase_content(i, j)
         items = self.items(cts)
         got = estimate_compute(items, self.chip)
-        if got is None:
+        if got is None or (j > i + 1 and not self.packs(cts)):
             return None
         compute, copies = got
         io_in, io_out = self.io_s(i, j, nodes, cts)

@@ -107,68 +107,84 @@ CHANNEL_SEPARABLE = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.ADD)
 """SIMD ops computed channel by channel, which may be split over arrays by channel groups."""
 
 
-def _host_chunks(base: list[tuple[int, int, int]], g: int) -> list[tuple[int, int, int]]:
-    """``base`` channel groups joined into ``g`` contiguous chunks, each on its first group's array."""
+def _host_chunks(base: list[tuple[int, int, int]], g: int, degree: dict[int, int]) -> list[tuple[int, int, int]]:
+    """``base`` channel groups joined into ``g`` contiguous chunks, each on the array of one of its
+    groups with the fewest streams so far (``degree``)."""
     n = len(base)
     out = []
     for k in range(g):
         part = base[k * n // g:(k + 1) * n // g]
         if part:
-            out.append((part[0][0], part[0][1], part[-1][2]))
+            host = min((p[0] for p in part), key=lambda a: (degree.get(a, 0), a))
+            out.append((host, part[0][1], part[-1][2]))
     return out
 
 
 def choose_host_groups(base: list[tuple[int, int, int]], pieces: list[tuple[int, int, int]],
-                       consumers: list[tuple[int, int, int]], in_degree_cap: int) -> tuple[tuple[int, int, int], ...]:
-    """Channel groups of a channel-separable SIMD node fed by the pieces (array, oc_lo, oc_hi) of
-    a layer: the layer's column tiles of copy 0 (``base``) joined into g contiguous chunks, g chosen
-    to minimise the stream endpoints (a piece made off its chunk's array is one stream; a chunk
-    is one forked stream to every consumer array (array, ch_lo, ch_hi) reading its channels)
-    while no host receives more than ``in_degree_cap`` streams (else the least loaded host)."""
-    best_key, best = None, None
+                       consumers: list[tuple[int, int, int]], degree: dict[int, int],
+                       degree_cap: int) -> tuple[tuple[int, int, int], ...]:
+    """Channel groups of a channel-separable SIMD node whose inputs arrive as ``pieces`` (array,
+    oc_lo, oc_hi): the first made input's column tiles of copy 0 (``base``) joined into g
+    contiguous chunks. g is chosen to keep every array's streams (``degree``: streams already
+    entering or leaving each array, updated here) within ``degree_cap``, then to minimise the
+    stream endpoints (a piece made off its chunk's array is one stream; a chunk is one forked
+    stream to every consumer array (array, ch_lo, ch_hi) reading its channels)."""
+    best_key, best, best_deg = None, None, None
     g = len(base)
     while True:
-        chunks = _host_chunks(base, g)
-        indeg: dict[int, int] = defaultdict(int)
+        chunks = _host_chunks(base, g, degree)
+        deg = dict(degree)
         ends = 0
         for a, lo, hi in pieces:
             for h, clo, chi in chunks:
                 if clo < hi and lo < chi and h != a:
-                    indeg[h] += 1
+                    deg[h] = deg.get(h, 0) + 1
+                    deg[a] = deg.get(a, 0) + 1
                     ends += 1
         for h, clo, chi in chunks:
+            deg[h] = deg.get(h, 0) + 1
             ends += 1 + len({a for a, lo, hi in consumers if lo < chi and clo < hi and a != h})
-        worst = max(indeg.values(), default=0)
-        key = (max(0, worst - in_degree_cap), ends, -g)
+        over = sum(max(0, deg[h] - degree_cap) for h in {c[0] for c in chunks})
+        key = (over, ends, -g)
         if best_key is None or key < best_key:
-            best_key, best = key, chunks
+            best_key, best, best_deg = key, chunks, deg
         if g == 1:
+            degree.clear()
+            degree.update(best_deg)
             return _merge_groups(best)
         g = (g + 1) // 2
 
 
 def simd_hosts(qgraph: QGraph, nodes: tuple[str, ...], placed: tuple[Placed, ...],
-               tilings: dict[str, LayerTiling], col_tiles: dict[str, tuple[int, int]], in_degree_cap: int = 8
+               tilings: dict[str, LayerTiling], col_tiles: dict[str, tuple[int, int]], degree_cap: int = 8
                ) -> dict[str, tuple[tuple[int, int, int], ...]]:
     """Channel groups (array, oc_lo, oc_hi) of each SIMD-only node. A channel-separable node with
     an input made in this phase follows the first such input: a layer's column tiles (on the
     arrays accumulating copy 0 of it; channels made in other phases go to the first and last
-    groups) joined into chunks by :func:`choose_host_groups`, or the groups of that SIMD node, so
-    residual adds and pooling stay next to the data. Others run on one array: the first made
-    input's, else the array with the least work."""
+    groups) joined into chunks by :func:`choose_host_groups` (at most ``degree_cap`` streams per
+    array where possible), or the groups of that SIMD node, so residual adds and pooling stay next
+    to the data. Others run on one array: the first made input's, else the array with the least
+    work."""
     acc: dict[tuple[str, int], int] = {}
     load: dict[int, int] = defaultdict(int)
     pieces: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     readers: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    ends: set[tuple] = set()
     for p in placed:
         q = p.req
         load[p.array] += q.bitplanes
         tl = tilings[q.layer]
         if q.rt == 0:
             pieces[q.layer].append((p.array, *tl.col_tiles[q.ct]))
+            ends.add((p.array, "out", q.layer, q.copy))
             if q.copy == 0:
                 acc[(q.layer, q.ct)] = p.array
-        readers[qgraph.node(q.layer).inputs[0]].append((p.array, *tl.row_tiles[q.rt]))
+        src = qgraph.node(q.layer).inputs[0]
+        readers[src].append((p.array, *tl.row_tiles[q.rt]))
+        ends.add((p.array, "in", src))
+    degree: dict[int, int] = defaultdict(int)
+    for e in ends:
+        degree[e[0]] += 1
     n_arrays = max([p.array for p in placed], default=0) + 1
     idle = min(range(n_arrays), key=lambda a: (load[a], a))
     hosts: dict[str, tuple[tuple[int, int, int], ...]] = {}
@@ -179,15 +195,16 @@ def simd_hosts(qgraph: QGraph, nodes: tuple[str, ...], placed: tuple[Placed, ...
         channels = node.out.shape[0]
         made = [i for i in node.inputs if i in col_tiles or i in hosts]
         groups: tuple[tuple[int, int, int], ...]
-        if made and made[0] in col_tiles:
+        if made and made[0] in col_tiles and node.op in CHANNEL_SEPARABLE and len(node.out.shape) > 0:
             src = made[0]
             tl = tilings[src]
             base = [(acc[(src, ct)], *tl.col_tiles[ct]) for ct in range(*col_tiles[src])]
             base[0] = (base[0][0], 0, base[0][2])
             base[-1] = (base[-1][0], base[-1][1], channels)
-            groups = choose_host_groups(base, pieces[src], readers[name], in_degree_cap)
+            arriving = [pc for i in made for pc in (pieces[i] if i in col_tiles else hosts[i])]
+            groups = choose_host_groups(base, arriving, readers[name], degree, degree_cap)
         elif made:
-            groups = hosts[made[0]]
+            groups = hosts[made[0]] if made[0] in hosts else ((acc[(made[0], col_tiles[made[0]][0])], 0, channels),)
         else:
             groups = ((idle, 0, channels),)
         if node.op not in CHANNEL_SEPARABLE or len(node.out.shape) == 0:
@@ -223,15 +240,17 @@ def phase_work_of(qgraph: QGraph, plan_nodes: tuple[str, ...], placed: tuple[Pla
 
 # --- copy search ------------------------------------------------------------------------------
 
-def _score(est: PhaseEstimate, objective: str, chip: ChipConfig, floor_s: float, n_tiles: int) -> tuple:
+def _score(est: PhaseEstimate, objective: str, chip: ChipConfig, floor_s: float, n_tiles: int,
+           spread: int) -> tuple:
     """Objective of a placement, smaller is better. Throughput: the stage time, but no faster than
     ``floor_s`` (the phase's off-chip I/O time, which no placement changes), then fewer tiles (fewer
-    copies: fewer streams to route, less to load), then latency."""
+    copies: fewer streams to route, less to load), then less ``spread`` (layer copies split over
+    fewer arrays: fewer streams), then latency."""
     if objective == "latency":
         return est.latency_s, est.stage_time_s, n_tiles
     if objective == "energy":
         return est.energy_j + chip.energy.static_w * est.stage_time_s, est.stage_time_s, n_tiles
-    return round(max(est.stage_time_s, floor_s), 12), n_tiles, est.latency_s
+    return round(max(est.stage_time_s, floor_s), 12), n_tiles, spread, est.latency_s
 
 
 class Search:
@@ -243,6 +262,20 @@ class Search:
         self.qgraph, self.tilings, self.chip = qgraph, tilings, chip
         self.nodes, self.col_tiles, self.objective = nodes, col_tiles, objective
         self.floor_s = floor_s
+        self.related: dict[str, set[str]] = defaultdict(set)
+        """MVM layer -> MVM layers of this phase that feed it or that it feeds (directly or through
+        SIMD-only nodes)."""
+        made_by = {}
+        for name in nodes:
+            node = qgraph.node(name)
+            srcs = set()
+            for i in node.inputs:
+                srcs |= {i} if i in col_tiles else made_by.get(i, set())
+            made_by[name] = {name} if name in col_tiles else srcs
+            if name in col_tiles:
+                for src in srcs:
+                    self.related[name].add(src)
+                    self.related[src].add(name)
         self.caps = {layer: min(tilings[layer].pixels, (caps or {}).get(layer, tilings[layer].pixels))
                      for layer in col_tiles}
         """Most copies each layer may have (never more than its output pixels)."""
@@ -253,21 +286,38 @@ class Search:
                 for r in _requests(self.tilings[layer], cts, copies[layer])]
         orders = (lambda r: (-r.bitplanes, -r.rows * r.cols, r.layer, r.copy, r.ct, r.rt),
                   lambda r: (-r.cols, -r.rows, -r.bitplanes, r.layer, r.copy, r.ct, r.rt))
-        best, best_score = None, None
+        best, best_score, best_est = None, None, None
         for order in orders:
             self.evaluations += 1
             packer = Packer(self.chip)
             if packer.place_all(sorted(reqs, key=order)):
                 placed = consecutive_column_tiles(packer.placed())
-                score = self.score(placed, copies)[0]
+                score, est = self.score(placed, copies)
                 if best_score is None or score < best_score:
+                    best, best_score, best_est = placed, score, est
+        if best is None:  # the order the phase partition checks fit with (largest tiles first)
+            self.evaluations += 1
+            packer = Packer(self.chip)
+            if packer.place_all(sorted(reqs, key=lambda r: (-r.rows * r.cols, r.layer, r.ct, r.rt))):
+                best = consecutive_column_tiles(packer.placed())
+                best_score, best_est = self.score(best, copies)
+        if best is not None and self.objective == "throughput":
+            # the same stage time, with the tiles packed for locality (fewer streams to route)
+            budget = max(self.floor_s, max(best_est.core_array_s.values(), default=0.0))
+            packer = Packer(self.chip, budget, self.related)
+            self.evaluations += 1
+            if budget > 0 and packer.place_all(sorted(reqs, key=orders[0])):
+                placed = consecutive_column_tiles(packer.placed())
+                score = self.score(placed, copies)[0]
+                if score < best_score:
                     best, best_score = placed, score
         return best
 
     def score(self, placed: tuple[Placed, ...], copies: dict[str, int]):
         work, _ = phase_work_of(self.qgraph, self.nodes, placed, self.tilings, self.col_tiles, copies)
         est = estimate_phase(work, self.chip)
-        return _score(est, self.objective, self.chip, self.floor_s, len(placed)), est
+        spread = len({(p.array, p.req.layer, p.req.copy) for p in placed})
+        return _score(est, self.objective, self.chip, self.floor_s, len(placed), spread), est
 
     def candidates(self, placed: tuple[Placed, ...], est: PhaseEstimate) -> list[str]:
         """Layers to try giving more copies, most limiting first."""

@@ -206,15 +206,15 @@ def _channel(a: int, b: int) -> tuple[int, int] | None:
     return None if a < 0 or b < 0 else (min(a, b), max(a, b))
 
 
-def _grow(chip: ChipConfig, tree: set[int], target: int, cost) -> list[tuple[int, int]]:
-    """Cheapest path (channel costs from ``cost(a, b)``) from any switch of ``tree`` to ``target``
-    through switches not yet in the tree (the mesh is connected, so one always exists)."""
+def _grow(chip: ChipConfig, tree: set[int], targets: set[int], cost) -> list[tuple[int, int]]:
+    """Cheapest path (channel costs from ``cost(a, b)``) from any switch of ``tree`` to the nearest
+    of ``targets`` through switches not yet in the tree (the mesh is connected, so one exists)."""
     dist = {s: 0.0 for s in tree}
     prev: dict[int, int] = {}
     heap = [(0.0, s) for s in sorted(tree)]
     while heap:
         d, s = heapq.heappop(heap)
-        if s == target:
+        if s in targets:
             path = []
             while s not in tree:
                 path.append((prev[s], s))
@@ -257,15 +257,17 @@ def route_streams(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) 
             s = streams[i]
             root = _switch(perm, s.src)
             tree, edges = {root}, []
-            for tgt in sorted({_switch(perm, d) for d in s.dsts} - {root}):
-                if tgt in tree:
-                    continue
-                for a, b in _grow(chip, tree, tgt, cost):
+            todo = {_switch(perm, d) for d in s.dsts} - {root}
+            while todo:
+                path = _grow(chip, tree, todo, cost)
+                todo.discard(path[-1][1])
+                for a, b in path:
                     edges.append((a, b))
                     tree.add(b)
                     key = _channel(a, b)
                     if key is not None:
                         usage[key] = usage.get(key, 0) + 1
+                todo -= tree
             routes[i] = tuple(edges)
         over = {k: u - cap for k, u in usage.items() if u > cap}
         if not over:
