@@ -307,17 +307,19 @@ class _Lowerer:
             if src.kind in (OpKind.TRANSFER, OpKind.IO_IN):
                 self.consumers[d].append(op)
 
-    def in_rows(self, node, src: str, k: int) -> tuple[int, int]:
-        """Chunks of input ``src`` that output chunk ``k`` of ``node`` reads."""
-        _, h_out, _, r_out = self.geom(node.name)
+    def in_rows(self, node, src: str, k: int, px: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Chunks of input ``src`` that output chunk ``k`` of ``node`` reads (only its pixels
+        ``px`` = [lo, hi) when given, e.g. a copy's range that ends mid-chunk)."""
+        _, h_out, w_out, r_out = self.geom(node.name)
         _, h_in, _, r_in = self.geom(src)
         if node.op in (QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.LINEAR) or len(self.p.qgraph.spec(src).shape) != 3:
             return 0, (h_in - 1) // r_in
+        y0, y1 = k * r_out, min(h_out, (k + 1) * r_out) - 1
+        if px is not None:
+            y0, y1 = max(y0, px[0] // w_out), min(y1, (px[1] - 1) // w_out)
         if node.op in (QOp.ADD, QOp.CONCAT):
-            y0, y1 = k * r_out, min(h_out, (k + 1) * r_out) - 1
             return y0 // r_in, y1 // r_in
         kh, sh, ph = node.kernel[0], node.stride[0], node.padding[0]
-        y0, y1 = k * r_out, min(h_out, (k + 1) * r_out) - 1
         lo, hi = max(0, y0 * sh - ph), min(h_in - 1, y1 * sh - ph + kh - 1)
         return lo // r_in, hi // r_in
 
@@ -329,8 +331,8 @@ class _Lowerer:
         ops = []
         by_chunk = {}
         chunks = self.chunks(ins.layer, ins.px_lo, ins.px_hi)
-        all_deps = [self.deps_for(avail, src, ins.ch_lo, ins.ch_hi, *self.in_rows(node, src, k), where)
-                    for k, _, _ in chunks]
+        all_deps = [self.deps_for(avail, src, ins.ch_lo, ins.ch_hi, *self.in_rows(node, src, k, (p0, p1)), where)
+                    for k, p0, p1 in chunks]
         for (k, p0, p1), deps in zip(chunks, all_deps):
             if b == 0 or not ops:
                 deps = deps + [self.load_op[t.tile_id]]
