@@ -68,7 +68,7 @@ def test_broken_program_is_caught_not_computed():
 def test_analog_mode_runs_and_stays_close():
     q = random_qgraph(2, TINY)
     prog = compile_qgraph(q, TINY)
-    x = _inputs(q, 4, 1)
+    x = _inputs(q, 2, 1)
     a = run_program(prog, x, "analog", seed=3)
     assert a.shape == run_qgraph(q, x, "bit_true", TINY).shape
     assert np.array_equal(a, run_program(prog, x, "analog", seed=3))   # seeded
@@ -99,7 +99,7 @@ def test_zero_bitplane_skipping_never_slows_and_needs_stats():
 
 def _cnn11_qgraph():
     from imcflow.report.flow import load_qgraph
-    return load_qgraph("cifar10-cnn11", JSSC2022)[0]
+    return load_qgraph("cifar10-cnn11", JSSC2022, calib_images=4)[0]
 
 
 def test_cnn11_on_jssc2022_equals_reference():

@@ -7,6 +7,7 @@ Published values: Jia et al., IEEE JSSC 57(1):198-211, 2022 (see shared/docs/chi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -118,7 +119,12 @@ def _benchmark_rows(rep: Reproduction, chip: ChipConfig, net: str, key: str, lab
         return results["base"]
 
     rep.add(f"{label} img/s", f"{key}_img_s", "img/s", lambda: run().throughput_img_s)
-    rep.add(f"{label} img/s/W", f"{key}_img_s_w", "img/s/W", lambda: run().img_per_s_per_w)
+    if "base" in results:
+        f = results["base"].features
+        rep.rows[-1] = dataclasses.replace(rep.rows[-1], note=f"{f.get('phases')} phase(s), batch "
+                                           f"{f.get('program_batch')}; analytic model {f.get('model_throughput_img_s', 0):,.0f} img/s")
+    rep.add(f"{label} img/s/W", f"{key}_img_s_w", "img/s/W", lambda: run().img_per_s_per_w,
+            "control_cycle_j fitted to this figure" if key == "cifar10" else "")
     for name, r in results.items():
         if name == "base":
             continue

@@ -178,7 +178,8 @@ def make_report(prog: Program, tr: TimingResult, accuracy: float | None = None,
                run_time_s=tr.run_time_s, macs_per_img=macs_img, energy_breakdown_j_per_img=dyn,
                cores=tuple(cores), layers=tuple(layers),
                features={"skip_zero_bitplanes": features.skip_zero_bitplanes, "phases": len(prog.phases),
-                         "program_batch": prog.batch},
+                         "program_batch": prog.batch,
+                         "model_throughput_img_s": float(prog.predicted.get("throughput_img_s", 0.0))},
                accuracy=accuracy, notes=tuple(notes))
     r.verify()
     return r
