@@ -178,6 +178,8 @@ class QGraph:
                 raise QuantError(f"node {n.name!r}: duplicate name")
             if n.is_mvm:
                 _verify_mvm(n, self.spec(n.inputs[0]))
+            else:
+                _verify_other(n, [self.spec(i) for i in n.inputs])
             seen.add(n.name)
         if self.output not in seen:
             raise QuantError(f"graph output {self.output!r} is not produced by any node")
@@ -187,8 +189,19 @@ class QGraph:
         return json.dumps(_encode(self), indent=1)
 
     @staticmethod
-    def from_json(text: str) -> "QGraph":
-        return _decode(json.loads(text))
+    def from_json(text: str, where: str = "QGraph JSON") -> "QGraph":
+        """Decode :meth:`to_json` text; QuantError naming ``where`` if it is not a QGraph."""
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise QuantError(f"{where}: not valid JSON ({exc}); give a file written by QGraph.save") from None
+        if not isinstance(obj, dict) or obj.get("__dc__") != "QGraph":
+            raise QuantError(f"{where}: holds no QGraph; give a file written by QGraph.save or 'imcflow' itself")
+        try:
+            graph = _decode(obj)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise QuantError(f"{where}: malformed QGraph ({type(exc).__name__}: {exc}); re-export the model") from None
+        return graph
 
     def save(self, path: str) -> None:
         with open(path, "w") as fh:
@@ -196,8 +209,13 @@ class QGraph:
 
     @staticmethod
     def load(path: str) -> "QGraph":
-        with open(path) as fh:
-            return QGraph.from_json(fh.read())
+        """Read a QGraph saved by :meth:`save`; QuantError if the file holds none."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except UnicodeDecodeError:
+            raise QuantError(f"{path}: not a text (JSON) file; give a .qgraph.json written by QGraph.save") from None
+        return QGraph.from_json(text, str(path))
 
     def __str__(self) -> str:
         lines = [f"QGraph {self.name}: input {self.input_name} {self.input.shape} "
@@ -222,6 +240,36 @@ def _verify_mvm(n: QNode, x: QTensor) -> None:
     c_in = n.weight.shape[1]
     if x.shape[0] != c_in:
         raise QuantError(f"layer {n.name!r}: weight expects {c_in} input channels, input has {x.shape[0]}")
+    rq = n.requant
+    if rq.multiplier.shape != (n.c_out,) or rq.bias.shape != (n.c_out,):
+        raise QuantError(f"layer {n.name!r}: requant multiplier {rq.multiplier.shape} and bias {rq.bias.shape} "
+                         f"must have one entry per output channel ({n.c_out},)")
+    if rq.shift < 1:
+        raise QuantError(f"layer {n.name!r}: requant shift {rq.shift} must be >= 1")
+    if not n.out.min_int <= rq.out_min <= rq.out_max <= n.out.max_int:
+        raise QuantError(f"layer {n.name!r}: requant clamp [{rq.out_min}, {rq.out_max}] must lie inside the "
+                         f"output's {n.out.bits}-b range [{n.out.min_int}, {n.out.max_int}]")
+
+
+_SAME_SPEC = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.CONCAT)
+
+
+def _verify_other(n: QNode, ins: list[QTensor]) -> None:
+    arity = 2 if n.op is QOp.ADD else (len(ins) if n.op is QOp.CONCAT else 1)
+    if len(ins) != arity or not ins:
+        raise QuantError(f"node {n.name!r} ({n.op.value}): takes {arity} input(s), got {len(ins)}")
+    if n.op is QOp.ADD:
+        if len(n.add_multipliers) != 2 or n.add_shift < 1:
+            raise QuantError(f"add {n.name!r}: needs two add_multipliers and add_shift >= 1, got "
+                             f"{n.add_multipliers} and {n.add_shift}")
+        if ins[0].shape != ins[1].shape:
+            raise QuantError(f"add {n.name!r}: input shapes {ins[0].shape} and {ins[1].shape} differ")
+    elif n.op in _SAME_SPEC:
+        for x in ins:  # these ops move integers without rescaling them
+            if (x.bits, x.signed, x.scale) != (n.out.bits, n.out.signed, n.out.scale):
+                raise QuantError(f"node {n.name!r} ({n.op.value}): its inputs and output need the same bits, "
+                                 f"signedness and scale; input has ({x.bits}, {x.signed}, {x.scale}), output "
+                                 f"({n.out.bits}, {n.out.signed}, {n.out.scale})")
 
 
 def row_tiles(c_in: int, kh: int, kw: int, array_rows: int) -> list[tuple[int, int]]:
