@@ -1,4 +1,5 @@
-"""The compiler as one readable list of passes: tiling -> placement -> routing -> codegen -> verify.
+"""The compiler as one readable list of passes: tiling -> partition -> placement -> routing -> codegen
+-> batch -> verify.
 
 ``compile_qgraph(qgraph, chip)`` returns a verified :class:`imcflow.ir.program.Program`.
 """

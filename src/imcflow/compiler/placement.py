@@ -1,16 +1,26 @@
-"""Placement: cut the network into phases, then search copies per layer with the performance model.
+"""Placement: copies per layer and the packing of each phase's tiles into the arrays.
 
-1. **Phases.** Walk the graph in order, adding each MVM layer one column tile (with all its row
-   tiles, which must sit in one phase to be summed) at a time to the current phase while the
-   phase's tiles still pack into the arrays; otherwise start a new phase. SIMD-only nodes join the
-   phase current when they are reached (their inputs are complete by then). A column tile that
-   does not fit an empty chip is a CompileError.
-2. **Copies.** Per phase, a greedy search: start with one copy per layer; repeatedly give the layer
-   that limits the objective (the slowest layer on the bottleneck core for throughput, the slowest
-   layer for latency and energy) one or more extra copies (each copy computes a contiguous share of
-   the output pixels) and re-pack; keep the change when the objective improves, stop when no
-   limiting layer can be improved. Packing puts small copies block-diagonally and lets rarely-run
-   layers borrow idle rows of busy arrays (see :mod:`imcflow.compiler.packing`).
+The phases themselves come from :mod:`imcflow.compiler.partition` (dynamic programming over layer
+segments). Per phase:
+
+1. **Balanced copies.** Copies are given in proportion to each layer's work: for a target array
+   time T, layer L gets ``ceil(t_L / T)`` copies (``t_L`` = one copy's tile time per image; each
+   copy computes a contiguous share of the output pixels), so that every tile takes at most T and
+   the work spreads over all arrays (one huge layer, like ResNet's 7x7 stem, is spread over every
+   core). T starts at (phase work) / n_cores and grows by ``BALANCE_STEP`` until the packing's
+   objective stops improving. The throughput objective is the time per image: the stage time, no
+   faster than the phase's off-chip I/O time (``floor_s``), plus the pipeline fill / batch; ties
+   go to fewer tiles and to copies kept on fewer arrays (fewer streams).
+2. **Greedy refinement.** From there, the layer that limits the objective (the slowest layer on
+   the bottleneck core for throughput) gets extra copies while the objective improves.
+3. **Packing** (:mod:`imcflow.compiler.packing`): tiles go where they add least time (block-
+   diagonal copies share bit-planes); then, within that stage time, a second packing for
+   locality keeps a layer copy's column tiles and producer/consumer layers together.
+4. **SIMD hosts.** Residual adds and pooling follow the arrays of the layer that feeds them, in
+   channel chunks chosen to keep each array's streams within a cap (:func:`choose_host_groups`).
+
+When routing fails, :func:`fewer_copies` caps the copies of the layer making the most output
+pieces at three quarters and places the phase afresh (step by step, never straight to one copy).
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from dataclasses import dataclass
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
 from imcflow.compiler.packing import Packer, Placed, TileReq
-from imcflow.compiler.partition import partition
+from imcflow.compiler.partition import PLAN_BATCH, partition
 from imcflow.compiler.tiling import LayerTiling
 from imcflow.ir.qgraph import QGraph, QOp
 from imcflow.perf.model import PhaseEstimate, PhaseWork, estimate_phase, node_simd_ops
@@ -48,6 +58,9 @@ class PhasePlan:
     output channels of it."""
     floor_s: float = 0.0
     """Estimated off-chip I/O time per image of the phase (placement does not try to beat it)."""
+    fill_weight: float = 0.0
+    """Weight of one image's latency through the phase in the throughput score: 1 / batch in a
+    multi-phase program (the pipeline fills once per batch), 0 for one resident phase."""
 
     def acc_array(self, layer: str, copy: int, ct: int) -> int:
         """Array that accumulates and requantises (layer, copy, column tile): where row tile 0 sits."""
@@ -240,17 +253,18 @@ def phase_work_of(qgraph: QGraph, plan_nodes: tuple[str, ...], placed: tuple[Pla
 
 # --- copy search ------------------------------------------------------------------------------
 
-def _score(est: PhaseEstimate, objective: str, chip: ChipConfig, floor_s: float, n_tiles: int,
-           spread: int) -> tuple:
-    """Objective of a placement, smaller is better. Throughput: the stage time, but no faster than
-    ``floor_s`` (the phase's off-chip I/O time, which no placement changes), then fewer tiles (fewer
-    copies: fewer streams to route, less to load), then less ``spread`` (layer copies split over
-    fewer arrays: fewer streams), then latency."""
+def _score(est: PhaseEstimate, objective: str, chip: ChipConfig, floor_s: float, fill_weight: float,
+           n_tiles: int, spread: int) -> tuple:
+    """Objective of a placement, smaller is better. Throughput: the time per image, i.e. the stage
+    time (no faster than ``floor_s``, the phase's off-chip I/O time, which no placement changes)
+    plus ``fill_weight`` x the latency (the fill, paid once per batch); then fewer tiles (fewer
+    copies: fewer streams to route), then less ``spread`` (layer copies split over fewer arrays:
+    fewer streams), then latency."""
     if objective == "latency":
         return est.latency_s, est.stage_time_s, n_tiles
     if objective == "energy":
         return est.energy_j + chip.energy.static_w * est.stage_time_s, est.stage_time_s, n_tiles
-    return round(max(est.stage_time_s, floor_s), 12), n_tiles, spread, est.latency_s
+    return round(max(est.stage_time_s, floor_s) + fill_weight * est.latency_s, 12), n_tiles, spread, est.latency_s
 
 
 class Search:
@@ -258,10 +272,11 @@ class Search:
 
     def __init__(self, qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig,
                  nodes: tuple[str, ...], col_tiles: dict[str, tuple[int, int]], objective: str,
-                 floor_s: float = 0.0, caps: dict[str, int] | None = None):
+                 floor_s: float = 0.0, caps: dict[str, int] | None = None, fill_weight: float = 0.0):
         self.qgraph, self.tilings, self.chip = qgraph, tilings, chip
         self.nodes, self.col_tiles, self.objective = nodes, col_tiles, objective
         self.floor_s = floor_s
+        self.fill_weight = fill_weight
         self.related: dict[str, set[str]] = defaultdict(set)
         """MVM layer -> MVM layers of this phase that feed it or that it feeds (directly or through
         SIMD-only nodes)."""
@@ -309,7 +324,7 @@ class Search:
             if budget > 0 and packer.place_all(sorted(reqs, key=orders[0])):
                 placed = consecutive_column_tiles(packer.placed())
                 score = self.score(placed, copies)[0]
-                if score < best_score:
+                if score[0] <= best_score[0] * (1 + LOCALITY_TOLERANCE):
                     best, best_score = placed, score
         return best
 
@@ -317,7 +332,7 @@ class Search:
         work, _ = phase_work_of(self.qgraph, self.nodes, placed, self.tilings, self.col_tiles, copies)
         est = estimate_phase(work, self.chip)
         spread = len({(p.array, p.req.layer, p.req.copy) for p in placed})
-        return _score(est, self.objective, self.chip, self.floor_s, len(placed), spread), est
+        return _score(est, self.objective, self.chip, self.floor_s, self.fill_weight, len(placed), spread), est
 
     def candidates(self, placed: tuple[Placed, ...], est: PhaseEstimate) -> list[str]:
         """Layers to try giving more copies, most limiting first."""
@@ -354,6 +369,9 @@ class Search:
         return copies, placed
 
 
+LOCALITY_TOLERANCE = 0.01
+"""A packing for locality (fewer streams) is preferred when its objective is at most this much
+worse than the best packing's (e.g. slightly more SIMD latency from fewer SIMD hosts)."""
 BALANCE_STEP = 1.08
 """Ratio between successive target array times tried by the balanced copy search."""
 BALANCE_PATIENCE = 3
@@ -406,12 +424,12 @@ def balanced_search(search: Search, tilings: dict[str, LayerTiling], cts: dict[s
 
 def place_phase(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, objective: str, index: int,
                 nodes: tuple[str, ...], cts: dict[str, tuple[int, int]], floor_s: float = 0.0,
-                caps: dict[str, int] | None = None) -> PhasePlan:
+                caps: dict[str, int] | None = None, fill_weight: float = 0.0) -> PhasePlan:
     """Copies and packing of one phase computing ``nodes`` (MVM layers: column tiles ``cts``):
     the balanced search, then the greedy search for the limiting layers from there. ``floor_s``:
     the phase's off-chip I/O time per image (compute below it gains nothing); ``caps``: most
     copies per layer (default: one per output pixel)."""
-    search = Search(qgraph, tilings, chip, nodes, cts, objective, floor_s, caps)
+    search = Search(qgraph, tilings, chip, nodes, cts, objective, floor_s, caps, fill_weight)
     got = balanced_search(search, tilings, cts, chip)
     if got is None:
         raise CompileError(f"phase {index}: its tiles do not pack into {chip.n_cores} arrays (internal: "
@@ -420,7 +438,7 @@ def place_phase(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfi
     copies, placed = search.run(*got)
     _, hosts = phase_work_of(qgraph, nodes, placed, tilings, cts, copies)
     return PhasePlan(index=index, nodes=nodes, col_tiles=cts, copies=copies, placed=placed, hosts=hosts,
-                     floor_s=floor_s)
+                     floor_s=floor_s, fill_weight=fill_weight)
 
 
 def fewer_copies(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,
@@ -435,7 +453,8 @@ def fewer_copies(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConf
     pieces = {layer: copies[layer] * (b - a) if copies[layer] > 1 else 0 for layer, (a, b) in plan.col_tiles.items()}
     most = max(pieces.values())
     caps = {layer: max(1, (3 * n) // 4) if pieces[layer] == most else n for layer, n in copies.items()}
-    return place_phase(qgraph, tilings, chip, objective, plan.index, plan.nodes, plan.col_tiles, plan.floor_s, caps)
+    return place_phase(qgraph, tilings, chip, objective, plan.index, plan.nodes, plan.col_tiles, plan.floor_s, caps,
+                       plan.fill_weight)
 
 
 def split_plan(plan: PhasePlan) -> tuple[tuple[tuple[str, ...], dict], tuple[tuple[str, ...], dict]] | None:
@@ -473,5 +492,7 @@ def place(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, obj
     by ``objective`` with the performance model."""
     if objective not in OBJECTIVES:
         raise CompileError(f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
-    return [place_phase(qgraph, tilings, chip, objective, i, nodes, cts, floor_s)
-            for i, (nodes, cts, floor_s) in enumerate(partition(qgraph, tilings, chip))]
+    phases = partition(qgraph, tilings, chip)
+    fill = 1.0 / PLAN_BATCH if len(phases) > 1 else 0.0
+    return [place_phase(qgraph, tilings, chip, objective, i, nodes, cts, floor_s, fill_weight=fill)
+            for i, (nodes, cts, floor_s) in enumerate(phases)]

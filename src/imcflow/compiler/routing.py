@@ -3,18 +3,21 @@
 **Streams** (per phase, on logical arrays): every piece of a tensor goes from where it is made
 (the array that requantises a layer copy's column tile, the SIMD host of a node, or the input port
 for tensors made in earlier phases and the graph input) to every array that uses it (MVM tiles
-whose row tile reads any of the piece's channels, SIMD hosts) and to the output port when a later
-phase or the user needs it. Partial sums of row tiles 1.. go to the array holding row tile 0.
+whose row tile reads any of the piece's channels and whose copy's receptive fields touch the
+piece's pixels, SIMD hosts) and to the output port when a later phase or the user needs it; one
+stream forks to all of them. Column tiles of one layer copy on one array with the same
+destinations travel as one merged stream (:func:`merge_streams`). Partial sums of row tiles 1..
+go to the array holding row tile 0.
 
 **Routing**: logical arrays are first assigned to cores (snake order along the grid in graph order,
 so consecutive layers sit side by side, then pairwise swaps that shorten the streams' total
 Manhattan length), then each stream, most destinations first, grows a route tree: from the tree
-built so far, a cheapest path (Dijkstra) to each destination in turn. Congestion is negotiated
+built so far, a cheapest path (Dijkstra) to the nearest destination not yet reached. Congestion is negotiated
 (PathFinder): channels over their track count get growing penalties and all streams are re-routed
 until every channel is within ``ocn.tracks_per_channel``. When that fails, the assignment of
 arrays to cores is changed (seeded random permutations, improved by swaps) and routing starts
-again; after ``ATTEMPTS`` assignments it is a CompileError (the pipeline first retries the phase
-with one copy per layer, i.e. fewer streams).
+again; after ``ATTEMPTS`` assignments it is a CompileError (the pipeline then retries the phase
+with fewer copies, i.e. fewer streams, step by step).
 """
 
 from __future__ import annotations

@@ -7,6 +7,18 @@ Program carries the :class:`~imcflow.ir.qgraph.QGraph` (weights, requantisation)
 Semantics (the contract between compiler and simulator)
 =======================================================
 
+Changes since the first version (all backward compatible: every older Program keeps its meaning):
+
+- *Weight broadcast* (``chip.weight_load.broadcast_copies``, default True): tiles of one phase that
+  hold the same weights (same ``layer``, ``row_tile``, ``oc_lo``, ``oc_hi``: copies of a layer)
+  are loaded by ONE transfer over the weight bus, written into all their arrays at once. Bus time
+  therefore counts each distinct weight block once; every array still writes its own tiles at
+  ``array_write_bits_per_cycle``. With False, every tile is its own bus transfer (as before).
+- A stream may carry several column tiles of one layer copy at once (``oc_lo..oc_hi`` spanning
+  them); its source SENDs it after the REQUANT of its last column tile.
+- The destinations of a stream of activations are only the cores that need its pixels: an MVM
+  copy receives the pieces that overlap the input rows of its output pixels' receptive fields.
+
 Cores and switches
     Core ``i`` sits at grid position ``(i // chip.grid_cols, i % chip.grid_cols)`` and owns the
     switch at that position. Neighbouring switches (same row, adjacent columns, or same column,
@@ -23,8 +35,9 @@ Cores and switches
 
 Phases and batch
     A Program is a sequence of :class:`Phase`. A phase first loads its tiles' weights (every
-    :class:`TileSlot` of the phase; weights come over the ``weight_load.bus_bits`` bus and each
-    array is written ``weight_load.array_write_bits_per_cycle`` bits per cycle), then streams
+    :class:`TileSlot` of the phase; weights come over the ``weight_load.bus_bits`` bus, copies of
+    one weight block once when ``weight_load.broadcast_copies``, and each array is written
+    ``weight_load.array_write_bits_per_cycle`` bits per cycle), then streams
     ``Program.batch`` images through its tasks, then the next phase starts. Activations that a
     later phase (or the user) needs leave through :data:`OUT_PORT` and come back through
     :data:`IN_PORT` (off-chip memory holds them between phases). A network that fits runs in one
@@ -62,7 +75,9 @@ Tasks and instructions
     the core's array (see above) and SIMD. A task's instructions run in order; RECV blocks until
     the stream's data for that image has arrived. Functional meaning (all integers, bit-true):
 
-    ``LOAD tile``: write tile ``tile``'s weights into the array (see Tiles).
+    ``LOAD tile``: write tile ``tile``'s weights into the array (see Tiles). With
+        ``weight_load.broadcast_copies``, the LOADs of tiles holding the same weights (copies) on
+        different cores share one bus transfer.
     ``RECV stream``: the piece of tensor carried by stream ``stream`` is now in this core's buffer.
     ``MVM``: for layer ``layer``, copy ``copy``, row tile ``row_tile`` (input channels
         ``[ch_lo, ch_hi)``), output channels ``[oc_lo, oc_hi)`` and output pixels ``[px_lo, px_hi)``:
