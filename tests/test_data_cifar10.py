@@ -16,7 +16,10 @@ from PIL import Image
 from imcflow.data import CLASSES, load_cifar10
 from imcflow.errors import DataError
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+# The shared folder sits beside the repository root (../shared) in every checkout and in CI;
+# IMCFLOW_SHARED points elsewhere (e.g. a clone in /tmp).
+SHARED = Path(os.environ.get("IMCFLOW_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+REAL = SHARED / "data" / "cifar10"
 
 
 def _solid(value: int) -> np.ndarray:
