@@ -1,4 +1,5 @@
-"""End to end through the CLI on the ``tiny`` chip: compile -> prog.json -> show -> run --json.
+"""End to end through the CLI on the ``tiny`` chip: compile -> prog.json -> show -> run --json,
+for two zoo models and an ONNX file.
 
 The saved Program, simulated functionally, must give exactly the integer outputs of the reference
 executor (``run_qgraph``) on the same QGraph, and ``imcflow run --save-outputs`` must write exactly
@@ -43,16 +44,31 @@ def _cli(capsys, *argv: str) -> str:
     return out
 
 
-@pytest.mark.parametrize("model", ["cnn-tiny", "mlp-tiny"])
+def _onnx_file(path: Path) -> str:
+    """cnn-tiny (seeded random init) exported to ONNX with torch's exporter."""
+    import torch
+
+    from imcflow.models import get_model
+    torch.manual_seed(0)
+    torch.onnx.export(get_model("cnn-tiny").eval(), (torch.rand(1, *input_shape("cnn-tiny")),), str(path),
+                      dynamo=False)
+    return str(path)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("model", ["cnn-tiny", "mlp-tiny", "onnx"])
 def test_compile_show_run_on_tiny(model, workdir, capsys):
     chip = get_preset("tiny")
+    shape = input_shape("cnn-tiny" if model == "onnx" else model)
+    if model == "onnx":
+        model = _onnx_file(workdir / "cnn_tiny.onnx")
     out = _cli(capsys, "compile", model, "--chip", "tiny", "-o", "prog.json")
     assert "wrote prog.json" in out and (workdir / "prog.json").is_file()
 
     shown = _cli(capsys, "show", "prog.json")
-    assert shown.startswith(f"Program {model}") and "phase 0" in shown
+    assert shown.startswith(f"Program {Path(model).stem}") and "phase 0" in shown
 
-    x = np.random.default_rng(1).random((5, *input_shape(model)), dtype=np.float32)
+    x = np.random.default_rng(1).random((5, *shape), dtype=np.float32)
     np.save("x.npy", x)
     _cli(capsys, "run", model, "--chip", "tiny", "--inputs", "x.npy", "--json", "report.json",
          "--save-outputs", "y.npy")
@@ -62,7 +78,7 @@ def test_compile_show_run_on_tiny(model, workdir, capsys):
     for name in POSITIVE:
         v = report[name]
         assert isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"report {name} = {v!r}"
-    assert report["network"] == model and report["chip"] == "tiny"
+    assert report["network"] == Path(model).stem and report["chip"] == "tiny"
     assert len(report["cores"]) == chip.n_cores
     assert report["layers"] and all(lay["macs_per_img"] >= 0 for lay in report["layers"])
     assert sum(lay["macs_per_img"] for lay in report["layers"]) == report["macs_per_img"]
