@@ -177,3 +177,18 @@ def test_qat_phase_from_float_weights_resumes_and_exports(fake_cifar: Path, tmp_
     record = export_run(out, tmp_path / "w")
     assert record["epochs_done"] == {"float": 0, "qat": 2} and "final QAT epoch" in record["qat_qgraph"]
     assert (tmp_path / "w" / "cifar10-cnn11.qgraph.json").is_file()
+
+
+def test_init_from_warm_restart(fake_cifar: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cold = train(_cfg(fake_cifar, tmp_path / "a", cache, epochs_float=2))
+    init = str(tmp_path / "a" / "float.pt")
+    out = tmp_path / "b"
+    with pytest.raises(_Stop):  # interrupted warm restart: resumes its own run, not the init weights
+        train(_cfg(fake_cifar, out, cache, init_from=init), on_epoch=lambda r: (_ for _ in ()).throw(_Stop()))
+    assert torch.load(out / "last.ckpt", weights_only=False)["float_model"] is None
+    seen: list[int] = []
+    result = train(_cfg(fake_cifar, out, cache, init_from=init), on_epoch=lambda r: seen.append(r.epoch))
+    assert seen == [2] and len(result.history) == 2
+    assert result.history[0].loss < cold.history[0].loss  # started from trained weights
+    assert "--init-from" in export_run(out, tmp_path / "w")["command"]

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $IMCFLOW_CACHE or ~/.cache/imcflow)")
     p.add_argument("--resume-from", default=None,
                    help="start a new --out from this checkpoint, or from float weights (then only QAT runs)")
+    p.add_argument("--init-from", default=None,
+                   help="float phase starts from these weights with a fresh schedule (continue an earlier float run)")
     p.add_argument("--chip", default="jssc2022", help="chip preset whose ADC the QAT phase models")
     p.add_argument("--progress-every", type=int, default=0, metavar="N", help="print a line every N batches")
     p.add_argument("--export", action="store_true",
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data, out_dir=args.out, model=args.model, epochs_float=args.epochs_float,
         epochs_qat=args.epochs_qat, batch_size=args.batch_size, lr_float=args.lr, lr_qat=args.lr_qat,
         seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test, cache_dir=args.cache_dir,
-        resume_from=args.resume_from, device=args.device, bf16=args.bf16, chip=args.chip)
+        resume_from=args.resume_from, init_from=args.init_from, device=args.device, bf16=args.bf16, chip=args.chip)
     print(f"imcflow train {args.model}: out={args.out} threads={torch.get_num_threads()} "
           f"epochs float={cfg.epochs_float} qat={cfg.epochs_qat} batch={cfg.batch_size} seed={cfg.seed}", flush=True)
 

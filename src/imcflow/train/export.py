@@ -35,6 +35,8 @@ def command_from_config(cfg: dict) -> str:
     for key, flag in flags:
         if key in ("epochs_float", "epochs_qat", "seed") or cfg.get(key) != getattr(default, key):
             parts += [flag, str(cfg[key])]
+    if cfg.get("init_from"):
+        parts += ["--init-from", cfg["init_from"]]
     if cfg.get("bf16"):
         parts.append("--bf16")
     return " ".join(parts)

@@ -61,6 +61,9 @@ class TrainConfig:
     """Evaluate on this many test images (a fixed random subset), for smoke tests."""
     cache_dir: str | None = None
     resume_from: str | None = None
+    init_from: str | None = None
+    """Float phase: start from these weights (a state_dict or checkpoint) instead of a random init,
+    with a fresh schedule (a warm restart that continues an earlier float run)."""
     device: str = "cpu"
     bf16: bool = False
     """Float phase only: bfloat16 autocast (2x faster on CPUs with AVX512-BF16); evaluation stays float32."""
@@ -229,7 +232,10 @@ def _check_resume(resume: dict, cfg: TrainConfig, phase: str, steps: int) -> Non
 
 def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, on_batch) -> dict:
     torch.manual_seed(cfg.seed)  # initial weights; a resumed run restores its RNG state below
-    model = _build_model(phase, cfg, float_state, data).to(cfg.device)
+    init = float_state
+    if phase == "float" and resume is None and cfg.init_from is not None:
+        init = _init_weights(Path(cfg.init_from))
+    model = _build_model(phase, cfg, init, data).to(cfg.device)
     if phase == "float":
         model = model.to(memory_format=torch.channels_last)
     n = len(data.train_y)
@@ -275,6 +281,16 @@ def _save_weights(phase: str, model: nn.Module, out: Path, stem: str) -> None:
         from imcflow.train.qat_glue import save_qgraph
 
         save_qgraph(model, out / f"{stem}.qgraph.json")
+
+
+def _init_weights(path: Path) -> dict:
+    ckpt = load_checkpoint(path)
+    if not is_full_checkpoint(ckpt):
+        return ckpt.get("model", ckpt)
+    state = ckpt.get("float_model") or (ckpt["model"] if ckpt["phase"] == "float" else None)
+    if state is None:
+        raise TrainError(f"--init-from {path}: the checkpoint holds no float weights")
+    return state
 
 
 def _cpu_state(model: nn.Module) -> dict:
