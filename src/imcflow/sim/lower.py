@@ -127,8 +127,13 @@ class _Lowerer:
 
     # --- program ------------------------------------------------------------------------------
     def run(self) -> Lowered:
-        for phase in self.p.phases:
-            self.phase(phase)
+        """Batches of ``Program.batch`` images go through every phase in turn (one batch of all the
+        images when the program has one phase: its weights stay resident)."""
+        size = self.images if len(self.p.phases) == 1 else max(1, self.p.batch)
+        for first in range(0, self.images, size):
+            batch = list(range(first, min(self.images, first + size)))
+            for phase in self.p.phases:
+                self.phase(phase, batch)
         return self.out
 
     def lanes(self, phase: Phase) -> dict[int, int]:
@@ -137,7 +142,7 @@ class _Lowerer:
             by[(t.core, t.slot)].append(t.tile_id)
         return {tid: i for ids in by.values() for i, tid in enumerate(ids)}
 
-    def phase(self, phase: Phase) -> None:
+    def phase(self, phase: Phase, batch: list[int]) -> None:
         chip, pi = self.chip, phase.index
         tiles = {t.tile_id: t for t in phase.tiles}
         self.tiles = tiles
@@ -150,7 +155,7 @@ class _Lowerer:
             dur = max(bits / chip.weight_load.bus_bits, bits / chip.weight_load.array_write_bits_per_cycle) * self.cyc
             load_op[t.tile_id] = self.new("bus", dur, OpKind.LOAD, self.prev_core_ops.get(t.core, []), t.core,
                                           t.layer, 0, phase=pi)
-            c = EventCounts(weight_bits=bits, offchip_bits=bits, control_cycles=dur / self.cyc)
+            c = EventCounts(weight_bits=bits, offchip_bits=bits)
             self.out.load_counts = self.out.load_counts + c
             _add(self.out.core_counts, t.core, c)
         self.load_op = load_op
@@ -158,9 +163,9 @@ class _Lowerer:
         self.sends: dict[tuple[int, int], dict[int, int]] = {}  # (stream, image) -> chunk -> transfer op
         last_core: dict[int, list[int]] = defaultdict(list)
         self.prev_task_op: dict[tuple, int] = {}
-        for b in range(self.images):
-            self.image(phase, b, last_core)
-        self.backpressure(phase)
+        for b in batch:
+            self.image(phase, b, last_core, b == batch[-1])
+        self.backpressure(phase, batch)
         self.prev_core_ops = last_core
 
     def route_depth(self, phase: Phase) -> dict[int, int]:
@@ -176,7 +181,7 @@ class _Lowerer:
             out[r.stream_id] = depth
         return out
 
-    def image(self, phase: Phase, b: int, last_core) -> None:
+    def image(self, phase: Phase, b: int, last_core, last: bool) -> None:
         avail: dict[int, dict] = defaultdict(lambda: defaultdict(list))
         pcs = {(cp.core, k): 0 for cp in phase.cores for k in range(len(cp.tasks))}
         tasks = {(cp.core, k): t for cp in phase.cores for k, t in enumerate(cp.tasks)}
@@ -199,7 +204,7 @@ class _Lowerer:
                     except _Blocked as exc:
                         why[key] = str(exc)
                         break
-                    if ops and b == self.images - 1:
+                    if ops and last:
                         last_core[core].append(ops[-1])
                     pcs[key] += 1
                     progress = True
@@ -334,7 +339,7 @@ class _Lowerer:
         all_deps = [self.deps_for(avail, src, ins.ch_lo, ins.ch_hi, *self.in_rows(node, src, k, (p0, p1)), where)
                     for k, p0, p1 in chunks]
         for (k, p0, p1), deps in zip(chunks, all_deps):
-            if b == 0 or not ops:
+            if not ops:  # the tile must be loaded (a no-op dependency after the first image)
                 deps = deps + [self.load_op[t.tile_id]]
             px = p1 - p0
             planes = px * ins.x_bits * scale
@@ -382,9 +387,11 @@ class _Lowerer:
         _add(self.out.counts, layer, c)
         _add(self.out.core_counts, core, c)
 
-    def backpressure(self, phase: Phase) -> None:
-        """Space dependencies: a stream chunk waits for the consumers of the chunk ``capacity``
-        chunks earlier (in image-major order) on every destination core."""
+    def backpressure(self, phase: Phase, batch: list[int]) -> None:
+        """Space dependencies, per destination core: a stream chunk that core ``d`` uses waits
+        until ``d`` has finished with the chunk it used ``capacity`` chunks earlier (image-major
+        order). Chunks a destination does not use (a forked stream's rows for other copies) are
+        dropped on arrival and hold no space there."""
         chip = self.chip
         n_in: dict[int, int] = defaultdict(int)
         for s in phase.streams:
@@ -393,23 +400,23 @@ class _Lowerer:
                     n_in[d] += 1
         for s in phase.streams:
             dsts = [d for d in s.dsts if d >= 0]
-            if not dsts:
-                continue
-            seq = [self.sends[(s.stream_id, b)] for b in range(self.images) if (s.stream_id, b) in self.sends]
+            seq = [self.sends[(s.stream_id, b)] for b in batch if (s.stream_id, b) in self.sends]
             flat = [op for by in seq for _, op in sorted(by.items())]
-            if not flat:
+            if not dsts or not flat:
                 continue
-            chunk_bits = max(1.0, max(self.out.ops[o].duration_s for o in flat) / self.cyc *
-                             (chip.io.in_bits_per_cycle if s.src == IN_PORT else chip.ocn.track_bits))
-            per_stream = chip.buffer.input_bytes * 8 / max(1, max(n_in[d] for d in dsts))
-            cap = max(self.min_window(s), int(per_stream // chunk_bits))
-            if s.src == IN_PORT and s.tensor == self.p.qgraph.input_name:
-                cap = min(cap, max(self.min_window(s), len(seq[0])))  # the host feeds one image ahead
-            for i in range(cap, len(flat)):
-                space = self.consumers.get(flat[i - cap], [])
-                if space:
-                    op = self.out.ops[flat[i]]
-                    op.space_deps = tuple(sorted(set(space) - set(op.deps) - {op.id}))
+            rate = chip.io.in_bits_per_cycle if s.src == IN_PORT else chip.ocn.track_bits
+            chunk_bits = max(1.0, max(self.out.ops[o].duration_s for o in flat) / self.cyc * rate)
+            for d in dsts:
+                used = [(o, [c for c in self.consumers.get(o, []) if self.out.ops[c].core == d]) for o in flat]
+                used = [(o, cons) for o, cons in used if cons]
+                cap = max(self.min_window(s), int(chip.buffer.input_bytes * 8 / n_in[d] // chunk_bits))
+                if s.src == IN_PORT and s.tensor == self.p.qgraph.input_name:
+                    per_image = max(1, len(used) // max(1, len(seq)))
+                    cap = max(self.min_window(s), per_image)   # the host feeds one image ahead
+                for i in range(cap, len(used)):
+                    op = self.out.ops[used[i][0]]
+                    extra = set(used[i - cap][1]) - set(op.deps) - {op.id}
+                    op.space_deps = tuple(sorted(set(op.space_deps) | extra))
 
     def min_window(self, s) -> int:
         """Chunks a consumer may need at once (receptive field rows), plus one being filled."""
