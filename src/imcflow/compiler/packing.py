@@ -70,8 +70,9 @@ class Packer:
     With a ``budget_s`` > 0 the packer packs for locality instead: among spots that keep the
     array's time within the budget it takes the array with the most *affinity* (tiles of the same
     layer copy count 2: their outputs leave as one stream; tiles of a layer in ``related`` (its
-    producers and consumers) count 1: the stream between them stays inside the array), then an
-    already used array; only when no spot is within budget does it fall back to the least time."""
+    producers and consumers) count 1: the stream between them stays inside the array; tiles of
+    another copy of the same layer count -4: copies sharing an array take turns, which defeats
+    them), then an already used array; only when no spot is within budget does it fall back to the least time."""
 
     def __init__(self, chip: ChipConfig, budget_s: float = 0.0, related: dict[str, set[str]] | None = None):
         self.chip = chip
@@ -82,8 +83,14 @@ class Packer:
 
     def _affinity(self, placed: list[Placed], req: TileReq) -> int:
         near = self.related.get(req.layer, set())
-        return sum(2 if (p.req.layer, p.req.copy) == (req.layer, req.copy) else 1 if p.req.layer in near else 0
-                   for p in placed)
+        score = 0
+        for p in placed:
+            if p.req.layer == req.layer:
+                # the same copy: one output stream; another copy: they would take turns (no gain)
+                score += 2 if p.req.copy == req.copy else -4
+            elif p.req.layer in near:
+                score += 1
+        return score
 
     def place(self, req: TileReq) -> Placed | None:
         """Place ``req`` at its cheapest spot; None if no array has room."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 
 from imcflow.compiler.codegen import emit_phase
-from imcflow.compiler.placement import (OBJECTIVES, PhasePlan, fewer_copies, phase_work_of, place, place_phase,
+from imcflow.compiler.placement import (OBJECTIVES, PhasePlan, fewer_copies, localised, phase_work_of, place, place_phase,
                                        split_plan)
+from imcflow.compiler.partition import PLAN_BATCH
 from imcflow.compiler.routing import phase_streams, route_phase
 from imcflow.compiler.tiling import LayerTiling, tile_graph
 from imcflow.config.chip import ChipConfig
@@ -67,9 +68,10 @@ def _needed_later(qgraph: QGraph, plans: list[PhasePlan], index: int) -> set[str
 
 def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plans: list[PhasePlan],
                objective: str) -> tuple[Phase, ...]:
-    """Route and emit every phase. A phase that cannot be routed is re-placed with fewer copies
-    (about three quarters of each layer's, step by step, so fewer streams) until every layer has
-    one copy; then it is cut into two phases (each placed afresh)."""
+    """Route and emit every phase. A phase that cannot be routed is first re-packed for locality
+    (same copies, fewer streams), then re-placed with fewer copies (the layer with the most output
+    pieces keeps about three quarters, step by step), each again with its locality re-packing,
+    until every layer has one copy; then it is cut into two phases (each placed afresh)."""
     phases: list[Phase] = []
     while len(phases) < len(plans):
         i = len(phases)
@@ -78,6 +80,9 @@ def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
         emitted = None
         while plan is not None and emitted is None:
             emitted = _try_route(qgraph, tilings, chip, plan, later)
+            if emitted is None:
+                local = localised(qgraph, tilings, chip, plan, objective)
+                emitted = None if local is None else _try_route(qgraph, tilings, chip, local, later)
             if emitted is None:
                 last = plan
                 plan = fewer_copies(qgraph, tilings, chip, plan, objective)
@@ -91,7 +96,7 @@ def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
 def _try_route(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,
                later: set[str]) -> Phase | None:
     work, _ = phase_work_of(qgraph, plan.nodes, plan.placed, tilings, plan.col_tiles, plan.copies)
-    array_s = max(estimate_phase(work, chip).core_array_s.values(), default=0.0)
+    array_s = max(max(estimate_phase(work, chip).core_array_s.values(), default=0.0), plan.floor_s)
     merge_bits = array_s * chip.clock.digital_hz * chip.ocn.track_bits
     specs = phase_streams(qgraph, plan, tilings, later, chip.simd.accumulator_bits, merge_bits)
     try:
@@ -108,7 +113,10 @@ def _split(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, pl
         raise CompileError(f"phase {plan.index} (layer {plan.nodes}): even one column tile cannot be routed on the "
                            f"{chip.grid_rows}x{chip.grid_cols} mesh with {chip.ocn.tracks_per_channel} tracks per "
                            f"channel (ocn.tracks_per_channel); raise it or use a larger grid")
-    return [place_phase(qgraph, tilings, chip, objective, plan.index, nodes, cts) for nodes, cts in halves]
+    # each half keeps the phase's I/O floor and fill weight (its own I/O is at least as large, as
+    # the cut tensor leaves and returns through the ports)
+    return [place_phase(qgraph, tilings, chip, objective, plan.index, nodes, cts, plan.floor_s,
+                        fill_weight=plan.fill_weight or 1.0 / PLAN_BATCH) for nodes, cts in halves]
 
 
 def choose_batch(estimates, chip: ChipConfig, objective: str, batch: int | None,

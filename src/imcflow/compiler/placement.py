@@ -25,6 +25,7 @@ pieces at three quarters and places the phase afresh (step by step, never straig
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -319,14 +320,24 @@ class Search:
         if best is not None and self.objective == "throughput":
             # the same stage time, with the tiles packed for locality (fewer streams to route)
             budget = max(self.floor_s, max(best_est.core_array_s.values(), default=0.0))
-            packer = Packer(self.chip, budget, self.related)
-            self.evaluations += 1
-            if budget > 0 and packer.place_all(sorted(reqs, key=orders[0])):
-                placed = consecutive_column_tiles(packer.placed())
+            placed = self.pack_local(copies, budget)
+            if placed is not None:
                 score = self.score(placed, copies)[0]
                 if score[0] <= best_score[0] * (1 + LOCALITY_TOLERANCE):
                     best, best_score = placed, score
         return best
+
+    def pack_local(self, copies: dict[str, int], budget_s: float) -> tuple[Placed, ...] | None:
+        """The tiles packed for locality within ``budget_s`` of array time per array (see
+        :class:`~imcflow.compiler.packing.Packer`); None if they do not fit."""
+        if budget_s <= 0:
+            return None
+        reqs = [r for layer, cts in self.col_tiles.items() for r in _requests(self.tilings[layer], cts, copies[layer])]
+        packer = Packer(self.chip, budget_s, self.related)
+        self.evaluations += 1
+        if not packer.place_all(sorted(reqs, key=lambda r: (-r.bitplanes, -r.rows * r.cols, r.layer, r.copy, r.ct, r.rt))):
+            return None
+        return consecutive_column_tiles(packer.placed())
 
     def score(self, placed: tuple[Placed, ...], copies: dict[str, int]):
         work, _ = phase_work_of(self.qgraph, self.nodes, placed, self.tilings, self.col_tiles, copies)
@@ -439,6 +450,20 @@ def place_phase(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfi
     _, hosts = phase_work_of(qgraph, nodes, placed, tilings, cts, copies)
     return PhasePlan(index=index, nodes=nodes, col_tiles=cts, copies=copies, placed=placed, hosts=hosts,
                      floor_s=floor_s, fill_weight=fill_weight)
+
+
+def localised(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,
+              objective: str) -> PhasePlan | None:
+    """The phase with the same copies packed purely for locality within its stage time (or its
+    I/O floor, if larger): fewer streams, maybe more fill. None if that packing is not new."""
+    search = Search(qgraph, tilings, chip, plan.nodes, plan.col_tiles, objective, plan.floor_s,
+                    fill_weight=plan.fill_weight)
+    est = search.score(plan.placed, plan.copies)[1]
+    placed = search.pack_local(plan.copies, max(plan.floor_s, max(est.core_array_s.values(), default=0.0)))
+    if placed is None or set(placed) == set(plan.placed):
+        return None
+    _, hosts = phase_work_of(qgraph, plan.nodes, placed, tilings, plan.col_tiles, plan.copies)
+    return dataclasses.replace(plan, placed=placed, hosts=hosts)
 
 
 def fewer_copies(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +104,21 @@ def needed_input_pixels(qgraph: QGraph, tl: LayerTiling, copy: int, n_copies: in
     return r0 * w_in, (r1 + 1) * w_in
 
 
+def _split_port_pieces(pieces: list[tuple], bits: int, cap_bits: float) -> list[tuple]:
+    """Pieces from the input port larger than ``cap_bits`` per image cut into equal channel groups
+    of at most ``cap_bits`` (one track each), so that no single track limits the phase when the
+    port is wider than a track. ``cap_bits`` 0: unchanged."""
+    out = []
+    for piece in pieces:
+        src, oc_lo, oc_hi, px_lo, px_hi, made_here = piece
+        total = (oc_hi - oc_lo) * (px_hi - px_lo) * bits
+        n = min(oc_hi - oc_lo, math.ceil(total / cap_bits - 1e-9)) if src == IN_PORT and cap_bits > 0 else 1
+        for k in range(max(1, n)):
+            lo, hi = oc_lo + k * (oc_hi - oc_lo) // n, oc_lo + (k + 1) * (oc_hi - oc_lo) // n
+            out.append((src, lo, hi, px_lo, px_hi, made_here) if n > 1 else piece)
+    return out
+
+
 def merge_streams(streams: list[StreamSpec], cap_bits: float) -> list[StreamSpec]:
     """Join activation streams of one tensor from one source with the same pixels and destinations
     whose channel ranges touch (column tiles of one layer copy on one array) into one stream, as
@@ -124,14 +140,16 @@ def merge_streams(streams: list[StreamSpec], cap_bits: float) -> list[StreamSpec
 def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling],
                   needed_later: set[str], acc_bits: int, merge_bits: float = 0.0) -> list[StreamSpec]:
     """Every stream of one phase (activations, partial sums, port traffic); activation pieces
-    are joined by :func:`merge_streams` up to ``merge_bits`` per stream (0: not joined)."""
+    are joined by :func:`merge_streams` up to ``merge_bits`` per stream, and pieces from the input
+    port are cut into streams of at most ``merge_bits`` (0: neither)."""
     in_phase = set(plan.nodes)
     tensors = [t for t in [qgraph.input_name] + [n.name for n in qgraph.nodes]
                if t in in_phase or any(t in qgraph.node(m).inputs for m in plan.nodes)]
     streams: list[StreamSpec] = []
     for t in tensors:
         bits = qgraph.spec(t).bits
-        for src, oc_lo, oc_hi, px_lo, px_hi, made_here in _pieces(qgraph, plan, tilings, t):
+        for src, oc_lo, oc_hi, px_lo, px_hi, made_here in _split_port_pieces(
+                _pieces(qgraph, plan, tilings, t), bits, merge_bits):
             dsts = set()
             for p in plan.placed:
                 q = p.req

@@ -26,8 +26,10 @@ it, so they agree on what a mapping costs. It is deliberately simple and documen
 - **Per-image time** of a program with batch B: one phase, weights resident:
   stage time; several phases: sum over phases of (load time / B + stage time + fill / B), where
   the fill (pipeline latency of the phase, below) is paid once per batch.
-- **Latency** of one image through a phase = sum over its MVM layers of the layer's largest tile
-  time (layers of one image run one after another) plus its SIMD-only nodes; program latency =
+- **Latency** of one image through a phase = sum over its MVM layers of the layer's time (on each
+  core, the layer's tiles in one slot run together and its slots take turns; the slowest core
+  counts: :func:`layer_latency_s`; layers of one image run one after another) plus its SIMD-only
+  nodes; program latency =
   sum over phases of (load time + latency) (batch 1; one-phase programs: weights already loaded).
 - **Energy** per image = column evaluations x ``column_eval_j`` + SIMD ops x ``simd_op_j`` + OCN
   bits x hops x ``ocn_bit_hop_j`` + off-chip bits x ``offchip_bit_j`` + weight bits loaded / B x
@@ -192,6 +194,22 @@ def bus_bits(tiles: tuple[TileWork, ...] | list[TileWork], chip: ChipConfig) -> 
     return total
 
 
+def layer_latency_s(by_core: dict[int, list[TileWork]], chip: ChipConfig) -> dict[str, float]:
+    """Per layer: the time one image spends in it. On each core, the layer's tiles in one slot run
+    together and its slots take turns (copies sharing an array add up); cores run in parallel."""
+    out: dict[str, float] = defaultdict(float)
+    for tiles in by_core.values():
+        longest: dict[tuple[str, int], int] = defaultdict(int)
+        for t, s in zip(tiles, slot_schedule(tiles)):
+            longest[(t.layer, s)] = max(longest[(t.layer, s)], t.bitplanes)
+        per_layer: dict[str, int] = defaultdict(int)
+        for (layer, _), n in longest.items():
+            per_layer[layer] += n
+        for layer, n in per_layer.items():
+            out[layer] = max(out[layer], n * chip.bitplane_s)
+    return out
+
+
 def load_time_s(tiles: tuple[TileWork, ...] | list[TileWork], chip: ChipConfig) -> float:
     """Weight load time of a phase holding ``tiles``."""
     if not tiles:
@@ -223,10 +241,8 @@ def estimate_phase(work: PhaseWork, chip: ChipConfig) -> PhaseEstimate:
     bounds = [(v, f"core {c} array") for c, v in arr.items()] + [(v, f"core {c} simd") for c, v in simd.items()]
     bounds += [(stream_s, "stream"), (io_in, "io in"), (io_out, "io out")]
     stage, what = max(bounds, key=lambda b: b[0])
-    layer_time: dict[str, float] = defaultdict(float)
-    for t in work.tiles:
-        layer_time[t.layer] = max(layer_time[t.layer], t.bitplanes * chip.bitplane_s)
-    latency = sum(layer_time.values()) + sum(simd_time_s(n, chip) for n in work.simd_node_ops.values())
+    latency = sum(layer_latency_s(by_core, chip).values()) + sum(simd_time_s(n, chip)
+                                                                 for n in work.simd_node_ops.values())
     e = chip.energy
     energy = (sum(t.column_evals for t in work.tiles) * e.column_eval_j
               + sum(work.simd_ops.values()) * e.simd_op_j
