@@ -95,7 +95,7 @@ def reproduce(chip: ChipConfig, data: str | None = None, batch: dict[str, int] |
     batch = batch or {}
     for net, key, label in (("cifar10-cnn11", "cifar10", "CIFAR-10 CNN"), ("resnet50", "resnet50", "ResNet-50")):
         say(f"compiling and simulating {net} on {chip.name} ...")
-        _benchmark_rows(rep, chip, net, key, label, batch.get(net))
+        _benchmark_rows(rep, chip, net, key, label, batch.get(net), data)
     say("measuring CIFAR-10 accuracy ...")
     rep.add("CIFAR-10 accuracy, bit-true", "cifar10_accuracy_pct", "%",
             lambda: _cifar10_accuracy(chip, data, accuracy_limit),
@@ -106,14 +106,14 @@ def reproduce(chip: ChipConfig, data: str | None = None, batch: dict[str, int] |
 
 
 def _benchmark_rows(rep: Reproduction, chip: ChipConfig, net: str, key: str, label: str,
-                    batch: int | None) -> None:
+                    batch: int | None, data: str | None = None) -> None:
     results: dict[str, Report] = {}
 
     def run() -> Report:
         if "base" not in results:
             flow = need("imcflow.report.flow", "benchmark_reports")
             try:
-                results.update(flow(net, chip, batch=batch))
+                results.update(flow(net, chip, batch=batch, data=data))
             except ImcflowError as exc:
                 raise NotAvailable(f"{type(exc).__name__}: {exc}") from None
         return results["base"]
@@ -132,6 +132,15 @@ def _benchmark_rows(rep: Reproduction, chip: ChipConfig, net: str, key: str, lab
                             "named mechanism switched on (see docs/calibration.md)"))
         rep.rows.append(Row(f"{label} img/s/W, {name}", PUBLISHED[f"{key}_img_s_w"], r.img_per_s_per_w,
                             "img/s/W", ""))
+    if "base" in results:
+        r = results["base"]
+        busy = sum(l.array_busy_s_per_img for l in r.layers)
+        if busy > 0:
+            rep.rows.append(Row(f"{label} img/s bound: {chip.n_cores} arrays always busy", PUBLISHED[f"{key}_img_s"],
+                                chip.n_cores / busy, "img/s", "this tiling, no loads, no pipeline gaps"))
+        if key == "resnet50":
+            rep.rows.append(Row(f"{label} img/s, zero bit-planes skipped", PUBLISHED[f"{key}_img_s"], None, "img/s",
+                                "not measurable here: needs real ImageNet activations (docs/calibration.md)"))
     for name, r in results.items():
         rep.reports[f"{net}:{name}"] = r
 

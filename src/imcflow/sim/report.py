@@ -51,8 +51,8 @@ class TimingResult:
 
 def default_images(prog: Program) -> int:
     """Images to simulate: the program's batch for several phases (loads are amortised over it),
-    else 8 (enough to fill the pipeline and measure the steady-state interval)."""
-    return prog.batch if len(prog.phases) > 1 else 8
+    else 16 (the pipeline fills within a few images; the second half gives the steady interval)."""
+    return prog.batch if len(prog.phases) > 1 else 16
 
 
 def simulate_timing(prog: Program, images: int | None = None, features: Features = Features(),
