@@ -41,10 +41,11 @@ from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
 from imcflow.ir.qgraph import QGraph
 
-PLAN_BATCH = 32
-"""Batch assumed when the partition weighs weight loading and pipeline fill against compute (the
-final batch is chosen afterwards from the objective; with broadcast copies the total load volume
-does not depend on the partition, so this only breaks near-ties)."""
+PLAN_BATCH = 64
+"""Batch assumed when the partition and the placement weigh weight loading and pipeline fill
+(paid once per batch) against per-image compute: the middle of the 32-128 range the throughput
+batch rule lands in for large networks (the final batch is chosen afterwards; with broadcast
+copies the total load volume does not depend on the partition, so this mostly breaks near-ties)."""
 SEARCH_STEPS = 10
 """Bisection steps of the per-phase compute estimate."""
 
