@@ -455,13 +455,17 @@ def place_phase(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfi
 def localised(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,
               objective: str) -> PhasePlan | None:
     """The phase with the same copies packed purely for locality within its stage time (or its
-    I/O floor, if larger): fewer streams, maybe more fill. None if that packing is not new."""
+    I/O floor, if larger): fewer streams, maybe more fill. None if that packing is not new or
+    exceeds that time."""
     search = Search(qgraph, tilings, chip, plan.nodes, plan.col_tiles, objective, plan.floor_s,
                     fill_weight=plan.fill_weight)
     est = search.score(plan.placed, plan.copies)[1]
-    placed = search.pack_local(plan.copies, max(plan.floor_s, max(est.core_array_s.values(), default=0.0)))
+    budget = max(plan.floor_s, max(est.core_array_s.values(), default=0.0))
+    placed = search.pack_local(plan.copies, budget)
     if placed is None or set(placed) == set(plan.placed):
         return None
+    if max(search.score(placed, plan.copies)[1].core_array_s.values(), default=0.0) > budget * (1 + LOCALITY_TOLERANCE):
+        return None  # it did not fit the budget: fewer copies will do better
     _, hosts = phase_work_of(qgraph, plan.nodes, placed, tilings, plan.col_tiles, plan.copies)
     return dataclasses.replace(plan, placed=placed, hosts=hosts)
 
