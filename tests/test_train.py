@@ -140,7 +140,7 @@ def test_qat_phase_small(fake_cifar: Path, tmp_path: Path) -> None:
     result = train(_cfg(fake_cifar, out, cache, epochs_float=0, epochs_qat=1, lr_qat=0.005,
                         resume_from=str(tmp_path / "float" / "float.pt"), **small))
     assert [(r.phase, r.epoch) for r in result.history] == [("qat", 1)]
-    assert set(result.best_acc) == {"qat", "qat_int"}
+    assert set(result.best_acc) == {"qat_init", "qat", "qat_int"}
     qg = QGraph.load(str(out / "qat.qgraph.json"))
     qg.verify()
     assert [n.w_bits for n in qg.mvm_nodes()] == [4] * 11
@@ -191,4 +191,6 @@ def test_init_from_warm_restart(fake_cifar: Path, tmp_path: Path) -> None:
     result = train(_cfg(fake_cifar, out, cache, init_from=init), on_epoch=lambda r: seen.append(r.epoch))
     assert seen == [2] and len(result.history) == 2
     assert result.history[0].loss < cold.history[0].loss  # started from trained weights
-    assert "--init-from" in export_run(out, tmp_path / "w")["command"]
+    record = export_run(out, tmp_path / "w")
+    assert "--init-from" in record["command"]
+    assert len(record["init_run"]["history"]) == 2 and "--epochs-float 2" in record["init_run"]["command"]

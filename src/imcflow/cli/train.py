@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--epochs-qat", type=int, default=0, help="quantisation-aware epochs after the float phase")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.1, help="peak one-cycle learning rate, float phase (default 0.1)")
-    p.add_argument("--lr-qat", type=float, default=0.01, help="initial cosine learning rate, QAT phase")
+    p.add_argument("--lr-qat", type=float, default=0.001, help="initial cosine learning rate, QAT phase (default 0.001)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

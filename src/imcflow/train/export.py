@@ -71,6 +71,8 @@ def export_run(out_dir: str | Path, weights_dir: str | Path, threads: int | None
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": torch.__version__,
     }
+    if cfg.get("init_from"):
+        record["init_run"] = _init_run(Path(cfg["init_from"]))
     dest.mkdir(parents=True, exist_ok=True)
     record["float_weights"] = _export_float(out, dest / f"{name}.pt", ckpt, history)
     qgraphs = [out / "qat.qgraph.json", out / "best-qat.qgraph.json"]
@@ -99,3 +101,13 @@ def _export_float(out: Path, dest: Path, ckpt: dict, history: list[dict]) -> str
     top = max(floats, key=lambda r: r["test_acc"])
     return (f"best float epoch so far ({top['epoch']} of {top['epochs']}, training unfinished), "
             f"test acc {top['test_acc']}")
+
+
+def _init_run(init: Path) -> dict:
+    """Provenance of ``--init-from`` weights: the record of the run whose folder holds them, if any."""
+    sibling = init.parent / LAST
+    if not sibling.is_file():
+        return {"weights": str(init), "run": "unknown (no last.ckpt beside the weights)"}
+    ckpt = load_checkpoint(sibling)
+    return {"weights": str(init), "command": command_from_config(ckpt["config"]), "history": ckpt["history"],
+            "best_test_acc": ckpt["best_acc"]}

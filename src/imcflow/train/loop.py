@@ -49,7 +49,7 @@ class TrainConfig:
     batch_size: int = 256
     lr_float: float = 0.1
     """Peak learning rate of the float phase's one-cycle schedule."""
-    lr_qat: float = 0.01
+    lr_qat: float = 0.001
     """Start of the QAT phase's cosine decay."""
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -253,6 +253,8 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
         gen.set_state(resume["rng"]["generator"])
         start = resume["epoch"]
     out = Path(cfg.out_dir)
+    if phase == "qat" and resume is None:  # the calibrated starting point = post-training quantisation
+        best["qat_init"] = evaluate(model, data.test_x, data.test_y, cfg.device)
     for epoch in range(start, cfg.epochs(phase)):
         rec = _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch)
         history.append(rec)
