@@ -7,8 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 
 def register(subparsers) -> None:
     """Add the ``train`` subcommand."""
@@ -45,13 +43,17 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, printing one line per epoch; the run folder receives checkpoints and result.json."""
+    import torch
+
     from imcflow.train import TrainConfig, TrainError, train
 
     if args.export_only:
         return _export(args)
     if not args.data:
         raise TrainError("imcflow train needs --data DIR (the CIFAR-10 folder) unless --export-only is given")
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise TrainError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(
         data_root=args.data, out_dir=args.out, model=args.model, epochs_float=args.epochs_float,
