@@ -176,3 +176,20 @@ def test_other_objectives_still_compile_multi_phase(objective):
     prog = compile_qgraph(g, chip, objective=objective)
     prog.verify()
     assert Program.from_json(prog.to_json()) == prog
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (4, 4)])
+def test_mini_resnet_programs_compute_the_reference(grid):
+    """Residual adds on grouped SIMD hosts, merged and pixel-aware streams, copies and phases:
+    the simulator's functional run of the Program equals the reference executor bit for bit."""
+    np = pytest.importorskip("numpy")
+    from imcflow.quant.reference import run_qgraph
+    from imcflow.sim.functional import run_program
+    chip = small_chip(grid[0], grid[1], 144, 64)
+    g = resnet_qgraph(chip, blocks=(1, 2), width=8, in_shape=(3, 16, 16), classes=10)
+    prog = compile_qgraph(g, chip)
+    prog.verify()
+    assert any(c.n_copies > 1 for ph in prog.phases for c in ph.copies)
+    assert (len(prog.phases) > 1) == (grid == (2, 2))
+    x = np.random.default_rng(0).integers(0, 256, size=(2, 3, 16, 16))
+    assert np.array_equal(run_program(prog, x, "bit_true"), run_qgraph(g, x, "bit_true", chip))
