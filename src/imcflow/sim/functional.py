@@ -91,6 +91,10 @@ class _Ctx:
     offchip: _Store
     stats: FunctionalStats | None
     node_index: dict[str, int]
+    cache: dict = field(default_factory=dict)
+    """Results of column tiles computed together with another tile of the same row tile."""
+    col_groups: dict = field(default_factory=dict)
+    """(layer, row tile, ch range, px range) -> output-channel ranges of the phase's MVMs."""
 
 
 def run_program(prog: Program, x_int: np.ndarray, mode: str = "bit_true", seed: int = 0,
@@ -133,6 +137,14 @@ def run_program(prog: Program, x_int: np.ndarray, mode: str = "bit_true", seed: 
 
 def _run_phase(ctx: _Ctx, phase: Phase) -> None:
     mem = {cp.core: _Store() for cp in phase.cores}
+    ctx.cache.clear()
+    ctx.col_groups = {}
+    for cp in phase.cores:
+        for task in cp.tasks:
+            for ins in task.instrs:
+                if ins.op == InstrKind.MVM:
+                    key = (ins.layer, ins.row_tile, ins.ch_lo, ins.ch_hi, ins.px_lo, ins.px_hi)
+                    ctx.col_groups.setdefault(key, []).append((ins.oc_lo, ins.oc_hi))
     loaded: dict[int, set[int]] = {cp.core: set() for cp in phase.cores}
     tiles = {t.tile_id: t for t in phase.tiles}
     streams = {s.stream_id: s for s in phase.streams}
@@ -306,13 +318,32 @@ def _mvm(ctx: _Ctx, where: str, core: int, ins, mem: _Store, loaded: set[int], t
         raise _Blocked(f"{where}: input {src!r} ch[{ins.ch_lo}:{ins.ch_hi}] is not on this core for the "
                        f"receptive fields of px[{ins.px_lo}:{ins.px_hi}]")
     x = mem.data[src][:, ins.ch_lo:ins.ch_hi].reshape(ctx.n, ins.ch_hi - ins.ch_lo, h, w)
-    wt = node.weight.reshape(node.c_out, c_in, kernel[0], kernel[1])[ins.oc_lo:ins.oc_hi, ins.ch_lo:ins.ch_hi]
     spec = q.spec(src)
-    seed = int(np.random.SeedSequence([ctx.seed, ctx.node_index[ins.layer], t.tile_id]).generate_state(1)[0] % (1 << 31))
-    acc = kernels.tile_mvm(x, wt, kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding),
-                           px_lo=ins.px_lo, px_hi=ins.px_hi, x_bits=ins.x_bits or spec.bits, x_signed=spec.signed,
-                           w_bits=node.w_bits, full_scale=node.adc_full_scale_rows, mode=ctx.mode, chip=ctx.chip,
-                           seed=seed)
+    key = (ins.layer, ins.row_tile, ins.ch_lo, ins.ch_hi, ins.px_lo, ins.px_hi)
+    cached = ctx.cache.pop(key + (ins.oc_lo, ins.oc_hi), None)
+    if cached is not None:
+        acc = cached
+    else:
+        # Column tiles of one row tile on other cores read the same input integers; in ideal and
+        # bit_true modes each column's result depends only on its own weights, so compute them in
+        # one call and hand each its columns when its own MVM runs (after its own input check).
+        group = [(ins.oc_lo, ins.oc_hi)]
+        if ctx.mode != Mode.ANALOG.value:
+            group = sorted(ctx.col_groups.get(key, group))
+        lo, hi = group[0][0], group[-1][1]
+        if sum(b - a for a, b in group) != hi - lo:
+            group, lo, hi = [(ins.oc_lo, ins.oc_hi)], ins.oc_lo, ins.oc_hi
+        wt = node.weight.reshape(node.c_out, c_in, kernel[0], kernel[1])[lo:hi, ins.ch_lo:ins.ch_hi]
+        seed = int(np.random.SeedSequence([ctx.seed, ctx.node_index[ins.layer], t.tile_id]).generate_state(1)[0]
+                   % (1 << 31))
+        full = kernels.tile_mvm(x, wt, kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding),
+                                px_lo=ins.px_lo, px_hi=ins.px_hi, x_bits=ins.x_bits or spec.bits, x_signed=spec.signed,
+                                w_bits=node.w_bits, full_scale=node.adc_full_scale_rows, mode=ctx.mode, chip=ctx.chip,
+                                seed=seed)
+        for a, b in group:
+            if (a, b) != (ins.oc_lo, ins.oc_hi):
+                ctx.cache[key + (a, b)] = full[:, a - lo:b - lo]
+        acc = full[:, ins.oc_lo - lo:ins.oc_hi - lo]
     oc, oh, ow = _chw(node.out)
     mem.put(("psum", ins.layer, ins.row_tile), (ctx.n, oc, oh * ow), (ins.oc_lo, ins.oc_hi),
             (ins.px_lo, ins.px_hi), acc)
