@@ -118,3 +118,17 @@ def test_tiny_zoo_networks_equal_reference(name):
     x = _inputs(q, 3, 0)
     for mode in ("ideal", "bit_true"):
         assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), (name, mode)
+
+
+def test_activity_stats_count_planes_and_ones():
+    q = random_qgraph(0, TINY)
+    prog = compile_qgraph(q, TINY)
+    first = [t for t in prog.phases[0].tiles if t.layer == q.nodes[0].name]
+    st = FunctionalStats()
+    run_program(prog, np.zeros((2, *q.input.shape), dtype=np.int64), "bit_true", stats=st)
+    assert all(st.nonzero_planes[t.tile_id] == 0 and st.ones[t.tile_id] == 0 for t in first)
+    st = FunctionalStats()
+    full = np.full((2, *q.input.shape), q.input.max_int, dtype=np.int64)
+    run_program(prog, full, "bit_true", stats=st)
+    for t in first:   # every pixel's window holds at least one all-ones input: every plane is evaluated
+        assert st.nonzero_planes[t.tile_id] == st.mvm_vectors[t.tile_id] * q.input.bits
