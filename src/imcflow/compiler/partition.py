@@ -16,7 +16,7 @@ A phase is a run of consecutive segments ``[i, j)``. Its cost per image is estim
   per array) and area (cells per array). This is the same balancing rule the placement uses
   (:mod:`imcflow.compiler.placement`), without block-diagonal sharing (conservative);
 - *io_in* / *io_out*: bits of tensors entering from / leaving to off-chip memory per image over
-  ``io.in_bits_per_cycle`` / ``io.out_bits_per_cycle``;
+  :func:`port_in_rate` / ``io.out_bits_per_cycle``;
 - *weight load*: the phase's weights over the bus (copies once with
   ``weight_load.broadcast_copies``, else once per copy); *fill*: one image's pass through the
   phase's layers.
@@ -48,6 +48,19 @@ batch rule lands in for large networks (the final batch is chosen afterwards; wi
 copies the total load volume does not depend on the partition, so this mostly breaks near-ties)."""
 SEARCH_STEPS = 10
 """Bisection steps of the per-phase compute estimate."""
+
+
+def port_streams(chip: ChipConfig) -> int:
+    """Streams the input port feeds at full rate at once: each stream takes one track
+    (``ocn.track_bits`` per cycle) and the port carries ``io.in_bits_per_cycle``."""
+    return max(1, chip.io.in_bits_per_cycle // chip.ocn.track_bits)
+
+
+def port_in_rate(chip: ChipConfig) -> float:
+    """Bits per cycle a phase can take from the input port: the port's rate, but no more than the
+    tracks out of the west-edge switches into the mesh (one channel of ``ocn.tracks_per_channel``
+    tracks per grid row) carry."""
+    return min(chip.io.in_bits_per_cycle, chip.grid_rows * chip.ocn.tracks_per_channel * chip.ocn.track_bits)
 
 
 @dataclass(frozen=True)
@@ -225,8 +238,9 @@ class Partitioner:
             later = name == self.q.output or any(self.last_seg.get(c, -1) >= j for c in self.consumers.get(name, ()))
             if later:
                 bits_out += self._bits(name) * frac[name]
-        cyc = 1.0 / self.chip.clock.digital_hz
-        return (bits_in / self.chip.io.in_bits_per_cycle * cyc, bits_out / self.chip.io.out_bits_per_cycle * cyc)
+        chip = self.chip
+        cyc = 1.0 / chip.clock.digital_hz
+        return bits_in / port_in_rate(chip) * cyc, bits_out / chip.io.out_bits_per_cycle * cyc
 
     def items(self, cts: dict[str, tuple[int, int]]) -> list[_Item]:
         out = []
@@ -312,5 +326,5 @@ def partition(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
     return Partitioner(qgraph, tilings, chip).run()
 
 
-__all__ = ["Segment", "layer_segments", "partition", "estimate_compute", "ffd_fits", "copies_for",
+__all__ = ["port_streams", "port_in_rate", "Segment", "layer_segments", "partition", "estimate_compute", "ffd_fits", "copies_for",
            "tile_time_s", "PLAN_BATCH"]

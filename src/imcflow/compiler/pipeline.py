@@ -12,7 +12,7 @@ from imcflow.compiler.codegen import emit_phase
 from imcflow.compiler.placement import (OBJECTIVES, PhasePlan, fewer_copies, localised, phase_work_of, place, place_phase,
                                        split_plan)
 from imcflow.compiler.partition import PLAN_BATCH
-from imcflow.compiler.routing import phase_streams, route_phase
+from imcflow.compiler.routing import phase_streams, port_streams, route_phase
 from imcflow.compiler.tiling import LayerTiling, tile_graph
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError, ImcflowError
@@ -72,7 +72,8 @@ def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
     """Route and emit every phase. A phase that cannot be routed is first re-packed for locality
     (same copies, fewer streams), then re-placed with fewer copies (the layer with the most output
     pieces keeps about three quarters, step by step), each again with its locality re-packing,
-    until every layer has one copy; then it is cut into two phases (each placed afresh)."""
+    until every layer has one copy; then with fewer streams from the input port; then it is cut
+    into two phases (each placed afresh)."""
     phases: list[Phase] = []
     while len(phases) < len(plans):
         i = len(phases)
@@ -87,6 +88,9 @@ def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
             if emitted is None:
                 last = plan
                 plan = fewer_copies(qgraph, tilings, chip, plan, objective)
+        if emitted is None:  # one copy each: last, fewer streams from the input port
+            splits = tuple(sorted({port_streams(chip), 1}, reverse=True))
+            emitted = _try_route(qgraph, tilings, chip, last, later, splits)
         if emitted is None:
             plans = plans[:i] + _split(qgraph, tilings, chip, last, objective) + plans[i + 1:]
         else:
@@ -95,16 +99,21 @@ def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
 
 
 def _try_route(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,
-               later: set[str]) -> Phase | None:
+               later: set[str], port_splits: tuple[int, ...] = (0,)) -> Phase | None:
+    """The phase routed and emitted, or None. ``port_splits``: the limits on the streams each
+    input-port piece is cut into, tried in turn (0: as many as a track's share of the stage needs;
+    fewer streams route more easily but each carries more)."""
     work, _ = phase_work_of(qgraph, plan.nodes, plan.placed, tilings, plan.col_tiles, plan.copies)
     array_s = max(max(estimate_phase(work, chip).core_array_s.values(), default=0.0), plan.floor_s)
     merge_bits = array_s * chip.clock.digital_hz * chip.ocn.track_bits
-    specs = phase_streams(qgraph, plan, tilings, later, chip.simd.accumulator_bits, merge_bits)
-    try:
-        perm, routes = route_phase(plan, qgraph, chip, specs)
-    except CompileError:
-        return None
-    return emit_phase(plan, qgraph, tilings, chip, specs, perm, routes)
+    for split in port_splits:
+        specs = phase_streams(qgraph, plan, tilings, later, chip.simd.accumulator_bits, merge_bits, split)
+        try:
+            perm, routes = route_phase(plan, qgraph, chip, specs)
+        except CompileError:
+            continue
+        return emit_phase(plan, qgraph, tilings, chip, specs, perm, routes)
+    return None
 
 
 def _split(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,

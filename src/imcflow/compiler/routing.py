@@ -31,6 +31,7 @@ import numpy as np
 
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
+from imcflow.compiler.partition import port_streams
 from imcflow.compiler.placement import PhasePlan, pixel_range
 from imcflow.compiler.tiling import LayerTiling
 from imcflow.ir.program import IN_PORT, OUT_PORT, StreamKind
@@ -104,15 +105,16 @@ def needed_input_pixels(qgraph: QGraph, tl: LayerTiling, copy: int, n_copies: in
     return r0 * w_in, (r1 + 1) * w_in
 
 
-def _split_port_pieces(pieces: list[tuple], bits: int, cap_bits: float) -> list[tuple]:
+def _split_port_pieces(pieces: list[tuple], bits: int, cap_bits: float, most: int) -> list[tuple]:
     """Pieces from the input port larger than ``cap_bits`` per image cut into equal channel groups
-    of at most ``cap_bits`` (one track each), so that no single track limits the phase when the
-    port is wider than a track. ``cap_bits`` 0: unchanged."""
+    of about ``cap_bits`` (one track each; at most ``most`` groups, 0: no limit), so that no single
+    track limits the phase when the port is wider than a track. ``cap_bits`` 0: unchanged."""
     out = []
     for piece in pieces:
         src, oc_lo, oc_hi, px_lo, px_hi, made_here = piece
         total = (oc_hi - oc_lo) * (px_hi - px_lo) * bits
-        n = min(oc_hi - oc_lo, math.ceil(total / cap_bits - 1e-9)) if src == IN_PORT and cap_bits > 0 else 1
+        n = min(oc_hi - oc_lo, most or total, math.ceil(total / cap_bits - 1e-9)) \
+            if src == IN_PORT and cap_bits > 0 and most != 1 else 1
         for k in range(max(1, n)):
             lo, hi = oc_lo + k * (oc_hi - oc_lo) // n, oc_lo + (k + 1) * (oc_hi - oc_lo) // n
             out.append((src, lo, hi, px_lo, px_hi, made_here) if n > 1 else piece)
@@ -138,10 +140,12 @@ def merge_streams(streams: list[StreamSpec], cap_bits: float) -> list[StreamSpec
 
 
 def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling],
-                  needed_later: set[str], acc_bits: int, merge_bits: float = 0.0) -> list[StreamSpec]:
+                  needed_later: set[str], acc_bits: int, merge_bits: float = 0.0,
+                  port_split: int = 0) -> list[StreamSpec]:
     """Every stream of one phase (activations, partial sums, port traffic); activation pieces
-    are joined by :func:`merge_streams` up to ``merge_bits`` per stream, and pieces from the input
-    port are cut into streams of at most ``merge_bits`` (0: neither)."""
+    are joined by :func:`merge_streams` up to ``merge_bits`` per stream (0: not joined), and
+    pieces from the input port are cut into streams of about ``merge_bits`` (at most
+    ``port_split`` of them; 0: no limit)."""
     in_phase = set(plan.nodes)
     tensors = [t for t in [qgraph.input_name] + [n.name for n in qgraph.nodes]
                if t in in_phase or any(t in qgraph.node(m).inputs for m in plan.nodes)]
@@ -149,7 +153,7 @@ def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTilin
     for t in tensors:
         bits = qgraph.spec(t).bits
         for src, oc_lo, oc_hi, px_lo, px_hi, made_here in _split_port_pieces(
-                _pieces(qgraph, plan, tilings, t), bits, merge_bits):
+                _pieces(qgraph, plan, tilings, t), bits, merge_bits, port_split):
             dsts = set()
             for p in plan.placed:
                 q = p.req
