@@ -57,10 +57,11 @@ def port_streams(chip: ChipConfig) -> int:
 
 
 def port_in_rate(chip: ChipConfig) -> float:
-    """Bits per cycle a phase can take from the input port: the port's rate, but no more than the
-    tracks out of the west-edge switches into the mesh (one channel of ``ocn.tracks_per_channel``
-    tracks per grid row) carry."""
-    return min(chip.io.in_bits_per_cycle, chip.grid_rows * chip.ocn.tracks_per_channel * chip.ocn.track_bits)
+    """Bits per cycle a phase can take from the input port: the port's rate, but no more than
+    ``ocn.tracks_per_channel`` tracks' worth (an input forked to many cores travels as trees that
+    share the mesh's channels, each of ``ocn.tracks_per_channel`` tracks, so about that many such
+    streams fit at once)."""
+    return min(chip.io.in_bits_per_cycle, chip.ocn.tracks_per_channel * chip.ocn.track_bits)
 
 
 @dataclass(frozen=True)
