@@ -327,5 +327,5 @@ def partition(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
     return Partitioner(qgraph, tilings, chip).run()
 
 
-__all__ = ["port_streams", "port_in_rate", "Segment", "layer_segments", "partition", "estimate_compute", "ffd_fits", "copies_for",
-           "tile_time_s", "PLAN_BATCH"]
+__all__ = ["port_streams", "port_in_rate", "Segment", "layer_segments", "partition", "estimate_compute", "ffd_fits",
+           "copies_for", "tile_time_s", "PLAN_BATCH"]

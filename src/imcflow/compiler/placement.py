@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
 from imcflow.compiler.packing import Packer, Placed, TileReq
-from imcflow.compiler.partition import PLAN_BATCH, partition
+from imcflow.compiler.partition import PLAN_BATCH, partition, tile_time_s
 from imcflow.compiler.tiling import LayerTiling
 from imcflow.ir.qgraph import QGraph, QOp
 from imcflow.perf.model import PhaseEstimate, PhaseWork, estimate_phase, node_simd_ops
@@ -335,7 +335,8 @@ class Search:
         reqs = [r for layer, cts in self.col_tiles.items() for r in _requests(self.tilings[layer], cts, copies[layer])]
         packer = Packer(self.chip, budget_s, self.related)
         self.evaluations += 1
-        if not packer.place_all(sorted(reqs, key=lambda r: (-r.bitplanes, -r.rows * r.cols, r.layer, r.copy, r.ct, r.rt))):
+        order = sorted(reqs, key=lambda r: (-r.bitplanes, -r.rows * r.cols, r.layer, r.copy, r.ct, r.rt))
+        if not packer.place_all(order):
             return None
         return consecutive_column_tiles(packer.placed())
 
@@ -389,11 +390,6 @@ BALANCE_PATIENCE = 3
 """Feasible targets tried past the best one before the balanced search stops."""
 
 
-def layer_time_s(tl: LayerTiling, chip: ChipConfig) -> float:
-    """Per-image array time of one tile of one copy of a layer (all its output pixels)."""
-    return tl.pixels * tl.x_bits * chip.bitplane_s
-
-
 def balanced_copies(tilings: dict[str, LayerTiling], cts: dict[str, tuple[int, int]], chip: ChipConfig,
                     target_s: float, caps: dict[str, int]) -> dict[str, int]:
     """Copies per layer in proportion to its work: enough that each copy's tiles take at most
@@ -401,7 +397,7 @@ def balanced_copies(tilings: dict[str, LayerTiling], cts: dict[str, tuple[int, i
     out = {}
     for layer in cts:
         tl = tilings[layer]
-        out[layer] = max(1, min(caps[layer], math.ceil(layer_time_s(tl, chip) / target_s - 1e-9)))
+        out[layer] = max(1, min(caps[layer], math.ceil(tile_time_s(tl, chip) / target_s - 1e-9)))
     return out
 
 
@@ -411,7 +407,7 @@ def balanced_search(search: Search, tilings: dict[str, LayerTiling], cts: dict[s
     (total tile work) / n_cores upwards (ratio BALANCE_STEP), give every layer ``ceil(t_L / T)``
     copies, pack, and keep the packing the objective scores best; stop BALANCE_PATIENCE feasible
     targets after the best. None when not even one copy of every layer packs."""
-    times = {layer: layer_time_s(tilings[layer], chip) for layer in cts}
+    times = {layer: tile_time_s(tilings[layer], chip) for layer in cts}
     work = sum(times[layer] * len(tilings[layer].row_tiles) * (b - a) for layer, (a, b) in cts.items())
     top = max(times.values(), default=0.0)
     target = work / chip.n_cores if work > 0 else top

@@ -131,7 +131,8 @@ def merge_streams(streams: list[StreamSpec], cap_bits: float) -> list[StreamSpec
     for s in streams:
         prev = out[-1] if out else None
         if (prev is not None and s.kind == StreamKind.ACT and prev.kind == StreamKind.ACT and prev.src >= 0
-                and (prev.tensor, prev.src, prev.px_lo, prev.px_hi, prev.dsts) == (s.tensor, s.src, s.px_lo, s.px_hi, s.dsts)
+                and (prev.tensor, prev.src, prev.px_lo, prev.px_hi, prev.dsts)
+                == (s.tensor, s.src, s.px_lo, s.px_hi, s.dsts)
                 and prev.oc_hi == s.oc_lo and prev.bits + s.bits <= cap_bits):
             out[-1] = dataclasses.replace(prev, oc_hi=s.oc_hi, bits=prev.bits + s.bits)
         else:
