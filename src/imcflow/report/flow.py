@@ -60,7 +60,7 @@ def activity_stats(prog: Program, x_int: np.ndarray, mode: str = "bit_true"):
 
 
 def benchmark_reports(net: str, chip: ChipConfig, batch: int | None = None,
-                      data: str | None = None, activity_images: int = 64) -> dict[str, Report]:
+                      data: str | None = None, activity_images: int = 32) -> dict[str, Report]:
     """Reports of ``net`` on ``chip``: 'base', and, when ``data`` (CIFAR-10) is given and the
     network is trained cifar10-cnn11, 'zero bit-planes skipped' with the activity measured on
     ``activity_images`` test images (real activations; synthetic ones would not be evidence)."""

@@ -99,7 +99,7 @@ def reproduce(chip: ChipConfig, data: str | None = None, batch: dict[str, int] |
     say("measuring CIFAR-10 accuracy ...")
     rep.add("CIFAR-10 accuracy, bit-true", "cifar10_accuracy_pct", "%",
             lambda: _cifar10_accuracy(chip, data, accuracy_limit),
-            f"CIFAR-10 (JPEG q75 copy), {'all' if accuracy_limit is None else f'first {accuracy_limit}'} test images")
+            f"CIFAR-10 (JPEG q75 copy), {'all' if accuracy_limit is None else f'seeded sample of {accuracy_limit}'} test images")
     rep.rows.append(Row("ResNet-50 ImageNet accuracy", PUBLISHED["resnet50_accuracy_pct"], None, "%",
                         "cannot be measured here: no ImageNet data or trained 4-b ResNet-50 weights"))
     return rep
