@@ -44,3 +44,13 @@ def test_verify_rejects_missing_node():
 
 def test_ports_constants_distinct():
     assert IN_PORT != OUT_PORT and IN_PORT < 0 and OUT_PORT < 0
+
+
+@pytest.mark.parametrize("text", ["garbage", "{}", "[1, 2]", '{"__dc__": "Program"}'])
+def test_from_json_rejects_non_programs_with_a_typed_error(text, tmp_path):
+    with pytest.raises(CompileError, match="prog.json"):
+        Program.from_json(text, "prog.json")
+    path = tmp_path / "bin.json"
+    path.write_bytes(b"\x93NUMPY\xff\xfe")
+    with pytest.raises(CompileError, match="bin.json"):
+        Program.load(str(path))

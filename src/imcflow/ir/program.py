@@ -343,17 +343,33 @@ class Program:
         return json.dumps(encode(self), separators=(",", ":"))
 
     @staticmethod
-    def from_json(text: str) -> "Program":
-        return _decode_program(json.loads(text))
+    def from_json(text: str, where: str = "Program JSON") -> "Program":
+        """Decode :meth:`to_json` text; CompileError naming ``where`` if it is not a Program."""
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CompileError(f"{where}: not valid JSON ({exc}); give a file written by 'imcflow compile -o'") from None
+        if not isinstance(obj, dict) or obj.get("__dc__") != "Program":
+            raise CompileError(f"{where}: holds no Program; give a file written by 'imcflow compile -o'")
+        try:
+            return _decode_program(obj)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CompileError(f"{where}: malformed Program ({type(exc).__name__}: {exc}); compile it again") from None
 
     def save(self, path: str) -> None:
+        """Write :meth:`to_json` to ``path``."""
         with open(path, "w") as fh:
             fh.write(self.to_json())
 
     @staticmethod
     def load(path: str) -> "Program":
-        with open(path) as fh:
-            return Program.from_json(fh.read())
+        """Read a Program saved by :meth:`save`; CompileError if the file holds none."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except UnicodeDecodeError:
+            raise CompileError(f"{path}: not a text (JSON) file; give a Program written by 'imcflow compile -o'") from None
+        return Program.from_json(text, str(path))
 
     # --- queries --------------------------------------------------------------------------------
     def core_xy(self, core: int) -> tuple[int, int]:
