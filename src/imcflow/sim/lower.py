@@ -8,7 +8,9 @@ op costs (all from the ChipConfig):
 - MVM chunk: ``pixels x x_bits`` bit-planes of ``chip.bitplane_s`` on the core's array. Tiles of one
   core share its array: a core gets one array *lane* per tile of its busiest slot; tile ``i`` of a
   slot runs on lane ``i`` (so same-slot tiles, disjoint in rows and columns, run simultaneously,
-  and slots take turns), the perf model's ``sum over slots of max over tiles``. With the
+  and slots take turns), the perf model's ``sum over slots of max over tiles``. (Approximation:
+  a tile of one slot and the second tile of another slot sit on different lanes and could
+  overlap; the compiler's slots make this rare.) With the
   ``skip_zero_bitplanes`` feature, each tile's bit-planes are scaled by the measured fraction of
   input bit-planes holding at least one 1 (an all-zero plane of the tile's rows adds no charge to
   any column, so the controller can skip its evaluation; measured by a functional run).
