@@ -92,14 +92,14 @@ def random_qgraph(seed: int, chip: ChipConfig, n_conv: int = 3, in_shape: tuple[
     cur = "x"
     for i in range(n_conv):
         c_out = int(rng.integers(1, max_channels + 1))
-        h = b.specs[cur].shape[1]
+        h = min(b.specs[cur].shape[1:])
         k = int(rng.choice([1, 3])) if chip.array.rows >= 9 else 1
         stride = 2 if (h >= 4 and rng.random() < 0.2) else 1
         cur = b.mvm(f"conv{i}", cur, c_out, k=k, stride=stride)
         if allow_add and stride == 1 and rng.random() < 0.3:
             other = b.mvm(f"conv{i}b", cur, c_out, k=k)
             cur = b.add(f"add{i}", cur, other)
-        h = b.specs[cur].shape[1]
+        h = min(b.specs[cur].shape[1:])
         if allow_pool and h >= 2 and rng.random() < 0.35:
             cur = b.pool(f"pool{i}", cur, QOp.MAXPOOL if rng.random() < 0.7 else QOp.AVGPOOL)
     if len(b.specs[cur].shape) == 3:

@@ -75,6 +75,9 @@ def tile_layer(qgraph: QGraph, index: int, chip: ChipConfig) -> LayerTiling:
     per = arr.cols // node.w_bits
     cols = tuple((lo, min(lo + per, c_out)) for lo in range(0, c_out, per))
     pixels = int(node.out.shape[1] * node.out.shape[2]) if node.op == QOp.CONV and len(node.out.shape) == 3 else 1
+    if pixels < 1:
+        raise CompileError(f"layer {node.name!r}: output map {tuple(node.out.shape)} has no pixels; "
+                           f"the input is too small for its kernel, stride and padding")
     return LayerTiling(layer=node.name, index=index, kh=kh, kw=kw, row_tiles=tuple(groups), col_tiles=cols,
                        w_bits=node.w_bits, x_bits=x.bits, x_signed=x.signed, pixels=pixels,
                        adc_full_scale_rows=node.adc_full_scale_rows)
