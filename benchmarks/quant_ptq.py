@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("--n-calib", type=int, default=256)
     ap.add_argument("--chip", default="jssc2022")
     ap.add_argument("--settings", default="percentile:99.99:max,percentile:99.9:max,max:100:max,mse:0:max,mse:0:mse",
-                    help="comma-separated method:percentile:w_clip activation/weight calibration settings")
+                    help="comma-separated method:percentile:w_clip[:rows|calibrated] calibration settings "
+                         "(activation range, weight clipping, ADC full scale)")
     ap.add_argument("--bit-true", action="store_true", help="also run bit_true for every setting (slow on CPU)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -47,13 +48,16 @@ def main() -> None:
     f_acc = float((run_graph(graph, xt).argmax(1) == yt).mean())
     print(f"float top-1 on {len(yt)} test images: {f_acc:.4f}")
     for setting in args.settings.split(","):
-        method, p, w_clip = setting.split(":")
+        method, p, w_clip, *adc = setting.split(":")
         p = float(p) if method == "percentile" else 99.99
-        spec = QuantSpec(input_scale=1 / 255, method=method, percentile=p, w_clip=w_clip)
+        spec = QuantSpec(input_scale=1 / 255, method=method, percentile=p, w_clip=w_clip,
+                         adc_full_scale=adc[0] if adc else "rows")
         qg = calibrate(graph, xc, args.chip, spec)
         xi = quantize_input(qg, xt)
         t = time.time()
         ideal = float((run_qgraph_fast(qg, xi, "ideal", args.chip).argmax(1) == yt).mean())
+        if spec.adc_full_scale == "calibrated":
+            print("  full scales:", {n.name: n.adc_full_scale_rows for n in qg.mvm_nodes()})
         line = f"PTQ w4a4 {setting:<24}: ideal top-1 {ideal:.4f} ({len(yt) / (time.time() - t):.0f} img/s)"
         if args.bit_true:
             t = time.time()

@@ -96,14 +96,15 @@ def synthetic_calibration(input_shape: tuple[int, ...], n: int = CALIB_SAMPLES, 
 
 def prepare_qat(model: str | Path | torch.nn.Module | Graph, input_shape: tuple[int, ...] | None = None,
                 chip: str | ChipConfig = "jssc2022", w_bits: int = 4, a_bits: int = 4, first_in_bits: int = 8,
-                calib: np.ndarray | None = None, input_scale: float | None = None, seed: int = 0) -> QatNet:
+                calib: np.ndarray | None = None, input_scale: float | None = None, seed: int = 0,
+                adc_full_scale: str = "rows") -> QatNet:
     """A QAT network (:class:`imcflow.quant.qat.QatNet`) of a float model; BN is folded first.
     Give ``calib``, a batch of real training inputs, to initialise the activation step sizes."""
     graph = load_float_graph(model, input_shape, seed=seed)
     if input_scale is None:
         input_scale = _default_input_scale(model, graph)
     return _prepare_qat_graph(graph, chip, w_bits=w_bits, a_bits=a_bits, first_in_bits=first_in_bits,
-                              calib=calib, input_scale=input_scale, seed=seed)
+                              calib=calib, input_scale=input_scale, seed=seed, adc_full_scale=adc_full_scale)
 
 
 def shipped_qgraph_path(name: str) -> Path:
@@ -125,8 +126,10 @@ def check_qgraph_fits_chip(qgraph: QGraph, chip: ChipConfig) -> None:
 
 def load_qgraph(model: str | Path | torch.nn.Module | QGraph, chip: str | ChipConfig = "jssc2022",
                 calib: np.ndarray | None = None, trained: bool = True, seed: int = 0,
-                input_shape: tuple[int, ...] | None = None, w_bits: int = 4, a_bits: int = 4) -> QGraph:
-    """The QGraph of ``model`` for ``chip`` (see module doc for the sources, in order)."""
+                input_shape: tuple[int, ...] | None = None, w_bits: int = 4, a_bits: int = 4,
+                adc_full_scale: str = "rows") -> QGraph:
+    """The QGraph of ``model`` for ``chip`` (see module doc for the sources, in order);
+    ``adc_full_scale`` ("rows" or "calibrated") applies when it is quantised here (PTQ)."""
     chip = get_preset(chip)
     if isinstance(model, QGraph):
         qg = model
@@ -135,7 +138,8 @@ def load_qgraph(model: str | Path | torch.nn.Module | QGraph, chip: str | ChipCo
     else:
         qg = _shipped_qgraph(model, chip) if _is_zoo(model) and trained else None
         if qg is None:
-            qg = _ptq(model, chip, calib, trained, seed, input_shape, w_bits, a_bits)
+            qg = _ptq(model, chip, calib, trained, seed, input_shape, QuantSpec(w_bits=w_bits, a_bits=a_bits,
+                                                                               adc_full_scale=adc_full_scale))
     qg.verify()
     check_qgraph_fits_chip(qg, chip)
     return qg
@@ -154,10 +158,10 @@ def _shipped_qgraph(name: str, chip: ChipConfig) -> QGraph | None:
     return qg
 
 
-def _ptq(model, chip: ChipConfig, calib, trained: bool, seed: int, input_shape, w_bits: int, a_bits: int) -> QGraph:
+def _ptq(model, chip: ChipConfig, calib, trained: bool, seed: int, input_shape, spec: QuantSpec) -> QGraph:
     graph = load_float_graph(model, input_shape, trained, seed)
     data = synthetic_calibration(graph.input_shape, seed=seed) if calib is None else calib
-    spec = QuantSpec(w_bits=w_bits, a_bits=a_bits, input_scale=_default_input_scale(model, graph))
+    spec = dataclasses.replace(spec, input_scale=_default_input_scale(model, graph))
     is_trained = graph.meta.get("trained", True)
     meta = {"trained": is_trained, "calibration_data": "synthetic" if calib is None else "given"}
     notes = []

@@ -19,8 +19,11 @@ Choices (all documented, all parameters of :class:`QuantSpec`):
   maximum, so that classification (arg-max) is exact in integers.
 - **ADC full scale** per MVM layer: :func:`imcflow.ir.qgraph.pick_full_scale` of the rows of the
   layer's largest row tile (:func:`imcflow.ir.qgraph.row_tiles` over ``chip.array.rows``) among
-  ``chip.adc.full_scales_rows``: the smallest full scale no column count can exceed. The compiler
-  and simulator reuse the stored ``adc_full_scale_rows``.
+  ``chip.adc.full_scales_rows``: the smallest full scale no column count can exceed (default,
+  ``adc_full_scale="rows"``); or, with ``adc_full_scale="calibrated"``, the smallest one that
+  clips at most ``adc_clip_fraction`` of the conversions on the calibration inputs
+  (:mod:`imcflow.quant.adc_range`). The compiler and simulator reuse the stored
+  ``adc_full_scale_rows``.
 - **Requant** (:mod:`imcflow.quant.requant`): ``M[c] = s_x s_w[c] / s_out`` and ``b[c] / s_out`` as
   integers at a common shift, 16-b multipliers; ReLU -> ``out_min = 0``, clamp -> ``out_max``.
 - Scale groups (:func:`imcflow.quant.plan.scale_groups`): pool, flatten and concat outputs share
@@ -43,11 +46,16 @@ from imcflow.config.presets import get_preset
 from imcflow.errors import QuantError
 from imcflow.ir.graph import Graph, Node, Op
 from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, pick_full_scale, row_tiles
+from imcflow.quant.adc_range import calibrate_full_scales, with_full_scales
 from imcflow.quant.plan import Plan, float_tensors, plan_graph, pool_stride, scale_groups
+from imcflow.quant.reference import quantize_input
 from imcflow.quant.requant import derive_add, derive_requant, round_half_up
 
 METHODS = ("percentile", "max", "mse")
 W_CLIPS = ("max", "mse")
+ADC_FULL_SCALES = ("rows", "calibrated")
+ADC_CALIB_SAMPLES = 32
+"""Calibration inputs the ``calibrated`` ADC full-scale search runs (the first ones)."""
 MSE_SAMPLES = 1 << 20
 """Values per tensor the ``mse`` range search looks at (a seeded subsample of larger tensors)."""
 MSE_STEPS = 64
@@ -72,6 +80,11 @@ class QuantSpec:
     ``MSE_STEPS`` fractions of the max that minimises the quantisation's mean squared error)."""
     percentile: float = 99.99
     out_margin: float = 2.0
+    adc_full_scale: str = "rows"
+    """``rows``: the smallest full scale no count can exceed (:func:`full_scale_for`, default);
+    ``calibrated``: the smallest one that clips at most ``adc_clip_fraction`` of the conversions
+    on the calibration inputs (:mod:`imcflow.quant.adc_range`)."""
+    adc_clip_fraction: float = 1e-4
     w_clip: str = "max"
     """Weight scale per channel: ``max`` (max|w| / max_int, default) or ``mse`` (the clipped range
     among ``MSE_STEPS`` fractions of max|w| that minimises the channel's squared error). On the
@@ -90,6 +103,10 @@ class QuantSpec:
             raise QuantError(f"out_bits = {self.out_bits}: must be 2..32")
         if self.method not in METHODS:
             raise QuantError(f"calibration method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.adc_full_scale not in ADC_FULL_SCALES:
+            raise QuantError(f"adc_full_scale {self.adc_full_scale!r}: choose one of {', '.join(ADC_FULL_SCALES)}")
+        if not 0 <= self.adc_clip_fraction < 1:
+            raise QuantError(f"adc_clip_fraction = {self.adc_clip_fraction}: must be in [0, 1)")
         if self.w_clip not in W_CLIPS:
             raise QuantError(f"w_clip {self.w_clip!r}: choose one of {', '.join(W_CLIPS)}")
         if not 0 < self.percentile <= 100:
@@ -251,7 +268,7 @@ def full_scale_for(c_in: int, kh: int, kw: int, chip: ChipConfig) -> int:
     return pick_full_scale(rows, chip.adc.full_scales_rows)
 
 
-def _mvm_node(step, specs, chip, spec: QuantSpec, weight, bias, s_w, w_int=None) -> QNode:
+def _mvm_node(step, specs, chip, spec: QuantSpec, full_scale, weight, bias, s_w, w_int=None) -> QNode:
     node = step.node
     x_spec, out = specs[step.inputs[0]], specs[step.name]
     if not 1 <= x_spec.bits <= chip.array.max_bits:
@@ -272,7 +289,8 @@ def _mvm_node(step, specs, chip, spec: QuantSpec, weight, bias, s_w, w_int=None)
         kh = kw = 1
         geo = {}
     return QNode(name=node.name, op=_QOP[node.op], inputs=step.inputs, out=out, weight=w_int, w_bits=w_bits,
-                 w_scale=s_w, adc_full_scale_rows=full_scale_for(w.shape[1], kh, kw, chip), requant=requant, **geo)
+                 w_scale=s_w, adc_full_scale_rows=int(full_scale or full_scale_for(w.shape[1], kh, kw, chip)),
+                 requant=requant, **geo)
 
 
 def _other_node(step, specs) -> QNode:
@@ -291,10 +309,11 @@ def _other_node(step, specs) -> QNode:
 
 def build_qgraph(plan: Plan, ranges: Ranges, chip: str | ChipConfig = "jssc2022", spec: QuantSpec = QuantSpec(),
                  weights: dict[str, tuple] | None = None, scales: dict[str, float] | None = None,
-                 meta: dict | None = None) -> QGraph:
+                 meta: dict | None = None, full_scales: dict[str, int] | None = None) -> QGraph:
     """The QGraph of ``plan`` with calibrated ``ranges``. For QAT export, ``weights`` overrides per
     MVM layer name ``(float weight, float bias or None, weight scales or None[, integer weights])``
-    and ``scales`` fixes tensor scales (see :func:`tensor_specs`)."""
+    and ``scales`` fixes tensor scales (see :func:`tensor_specs`); ``full_scales`` gives layers'
+    ADC full scales (default :func:`full_scale_for`)."""
     chip = get_preset(chip)
     spec.check(chip)
     specs = tensor_specs(plan, ranges, spec, scales)
@@ -302,12 +321,14 @@ def build_qgraph(plan: Plan, ranges: Ranges, chip: str | ChipConfig = "jssc2022"
     nodes = []
     for step in plan.steps:
         if step.node.op in (Op.CONV, Op.LINEAR):
-            nodes.append(_mvm_node(step, specs, chip, spec, *weights.get(step.name, (None, None, None))))
+            fs = (full_scales or {}).get(step.name)
+            nodes.append(_mvm_node(step, specs, chip, spec, fs, *weights.get(step.name, (None, None, None))))
         else:
             nodes.append(_other_node(step, specs))
     info = {"source_graph": plan.graph.name, "chip": chip.name, "w_bits": spec.w_bits, "a_bits": spec.a_bits,
             "in_bits": spec.in_bits, "out_bits": spec.out_bits, "calibration": spec.method,
-            "percentile": spec.percentile, "w_clip": spec.w_clip, **(meta or {})}
+            "percentile": spec.percentile, "w_clip": spec.w_clip, "adc_full_scale": spec.adc_full_scale,
+            **(meta or {})}
     qg = QGraph(name=plan.graph.name, input_name=plan.graph.input_name, input=specs[plan.graph.input_name],
                 nodes=tuple(nodes), output=plan.output, meta=info)
     qg.verify()
@@ -325,4 +346,14 @@ def calibrate(graph: Graph, calib_x: np.ndarray, chip: str | ChipConfig = "jssc2
     if calib_x.shape[0] == 0:
         raise QuantError("calibration needs at least one input")
     plan = plan_graph(graph)
-    return build_qgraph(plan, collect_ranges(plan, calib_x, spec), chip, spec, meta=meta)
+    qg = build_qgraph(plan, collect_ranges(plan, calib_x, spec), chip, spec, meta=meta)
+    if spec.adc_full_scale == "calibrated":
+        qg = with_full_scales(qg, adc_full_scales(qg, calib_x, chip, spec))
+    return qg
+
+
+def adc_full_scales(qgraph: QGraph, calib_x: np.ndarray, chip: str | ChipConfig, spec: QuantSpec) -> dict[str, int]:
+    """Calibrated ADC full scales (:mod:`imcflow.quant.adc_range`) of ``qgraph``'s MVM layers on the
+    first ``ADC_CALIB_SAMPLES`` float calibration inputs."""
+    x_int = quantize_input(qgraph, np.asarray(calib_x, dtype=np.float32)[:ADC_CALIB_SAMPLES])
+    return calibrate_full_scales(qgraph, x_int, get_preset(chip), spec.adc_clip_fraction)

@@ -56,8 +56,8 @@ from imcflow.config.presets import get_preset
 from imcflow.errors import QuantError
 from imcflow.ir.graph import Graph, Op
 from imcflow.ir.qgraph import QGraph
-from imcflow.quant.calibrate import (QuantSpec, Ranges, build_qgraph, collect_ranges, full_scale_for, layer_w_bits,
-                                     tensor_specs)
+from imcflow.quant.calibrate import (QuantSpec, Ranges, adc_full_scales, build_qgraph, collect_ranges, full_scale_for,
+                                     layer_w_bits, tensor_specs)
 from imcflow.quant.fast_exec import run_qgraph_fast
 from imcflow.quant.plan import float_node, plan_graph, pool_stride, scale_groups
 from imcflow.quant.reference import dequantize_output, quantize_input
@@ -105,9 +105,11 @@ def quantize_weight_ste(w: torch.Tensor, s_w: torch.Tensor, w_bits: int) -> torc
 class QatNet(nn.Module):
     """A normalized Graph run with the chip's arithmetic (see module doc). Build with :func:`prepare_qat`."""
 
-    def __init__(self, graph: Graph, chip: ChipConfig, spec: QuantSpec, ranges: Ranges):
+    def __init__(self, graph: Graph, chip: ChipConfig, spec: QuantSpec, ranges: Ranges,
+                 full_scales: dict[str, int] | None = None):
         super().__init__()
         self.graph, self.chip, self.spec, self.ranges = graph, chip, spec, ranges
+
         self.plan = plan_graph(graph)
         self.specs = tensor_specs(self.plan, ranges, spec)
         self.groups = scale_groups(self.plan)
@@ -122,6 +124,9 @@ class QatNet(nn.Module):
                 b = s.node.bias if s.node.bias is not None else np.zeros(w.shape[0], np.float32)
                 self.weight[_key(s.name)] = nn.Parameter(torch.from_numpy(w.copy()))
                 self.bias[_key(s.name)] = nn.Parameter(torch.from_numpy(b.copy()))
+                kh, kw = (w.shape[2], w.shape[3]) if w.ndim == 4 else (1, 1)
+                fs = (full_scales or {}).get(s.name) or full_scale_for(w.shape[1], kh, kw, chip)
+                self.register_buffer(f"adc_fs_{_key(s.name)}", torch.tensor(int(fs)))  # in state_dict
         fixed = {self.groups[graph.input_name], self.groups[self.plan.output]}
         self.scale = nn.ParameterDict()
         self._fixed: set[str] = set()
@@ -170,6 +175,11 @@ class QatNet(nn.Module):
         s = self.scale[_key(rep)].abs().clamp_min(1e-8)
         q = self.specs[tensor]
         return grad_scale(s, 1.0 / float(np.sqrt(self._numel[tensor] * q.max_int)))
+
+    @property
+    def full_scales(self) -> dict[str, int]:
+        """ADC full scale, in rows, of every MVM layer (held as buffers, so in the state_dict)."""
+        return {name: int(getattr(self, f"adc_fs_{_key(name)}")) for name in self.w_bits}
 
     def fixed_scale(self, tensor: str) -> float:
         """The exact (float64) scale of a tensor whose scale is not learned (input, logits)."""
@@ -249,7 +259,7 @@ class QatNet(nn.Module):
         w_int, s_w = self.weight_int(step.name)
         conv = node.op is Op.CONV
         kh, kw = (w_int.shape[2], w_int.shape[3]) if conv else (1, 1)
-        fs = full_scale_for(w_int.shape[1], kh, kw, self.chip)
+        fs = self.full_scales[step.name]
         kwargs = dict(x_bits=x_spec.bits, w_bits=self.w_bits[step.name], x_signed=x_spec.signed, full_scale=fs,
                       adc_bits=self.chip.adc.bits, array_rows=self.chip.array.rows, out_dtype=torch.float32)
         if conv:
@@ -268,13 +278,17 @@ class QatNet(nn.Module):
 
 def prepare_qat(graph: Graph, chip: str | ChipConfig = "jssc2022", w_bits: int = 4, a_bits: int = 4,
                 first_in_bits: int = 8, calib: np.ndarray | None = None, input_scale: float | None = None,
-                out_bits: int = 16, percentile: float = 99.99, seed: int = 0) -> QatNet:
+                out_bits: int = 16, percentile: float = 99.99, seed: int = 0,
+                adc_full_scale: str = "rows") -> QatNet:
     """A :class:`QatNet` for normalized ``graph``; its activation step sizes start from a PTQ
     calibration on ``calib`` (N, *input shape) float inputs (give a batch of real training data;
-    None uses 64 seeded uniform [0, 1) inputs, adequate only for pixel/255 image models)."""
+    None uses 64 seeded uniform [0, 1) inputs, adequate only for pixel/255 image models).
+    ``adc_full_scale="calibrated"`` picks each layer's ADC full scale from the PTQ network's
+    column counts on ``calib`` (:mod:`imcflow.quant.adc_range`) instead of the row count."""
     chip = get_preset(chip)
     spec = QuantSpec(w_bits=w_bits, a_bits=a_bits, in_bits=first_in_bits, out_bits=out_bits,
-                     input_scale=input_scale, percentile=percentile, w_clip="max")  # QAT: max-based weights
+                     input_scale=input_scale, percentile=percentile, w_clip="max",  # QAT: max-based weights
+                     adc_full_scale=adc_full_scale)
     spec.check(chip)
     if calib is None:
         calib = np.random.default_rng(seed).random((64, *graph.input_shape)).astype(np.float32)
@@ -283,7 +297,11 @@ def prepare_qat(graph: Graph, chip: str | ChipConfig = "jssc2022", w_bits: int =
         raise QuantError(f"calibration inputs have shape {calib.shape}; graph {graph.name!r} expects "
                          f"(N, {', '.join(map(str, graph.input_shape))})")
     plan = plan_graph(graph)
-    return QatNet(graph, chip, spec, collect_ranges(plan, calib, spec))
+    ranges = collect_ranges(plan, calib, spec)
+    full_scales = None
+    if adc_full_scale == "calibrated":  # from the PTQ network's integer activations on ``calib``
+        full_scales = adc_full_scales(build_qgraph(plan, ranges, chip, spec), calib, chip, spec)
+    return QatNet(graph, chip, spec, ranges, full_scales)
 
 
 def export_qgraph(net: QatNet) -> QGraph:
@@ -299,4 +317,4 @@ def export_qgraph(net: QatNet) -> QGraph:
         scales = {t: net.fixed_scale(t) if net.groups[t] in net._fixed else float(net.tensor_scale(t))
                   for t in net.specs}
     return build_qgraph(net.plan, net.ranges, net.chip, net.spec, weights=weights, scales=scales,
-                        meta={"trained": "qat"})
+                        meta={"trained": "qat"}, full_scales=net.full_scales)
