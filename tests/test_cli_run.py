@@ -43,6 +43,17 @@ def test_quantised_modes_equal_the_reference(inputs, tmp_path, mode):
     assert np.array_equal(np.load(out), want)
 
 
+def test_calibrated_adc_full_scale(inputs, tmp_path):
+    calib = tmp_path / "c.npy"
+    np.save(calib, images(16, (3, 8, 8), seed=2))
+    out = tmp_path / "y.npy"
+    assert main(["run", "cnn-tiny", "--inputs", str(inputs), "--save-outputs", str(out), "--calib", str(calib),
+                 "--adc-full-scale", "calibrated"]) == 0
+    qg = load_qgraph("cnn-tiny", "jssc2022", calib=np.load(calib), adc_full_scale="calibrated")
+    want = dequantize_output(qg, run_qgraph(qg, quantize_input(qg, np.load(inputs)), "bit_true", "jssc2022"))
+    assert np.array_equal(np.load(out), want)
+
+
 def test_qgraph_file_and_set_override(inputs, tmp_path):
     qg = load_qgraph("cnn-tiny", "jssc2022")
     path = tmp_path / "m.qgraph.json"

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the analog non-idealities (default 0)")
     p.add_argument("--calib", metavar="C.npy", default=None,
                    help="float calibration inputs for post-training quantisation (default: seeded synthetic)")
+    p.add_argument("--adc-full-scale", choices=("rows", "calibrated"), default="rows",
+                   help="ADC full scale per layer when quantising here: rows (never clips, default) or calibrated "
+                        "(clips at most 1e-4 of the conversions on --calib; needs representative --calib data)")
     p.add_argument("--untrained", action="store_true",
                    help="use a random-init zoo network (seed 0) even if trained weights are shipped")
 
@@ -72,7 +75,7 @@ def compute_outputs(args: argparse.Namespace, chip: ChipConfig, x: np.ndarray) -
     if args.mode == "float":
         return run_model(args.model, x, "float", chip, trained=trained), "float network"
     calib = load_inputs(args.calib, x.shape[1:], "--calib") if args.calib else None
-    qgraph = load_qgraph(args.model, chip, calib=calib, trained=trained)
+    qgraph = load_qgraph(args.model, chip, calib=calib, trained=trained, adc_full_scale=args.adc_full_scale)
     return run_quantised(qgraph, x, args.mode, chip, args.seed), describe_source(qgraph)
 
 
