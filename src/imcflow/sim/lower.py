@@ -107,7 +107,7 @@ class _Lowerer:
     def new(self, res: str, dur: float, kind: OpKind, deps, core=-1, layer="", image=0, lat=0.0, phase=0) -> int:
         i = len(self.out.ops)
         self.out.ops.append(Op(i, res, dur, kind, tuple(sorted(set(deps))), (), lat, core, layer, image,
-                               priority=image, phase=phase))
+                               priority=phase * 1_000_000 + image, phase=phase))
         return i
 
     # --- availability: (core, key) -> list of (c0, c1, {chunk: op}) ------------------------------
