@@ -9,8 +9,8 @@ from imcflow.errors import SimError
 from imcflow.sim.timing import Op, OpKind, core_timelines, run, run_reference
 
 
-def _op(i, res, d, deps=(), space=(), lat=0.0, prio=0, core=-1, kind=OpKind.COMPUTE):
-    return Op(i, res, d, kind, tuple(deps), tuple(space), lat, core=core, priority=prio)
+def _op(i, res, d, deps=(), space=(), lat=0.0, prio=0, core=-1, kind=OpKind.COMPUTE, group=-1):
+    return Op(i, res, d, kind, tuple(deps), tuple(space), lat, core=core, priority=prio, group=group)
 
 
 def test_chain_on_two_resources_pipelines():
@@ -57,6 +57,15 @@ def test_space_dependency_is_back_pressure():
     assert tl[0].idle_s == pytest.approx(s.makespan_s - 13.0)
 
 
+def test_same_group_shares_the_resource_other_groups_wait():
+    ops = [_op(0, "arr", 2.0, group=0), _op(1, "arr", 2.0, group=0), _op(2, "arr", 1.0, group=1),
+           _op(3, "arr", 1.0, group=0, prio=5)]
+    s = run(ops)
+    assert (s.start_s[0], s.start_s[1]) == (0.0, 0.0)      # one slot: evaluated together
+    assert s.start_s[2] == 2.0                              # another slot takes its turn
+    assert s.start_s[3] == 3.0                              # behind it in priority order
+
+
 def test_cycle_is_an_error():
     ops = [_op(0, "r", 1.0, deps=[1]), _op(1, "r", 1.0, deps=[0])]
     with pytest.raises(SimError, match="cycle"):
@@ -78,6 +87,7 @@ def test_equals_reference_on_random_dags(seed):
         space = rng.sample(range(i), k=min(i, rng.randint(0, 1)))
         space = [d for d in space if d not in deps]
         ops.append(_op(i, f"r{rng.randint(0, 3)}", rng.choice([0.5, 1.0, 1.5, 2.0, 3.25]), deps, space,
-                       lat=rng.choice([0.0, 0.0, 0.25, 1.0]), prio=rng.randint(0, 3)))
+                       lat=rng.choice([0.0, 0.0, 0.25, 1.0]), prio=rng.randint(0, 3),
+                       group=rng.choice([-1, 0, 1])))
     a, b = run(ops), run_reference(ops)
     assert a.start_s == b.start_s and a.finish_s == b.finish_s

@@ -6,11 +6,9 @@ rows of a tensor; a few chunks per map keep ResNet-50 at a few hundred thousand 
 op costs (all from the ChipConfig):
 
 - MVM chunk: ``pixels x x_bits`` bit-planes of ``chip.bitplane_s`` on the core's array. Tiles of one
-  core share its array: a core gets one array *lane* per tile of its busiest slot; tile ``i`` of a
-  slot runs on lane ``i`` (so same-slot tiles, disjoint in rows and columns, run simultaneously,
-  and slots take turns), the perf model's ``sum over slots of max over tiles``. (Approximation:
-  a tile of one slot and the second tile of another slot sit on different lanes and could
-  overlap; the compiler's slots make this rare.) With the
+  core share its array: tiles of the same ``TileSlot.slot`` (disjoint in rows and columns) are
+  evaluated in the same bit-planes, slots take turns (the engine's resource groups), and one
+  tile's chunks run one after another: the perf model's ``sum over slots of max over tiles``. With the
   ``skip_zero_bitplanes`` feature, each tile's bit-planes are scaled by the measured fraction of
   input bit-planes holding at least one 1 (an all-zero plane of the tile's rows adds no charge to
   any column, so the controller can skip its evaluation; measured by a functional run).
@@ -104,10 +102,11 @@ class _Lowerer:
             p = end
         return out
 
-    def new(self, res: str, dur: float, kind: OpKind, deps, core=-1, layer="", image=0, lat=0.0, phase=0) -> int:
+    def new(self, res: str, dur: float, kind: OpKind, deps, core=-1, layer="", image=0, lat=0.0, phase=0,
+            group: int = -1) -> int:
         i = len(self.out.ops)
         self.out.ops.append(Op(i, res, dur, kind, tuple(sorted(set(deps))), (), lat, core, layer, image,
-                               priority=phase * 1_000_000 + image, phase=phase))
+                               priority=phase * 1_000_000 + image, phase=phase, group=group))
         return i
 
     # --- availability: (core, key) -> list of (c0, c1, {chunk: op}) ------------------------------
@@ -138,17 +137,11 @@ class _Lowerer:
                 self.phase(phase, batch)
         return self.out
 
-    def lanes(self, phase: Phase) -> dict[int, int]:
-        by: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for t in sorted(phase.tiles, key=lambda t: t.tile_id):
-            by[(t.core, t.slot)].append(t.tile_id)
-        return {tid: i for ids in by.values() for i, tid in enumerate(ids)}
-
     def phase(self, phase: Phase, batch: list[int]) -> None:
         chip, pi = self.chip, phase.index
         tiles = {t.tile_id: t for t in phase.tiles}
         self.tiles = tiles
-        self.lane = self.lanes(phase)
+        self.tile_last: dict[int, int] = {}
         self.streams = {s.stream_id: s for s in phase.streams}
         self.hops = self.route_depth(phase)
         load_op: dict[int, int] = {}
@@ -343,10 +336,13 @@ class _Lowerer:
         for (k, p0, p1), deps in zip(chunks, all_deps):
             if not ops:  # the tile must be loaded (a no-op dependency after the first image)
                 deps = deps + [self.load_op[t.tile_id]]
+            if t.tile_id in self.tile_last:  # one tile evaluates one vector at a time
+                deps = deps + [self.tile_last[t.tile_id]]
             px = p1 - p0
             planes = px * ins.x_bits * scale
-            op = self.new(f"core{core}.array.l{self.lane[t.tile_id]}", planes * self.chip.bitplane_s, OpKind.COMPUTE,
-                          deps, core, ins.layer, b, phase=phase.index)
+            op = self.new(f"core{core}.array", planes * self.chip.bitplane_s, OpKind.COMPUTE,
+                          deps, core, ins.layer, b, phase=phase.index, group=t.slot)
+            self.tile_last[t.tile_id] = op
             ops.append(op)
             by_chunk[k] = op
             self.mark_consumed(avail, deps, op)

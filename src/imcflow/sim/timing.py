@@ -4,7 +4,10 @@ The simulator lowers a Program to a list of :class:`Op` (one per tile operation 
 pixels, per stream transfer, per weight load, per off-chip transfer), each bound to one
 :class:`Resource`-like name (``core3.array``, ``core3.simd``, ``ocn.h1.2``, ``bus``, ``io.in``).
 A resource serves one op at a time; among ready ops it starts the one with the lowest
-``(priority, id)``. An op becomes ready when all its dependencies have finished and each
+``(priority, id)``. Ops with the same ``group >= 0`` may share their resource: while the
+resource runs ops of group g, a ready op of group g at the head of its queue starts at once
+(tiles of one array slot, disjoint in rows and columns, evaluate in the same bit-planes); any
+other op waits until the resource is empty. An op becomes ready when all its dependencies have finished and each
 dependency's ``latency_s`` (time after finishing that does not occupy the resource, e.g. the OCN
 hop latency) has passed.
 
@@ -42,11 +45,11 @@ class Op:
     """One operation: occupies ``resource`` for ``duration_s`` once its dependencies are met."""
 
     __slots__ = ("id", "resource", "duration_s", "latency_s", "deps", "space_deps", "kind", "core",
-                 "layer", "image", "priority", "phase")
+                 "layer", "image", "priority", "phase", "group")
 
     def __init__(self, id: int, resource: str, duration_s: float, kind: OpKind, deps: tuple[int, ...] = (),
                  space_deps: tuple[int, ...] = (), latency_s: float = 0.0, core: int = -1, layer: str = "",
-                 image: int = -1, priority: int = 0, phase: int = 0) -> None:
+                 image: int = -1, priority: int = 0, phase: int = 0, group: int = -1) -> None:
         self.id = id
         self.resource = resource
         self.duration_s = duration_s
@@ -59,6 +62,7 @@ class Op:
         self.image = image
         self.priority = priority
         self.phase = phase
+        self.group = group
 
     def __repr__(self) -> str:
         return (f"Op({self.id}, {self.resource!r}, {self.duration_s:.3g}s, {self.kind.value}, deps={self.deps}, "
@@ -118,12 +122,14 @@ def run(ops: list[Op]) -> Schedule:
     start = [0.0] * n
     finish = [0.0] * n
     queues: dict[str, list[tuple[int, int]]] = {}
-    busy: dict[str, bool] = {}
+    nrun: dict[str, int] = {}
+    mode: dict[str, int] = {}
     events: list[tuple[float, int, int, int]] = []  # (time, order, type, op) type 0=done, 1=ready
     seq = 0
     for op in ops:
         queues.setdefault(op.resource, [])
-        busy.setdefault(op.resource, False)
+        nrun.setdefault(op.resource, 0)
+        mode.setdefault(op.resource, -1)
         if pending[op.id] == 0:
             events.append((0.0, 1, seq, op.id))
             seq += 1
@@ -138,7 +144,7 @@ def run(ops: list[Op]) -> Schedule:
             touched.add(op.resource)
             if etype == 0:  # finished: free the resource, release successors
                 done += 1
-                busy[op.resource] = False
+                nrun[op.resource] -= 1
                 for s, is_space in succ[i]:
                     ra = t + op.latency_s
                     if ra >= ready_at[s]:
@@ -151,9 +157,14 @@ def run(ops: list[Op]) -> Schedule:
             else:  # ready: queue on its resource
                 heapq.heappush(queues[op.resource], (op.priority, i))
         for res in sorted(touched):
-            if not busy[res] and queues[res]:
-                _, j = heapq.heappop(queues[res])
-                busy[res] = True
+            q = queues[res]
+            while q:
+                g = ops[q[0][1]].group
+                if nrun[res] and not (g >= 0 and mode[res] == g):
+                    break
+                _, j = heapq.heappop(q)
+                nrun[res] += 1
+                mode[res] = g
                 start[j] = t
                 finish[j] = t + ops[j].duration_s
                 heapq.heappush(events, (finish[j], 0, seq, j))
@@ -173,7 +184,7 @@ def run_reference(ops: list[Op]) -> Schedule:
     n = len(ops)
     start: list[float | None] = [None] * n
     finish: list[float | None] = [None] * n
-    free_at: dict[str, float] = {op.resource: 0.0 for op in ops}
+    resources = sorted({op.resource for op in ops})
     t = 0.0
     while any(s is None for s in start):
         def ready_time(op: Op) -> float | None:
@@ -186,22 +197,23 @@ def run_reference(ops: list[Op]) -> Schedule:
         started = True
         while started:
             started = False
-            for res in sorted(free_at):
-                if free_at[res] > t:
-                    continue
+            for res in resources:
+                running = [o for o in ops if o.resource == res and start[o.id] is not None
+                           and start[o.id] <= t < finish[o.id]]
                 cands = [op for op in ops if start[op.id] is None and op.resource == res
                          and (rt := ready_time(op)) is not None and rt <= t]
-                if cands:
-                    op = min(cands, key=lambda o: (o.priority, o.id))
-                    start[op.id], finish[op.id] = t, t + op.duration_s
-                    free_at[res] = finish[op.id]
-                    started = True
-                    if op.duration_s == 0:
-                        break
+                if not cands:
+                    continue
+                op = min(cands, key=lambda o: (o.priority, o.id))
+                if running and not (op.group >= 0 and all(o.group == op.group for o in running)):
+                    continue
+                start[op.id], finish[op.id] = t, t + op.duration_s
+                started = True
+                if op.duration_s == 0:
+                    break
         future = [f for f in finish if f is not None and f > t]
         future += [finish[d] + ops[d].latency_s for op in ops for d in (*op.deps, *op.space_deps)
                    if finish[d] is not None and finish[d] + ops[d].latency_s > t]
-        future += [f for f in free_at.values() if f > t]
         if not future:
             if any(s is None for s in start):
                 raise SimError("timing reference: dependency cycle")
