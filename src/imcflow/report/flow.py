@@ -143,6 +143,8 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
         res[f"accuracy_{m}"] = correct / max(1, len(labels))
         res[f"wall_s_{m}"] = time.perf_counter() - t0
     res["accuracy"] = res[f"accuracy_{mode}"]
+    if mode != "ideal":
+        res["ideal_executor"] = "imcflow.quant.fast_exec.run_qgraph_fast (the reference, not the simulator)"
     res["wall_s"] = res[f"wall_s_{mode}"]
     res.update(_float_accuracy(net, x_u8, labels, batch_size))
     if res.get("float_wall_s"):
