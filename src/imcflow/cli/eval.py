@@ -32,15 +32,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise DataError(f"--batch-size {args.batch_size}: must be >= 1")
     chip = chip_from_args(args)
-    bar = tqdm(total=args.limit or 10000, unit="img", file=sys.stderr, desc=f"{args.model} {args.mode}")
+    bar = None
 
     def progress(done: int) -> None:
+        nonlocal bar
+        if bar is None:  # drawn once images flow, so an error while loading stays one line on stderr
+            bar = tqdm(total=args.limit or 10000, unit="img", file=sys.stderr, desc=f"{args.model} {args.mode}")
         bar.total = max(bar.total, done)
         bar.update(done - bar.n)
 
     res = evaluate_accuracy(args.model, chip, args.data, mode=args.mode, limit=args.limit,
                             batch_size=args.batch_size, progress=progress)
-    bar.close()
+    if bar is not None:
+        bar.close()
     lines = [f"{args.model} on {chip.name}, {res['images']} CIFAR-10 (JPEG q75 copy) test images",
              f"  accuracy ({args.mode}):  {100 * res['accuracy']:.2f} %   ({res['wall_s']:.1f} s)"]
     if "accuracy_ideal" in res and args.mode != "ideal":
