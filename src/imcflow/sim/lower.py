@@ -73,7 +73,9 @@ def _add(d: dict, key, c: EventCounts) -> None:
 
 
 class _Lowerer:
-    def __init__(self, prog: Program, images: int, max_chunks: int, bitplane_scale: dict[int, float] | None):
+    def __init__(self, prog: Program, images: int, max_chunks: int, bitplane_scale: dict[int, float] | None,
+                 bounded_buffers: bool = True):
+        self.bounded = bounded_buffers
         self.p = prog
         self.chip: ChipConfig = prog.chip
         self.images = images
@@ -160,7 +162,8 @@ class _Lowerer:
         self.prev_task_op: dict[tuple, int] = {}
         for b in batch:
             self.image(phase, b, last_core, b == batch[-1])
-        self.backpressure(phase, batch)
+        if self.bounded:
+            self.backpressure(phase, batch)
         self.prev_core_ops = last_core
 
     def route_depth(self, phase: Phase) -> dict[int, int]:
@@ -444,11 +447,12 @@ def _node_ops(q, node) -> float:
 
 
 def lower(prog: Program, images: int, max_chunks: int = 16,
-          bitplane_scale: dict[int, float] | None = None) -> Lowered:
+          bitplane_scale: dict[int, float] | None = None, bounded_buffers: bool = True) -> Lowered:
     """Timed ops for ``images`` images through every phase of ``prog``.
 
     ``max_chunks``: row chunks per feature map (fewer = faster, coarser pipelining);
-    ``bitplane_scale``: per tile id, the fraction of input bit-planes evaluated (zero-plane skipping)."""
+    ``bitplane_scale``: per tile id, the fraction of input bit-planes evaluated (zero-plane skipping);
+    ``bounded_buffers=False`` drops back-pressure (unbounded input buffers, as the analytic model)."""
     if images < 1:
         raise SimError(f"images = {images}: simulate at least one image")
-    return _Lowerer(prog, images, max_chunks, bitplane_scale).run()
+    return _Lowerer(prog, images, max_chunks, bitplane_scale, bounded_buffers).run()

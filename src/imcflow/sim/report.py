@@ -29,6 +29,10 @@ class Features:
     """Skip evaluating an input bit-plane whose bits are all 0 over a tile's rows (it adds no
     charge to any column; the controller sees it in the input buffer). Needs measured activity
     (a functional run's :class:`FunctionalStats`); saves time and column energy."""
+    unbounded_buffers: bool = False
+    """Ignore the input-buffer capacity (no back-pressure), as the compiler's analytic model does.
+    Off by default: with 16 KiB per core, residual skip paths (whose data must wait for the main
+    path's latency) throttle ResNet-style networks."""
 
 
 @dataclass
@@ -65,7 +69,8 @@ def simulate_timing(prog: Program, images: int | None = None, features: Features
             raise SimError("feature skip_zero_bitplanes needs measured activity: run the program functionally "
                            "with stats=FunctionalStats() first")
         scale = _plane_fractions(prog, stats)
-    low = lower(prog, images, max_chunks=max_chunks, bitplane_scale=scale)
+    low = lower(prog, images, max_chunks=max_chunks, bitplane_scale=scale,
+                bounded_buffers=not features.unbounded_buffers)
     sched = run(low.ops)
     done = [max(sched.finish_s[o] for o in low.image_done[b]) for b in range(images)]
     start = [min(sched.start_s[o] for o in low.image_start[b]) if low.image_start[b] else 0.0 for b in range(images)]
@@ -177,7 +182,8 @@ def make_report(prog: Program, tr: TimingResult, accuracy: float | None = None,
                tops_per_w=2 * macs_img / e_img / 1e12 if e_img else 0.0, utilization=min(1.0, util),
                run_time_s=tr.run_time_s, macs_per_img=macs_img, energy_breakdown_j_per_img=dyn,
                cores=tuple(cores), layers=tuple(layers),
-               features={"skip_zero_bitplanes": features.skip_zero_bitplanes, "phases": len(prog.phases),
+               features={"skip_zero_bitplanes": features.skip_zero_bitplanes,
+                         "unbounded_buffers": features.unbounded_buffers, "phases": len(prog.phases),
                          "program_batch": prog.batch,
                          "model_throughput_img_s": float(prog.predicted.get("throughput_img_s", 0.0))},
                accuracy=accuracy, notes=tuple(notes))
