@@ -131,3 +131,18 @@ def test_image_chunks_change_nothing(mode, monkeypatch):
     monkeypatch.setattr(fast, "BATCH_CHUNK", 20)   # one 4x4 image per chunk, 20 windows per product
     assert torch.equal(bpbs_conv2d(x, w, **kw), whole)
     np.testing.assert_array_equal(whole.numpy(), bpbs_conv2d_reference(x, w, **kw))
+
+
+@pytest.mark.parametrize("target", [1, 150, 300, 5000])
+@pytest.mark.parametrize("mode", ["ideal", "bit_true"])
+def test_lut_conv_chunking_is_exact(monkeypatch, target, mode):
+    """Chunks of part of an image's output rows, of several images, single windows (padded to
+    _int_mm's 17 rows) and odd output counts (padded to 8 columns) give the reference numbers."""
+    from imcflow.cima import conv
+    monkeypatch.setattr(conv, "TARGET_COUNTS", target)
+    g = torch.Generator().manual_seed(target)
+    x, w = _rand(g, (3, 6, 7, 5), 3, True), _rand(g, (5, 6, 3, 3), 3, True)
+    kw = dict(x_bits=3, w_bits=3, x_signed=True, stride=(2, 1), padding=1, full_scale=20, mode=mode, adc_bits=5,
+              array_rows=36)
+    got = bpbs_conv2d(x, w, out_dtype=torch.int64, **kw)
+    np.testing.assert_array_equal(got.numpy(), bpbs_conv2d_reference(x, w, mvm_fn=mvm, **kw))
