@@ -15,8 +15,10 @@ network or a QGraph, and running a model on inputs in any arithmetic mode.
     energy, mapping) only, and its ``meta["trained"]`` says so;
   * an ``.onnx`` path or a module goes through the frontend and PTQ calibration.
 
-  Calibration uses ``calib`` (float inputs, N x input shape) when given, else 64 seeded uniform
-  [0, 1) inputs (right for the zoo's pixel/255 image models, a rough guess otherwise). Zoo image
+  Calibration uses ``calib`` (float inputs, N x input shape) when given, else seeded uniform
+  [0, 1) inputs (right for the zoo's pixel/255 image models, a rough guess otherwise): 64 of them
+  for small inputs, fewer for large ones (:func:`synthetic_count`: about ``CALIB_VALUES`` input
+  values in all, at least ``CALIB_MIN_SAMPLES``; 2 images for ResNet-50's 3x224x224). Zoo image
   models take 8-b raw pixels (input scale 1/255).
 - :func:`run_model`: a model on float inputs in ``float``, ``ideal``, ``bit_true`` or ``analog`` mode.
 """
@@ -45,6 +47,12 @@ from imcflow.quant.reference import dequantize_output, quantize_input, run_qgrap
 QGRAPH_SUFFIX = ".qgraph.json"
 RUN_MODES = ("float", "ideal", "bit_true", "analog")
 CALIB_SAMPLES = 64
+"""Most synthetic calibration inputs (used in full for inputs up to ``CALIB_VALUES / 64`` values)."""
+CALIB_VALUES = 64 * 3 * 32 * 32
+"""Input values the synthetic calibration batch aims at: 64 CIFAR-sized images. Larger inputs get
+fewer images (their tensors hold as many values per image as a whole small batch, so the ranges
+are as well sampled, and the float run and percentiles cost time and memory in proportion)."""
+CALIB_MIN_SAMPLES = 2
 
 
 def is_qgraph_path(model: Any) -> bool:
@@ -89,8 +97,16 @@ def _default_input_scale(model: Any, graph: Graph) -> float | None:
     return 1 / 255 if _is_zoo(model) and len(graph.input_shape) == 3 and graph.input_shape[0] in (1, 3) else None
 
 
-def synthetic_calibration(input_shape: tuple[int, ...], n: int = CALIB_SAMPLES, seed: int = 0) -> np.ndarray:
-    """Seeded uniform [0, 1) float inputs (the stand-in when no calibration data is given)."""
+def synthetic_count(input_shape: tuple[int, ...]) -> int:
+    """How many synthetic calibration inputs a model with ``input_shape`` gets (see ``CALIB_VALUES``)."""
+    per_input = max(1, int(np.prod(input_shape)))
+    return int(min(CALIB_SAMPLES, max(CALIB_MIN_SAMPLES, CALIB_VALUES // per_input)))
+
+
+def synthetic_calibration(input_shape: tuple[int, ...], n: int | None = None, seed: int = 0) -> np.ndarray:
+    """Seeded uniform [0, 1) float inputs (the stand-in when no calibration data is given);
+    ``n`` defaults to :func:`synthetic_count`."""
+    n = synthetic_count(input_shape) if n is None else n
     return np.random.default_rng(seed).random((n, *input_shape)).astype(np.float32)
 
 

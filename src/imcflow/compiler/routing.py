@@ -232,9 +232,17 @@ def _channel(a: int, b: int) -> tuple[int, int] | None:
     return None if a < 0 or b < 0 else (min(a, b), max(a, b))
 
 
-def _grow(chip: ChipConfig, tree: set[int], targets: set[int], cost) -> list[tuple[int, int]]:
+def _neighbour_table(chip: ChipConfig) -> dict[int, list[int]]:
+    """:func:`_neighbours` of every switch and port."""
+    return {s: _neighbours(chip, s) for s in [*range(chip.n_cores), IN_PORT, OUT_PORT]}
+
+
+def _grow(chip: ChipConfig, tree: set[int], targets: set[int], cost,
+          table: dict[int, list[int]] | None = None) -> list[tuple[int, int]]:
     """Cheapest path (channel costs from ``cost(a, b)``) from any switch of ``tree`` to the nearest
-    of ``targets`` through switches not yet in the tree (the mesh is connected, so one exists)."""
+    of ``targets`` through switches not yet in the tree (the mesh is connected, so one exists);
+    ``table``: :func:`_neighbour_table` of ``chip``, if the caller has it."""
+    table = table or _neighbour_table(chip)
     dist = {s: 0.0 for s in tree}
     prev: dict[int, int] = {}
     heap = [(0.0, s) for s in sorted(tree)]
@@ -248,7 +256,7 @@ def _grow(chip: ChipConfig, tree: set[int], targets: set[int], cost) -> list[tup
             return path[::-1]
         if d > dist.get(s, float("inf")):
             continue
-        for n in _neighbours(chip, s):
+        for n in table[s]:
             if n in tree:
                 continue
             nd = d + cost(s, n)
@@ -267,6 +275,7 @@ def route_streams(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) 
     cap = chip.ocn.tracks_per_channel
     order = sorted(range(len(streams)), key=lambda i: (-len(streams[i].dsts), -streams[i].bits, i))
     history: dict[tuple[int, int], float] = {}
+    table = _neighbour_table(chip)
     for it in range(ROUTE_ITERATIONS):
         usage: dict[tuple[int, int], int] = {}
         penalty = 0.5 * 1.7 ** it
@@ -285,7 +294,7 @@ def route_streams(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) 
             tree, edges = {root}, []
             todo = {_switch(perm, d) for d in s.dsts} - {root}
             while todo:
-                path = _grow(chip, tree, todo, cost)
+                path = _grow(chip, tree, todo, cost, table)
                 todo.discard(path[-1][1])
                 for a, b in path:
                     edges.append((a, b))
@@ -314,20 +323,40 @@ def _distance(chip: ChipConfig, a: int, b: int) -> int:
 
 
 def _wirelength(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) -> int:
+    """Total Manhattan length of the streams' source-to-destination hops (the slow reference of
+    :class:`Wirelength`)."""
     return sum(_distance(chip, _switch(perm, s.src), _switch(perm, d)) for s in streams for d in s.dsts)
+
+
+class Wirelength:
+    """:func:`_wirelength` of one stream set for any assignment, vectorised: a table of hops
+    between route-tree nodes (cores, then the output and input ports at indices -2 and -1, the
+    ports' endpoint ids) indexed by every (source, destination) pair at once."""
+
+    def __init__(self, chip: ChipConfig, streams: list[StreamSpec]):
+        nodes = list(range(chip.n_cores)) + [OUT_PORT, IN_PORT]
+        assert nodes[-1] == IN_PORT and nodes[-2] == OUT_PORT
+        self.hops = np.array([[_distance(chip, a, b) for b in nodes] for a in nodes], dtype=np.int64)
+        self.src = np.array([s.src for s in streams for _ in s.dsts], dtype=np.int64)
+        self.dst = np.array([d for s in streams for d in s.dsts], dtype=np.int64)
+
+    def __call__(self, perm: list[int]) -> int:
+        node = np.array(list(perm) + [OUT_PORT, IN_PORT], dtype=np.int64)   # endpoint -> route-tree node
+        return int(self.hops[node[self.src], node[self.dst]].sum())
 
 
 def improve_assignment(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) -> list[int]:
     """Hill-climb over pairwise swaps of cores, shortening the streams' total Manhattan length."""
     perm = list(perm)
-    best = _wirelength(chip, perm, streams)
+    length = Wirelength(chip, streams)
+    best = length(perm)
     improved = True
     while improved:
         improved = False
         for a in range(len(perm)):
             for b in range(a + 1, len(perm)):
                 perm[a], perm[b] = perm[b], perm[a]
-                w = _wirelength(chip, perm, streams)
+                w = length(perm)
                 if w < best:
                     best, improved = w, True
                 else:
