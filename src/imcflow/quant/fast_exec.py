@@ -23,13 +23,21 @@ from imcflow.quant.reference import MODES, check_input_ints, tile_seed
 
 
 def requant_torch(rq: Requant, acc: torch.Tensor, num: int, den_shift: int) -> torch.Tensor:
-    """:meth:`imcflow.ir.qgraph.Requant.apply` on an int64 torch tensor (channels on axis 1)."""
+    """:meth:`imcflow.ir.qgraph.Requant.apply` on an integer-valued torch tensor (channels on axis 1,
+    any dtype), as int64. Runs in float64 when every intermediate is an integer below 2**53 (then
+    exact: products and sums of such integers, scaling by 2**-shift and floor are exact), else int64."""
     shape = [1] * acc.dim()
     shape[1] = -1
-    m = torch.from_numpy(rq.multiplier.astype(np.int64)).view(shape)
-    b = torch.from_numpy(rq.bias.astype(np.int64)).view(shape)
     total = rq.shift + den_shift
-    v = acc * (num * m) + (b << den_shift) + (1 << (total - 1))
+    acc_max = float(acc.abs().max()) if acc.numel() else 0.0
+    mult = rq.multiplier.astype(np.int64) * num
+    offset = (rq.bias.astype(np.int64) << den_shift) + (1 << (total - 1))
+    bound = acc_max * float(np.abs(mult).max(initial=0)) + float(np.abs(offset).max(initial=0))
+    if bound < 2.0 ** 52:
+        v = torch.addcmul(torch.from_numpy(offset.astype(np.float64)).view(shape), acc.to(torch.float64),
+                          torch.from_numpy(mult.astype(np.float64)).view(shape))
+        return v.mul_(2.0 ** -total).floor_().clamp_(rq.out_min, rq.out_max).to(torch.int64)
+    v = acc.to(torch.int64) * torch.from_numpy(mult).view(shape) + torch.from_numpy(offset).view(shape)
     return torch.clamp(v >> total, rq.out_min, rq.out_max)
 
 
@@ -45,7 +53,7 @@ def mvm_layer_fast(node: QNode, x_spec: QTensor, x: torch.Tensor, mode: str, chi
     w4 = w if node.op is QOp.CONV else w[:, :, None, None]
     kw = dict(x_bits=x_spec.bits, w_bits=node.w_bits, x_signed=x_spec.signed, stride=node.stride,
               padding=node.padding, full_scale=node.adc_full_scale_rows, mode=mode, adc_bits=chip.adc.bits,
-              array_rows=chip.array.rows, analog=chip.analog, out_dtype=torch.int64)
+              array_rows=chip.array.rows, analog=chip.analog, out_dtype=torch.float64)
     if node.op is QOp.LINEAR:
         kw.update(stride=1, padding=0)
     if mode == "ideal":  # ideal codes are exact counts: the accumulator is the integer convolution
@@ -65,10 +73,11 @@ def mvm_layer_fast(node: QNode, x_spec: QTensor, x: torch.Tensor, mode: str, chi
 
 
 def _int_conv(x: torch.Tensor, w: torch.Tensor, stride, padding) -> torch.Tensor:
-    """Exact integer convolution: float32 when every partial sum stays below 2**24, else float64."""
+    """Exact integer convolution (integer-valued float result): float32 when every partial sum stays
+    below 2**24, else float64."""
     bound = int(x.abs().max()) * int(w.abs().max()) * w[0].numel() if x.numel() and w.numel() else 0
     dtype = torch.float32 if bound < (1 << 24) else torch.float64
-    return F.conv2d(x.to(dtype), w.to(dtype), stride=stride, padding=padding).round().to(torch.int64)
+    return F.conv2d(x.to(dtype), w.to(dtype), stride=stride, padding=padding).round_()
 
 
 def _floor_div(total: torch.Tensor, count: int) -> torch.Tensor:
@@ -81,8 +90,11 @@ def run_node_fast(qgraph: QGraph, node: QNode, ins: list[torch.Tensor], mode: st
     if node.is_mvm:
         return mvm_layer_fast(node, qgraph.spec(node.inputs[0]), ins[0], mode, chip, seed, index)
     x = ins[0]
-    if node.op is QOp.MAXPOOL:  # float64 holds the integers exactly; padding acts as -inf
-        return F.max_pool2d(x.double(), node.kernel, node.stride, node.padding).to(torch.int64)
+    if node.op is QOp.MAXPOOL:  # float holds the integers exactly; padding acts as -inf
+        spec = qgraph.spec(node.inputs[0])
+        exact32 = max(abs(spec.min_int), abs(spec.max_int)) < (1 << 24)
+        return F.max_pool2d(x.to(torch.float32 if exact32 else torch.float64), node.kernel, node.stride,
+                            node.padding).to(torch.int64)
     if node.op is QOp.AVGPOOL:
         total = F.avg_pool2d(x.double(), node.kernel, node.stride, node.padding, divisor_override=1)
         return _floor_div(total.to(torch.int64), node.kernel[0] * node.kernel[1])
