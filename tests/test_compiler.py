@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imcflow.cli import main as cli_main
@@ -32,49 +33,99 @@ def small_chip(grid_rows: int, grid_cols: int, rows: int, cols: int) -> ChipConf
                                array=ArrayConfig(rows=rows, cols=cols), adc=AdcConfig(full_scales_rows=(rows, 9)))
 
 
+def _kernel(node) -> tuple[int, int]:
+    return (node.weight.shape[2], node.weight.shape[3]) if node.weight.ndim == 4 else (1, 1)
+
+
 def check_weights_covered(prog: Program) -> None:
-    """Every weight of every layer lands in exactly one tile per copy, with the right values' place."""
+    """Every weight of every layer lands in exactly one tile of each copy: over the phases, the
+    layer's output-channel ranges partition [0, c_out); within a phase every copy holds each
+    (output channel, input channel) of that range in exactly one tile, of the right size."""
     for node in prog.qgraph.mvm_nodes():
-        w = node.weight.reshape(node.c_out, -1) if node.weight.ndim == 2 else node.weight
         c_out, c_in = node.weight.shape[:2]
-        kh, kw = (node.weight.shape[2], node.weight.shape[3]) if node.weight.ndim == 4 else (1, 1)
+        kh, kw = _kernel(node)
+        per_phase = 0
+        oc_seen = np.zeros(c_out, dtype=int)
         for phase in prog.phases:
-            for copy in {c.copy for c in phase.copies if c.layer == node.name}:
+            copies = [c for c in phase.copies if c.layer == node.name]
+            if not copies:
+                continue
+            lo, hi = copies[0].oc_lo, copies[0].oc_hi
+            assert all((c.oc_lo, c.oc_hi) == (lo, hi) for c in copies), node.name
+            assert sorted(c.copy for c in copies) == list(range(copies[0].n_copies)), node.name
+            oc_seen[lo:hi] += 1
+            per_phase += 1
+            for copy in range(copies[0].n_copies):
                 seen = np.zeros((c_out, c_in), dtype=int)
                 for t in phase.tiles:
                     if t.layer == node.name and t.copy == copy:
+                        assert t.rows == (t.ch_hi - t.ch_lo) * kh * kw and t.cols == (t.oc_hi - t.oc_lo) * node.w_bits
                         seen[t.oc_lo:t.oc_hi, t.ch_lo:t.ch_hi] += 1
-                lo = next(c.oc_lo for c in phase.copies if c.layer == node.name)
-                hi = next(c.oc_hi for c in phase.copies if c.layer == node.name)
-                assert (seen[lo:hi] == 1).all(), node.name
-                assert (seen[:lo] == 0).all() and (seen[hi:] == 0).all()
-        del w
+                assert (seen[lo:hi] == 1).all(), (node.name, copy)
+                assert (seen[:lo] == 0).all() and (seen[hi:] == 0).all(), (node.name, copy)
+        assert per_phase >= 1 and (oc_seen == 1).all(), node.name
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), grid=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       rows=st.sampled_from([36, 72, 144]), cols=st.sampled_from([16, 32, 64]),
-       objective=st.sampled_from(["throughput", "latency", "energy"]))
-def test_random_networks_compile_verify_and_round_trip(seed, grid, rows, cols, objective):
-    chip = small_chip(grid[0], grid[1], rows, cols)
-    g = random_qgraph(seed, chip, n_conv=3, in_shape=(3, 6, 6), max_channels=12, head="gap")
-    for node in g.mvm_nodes():  # the documented limit: one column tile's row tiles sit in one phase
-        kh, kw = (node.weight.shape[2], node.weight.shape[3]) if node.weight.ndim == 4 else (1, 1)
-        assume(len(row_tiles(node.weight.shape[1], kh, kw, rows)) <= chip.n_cores)
-    prog = compile_qgraph(g, chip, objective=objective)
+def oversized_layers(g, chip: ChipConfig) -> set[str]:
+    """Layers with more row tiles than the chip has arrays: the only ones the compiler may reject
+    (a column tile's row tiles are summed in one phase; with at most n_cores of them each gets
+    an array, so every other network must compile)."""
+    return {n.name for n in g.mvm_nodes() if len(row_tiles(n.weight.shape[1], *_kernel(n), chip.array.rows)) > chip.n_cores}
+
+
+def check_compiles_or_rejects_clearly(g, chip: ChipConfig, objective: str = "throughput") -> Program | None:
+    """The compiled, verified, round-tripped Program; or None when the compiler rejects the network
+    with a CompileError naming one of its :func:`oversized_layers` and the limit (never for another
+    network, never another exception)."""
+    big = oversized_layers(g, chip)
+    try:
+        prog = compile_qgraph(g, chip, objective=objective)
+    except CompileError as exc:
+        named = [name for name in big if f"layer {name!r}" in str(exc)]
+        assert named and "row tile" in str(exc) and f"{chip.n_cores} arrays" in str(exc), (big, str(exc))
+        return None
     prog.verify()
     check_weights_covered(prog)
     again = Program.from_json(prog.to_json())
     assert again == prog
     assert again.to_json() == prog.to_json()
-    est = estimate_program(prog)
-    assert est.throughput_img_s > 0
-    # every row tile used by MVMs is the reference executor's split
-    for phase in prog.phases:
+    assert estimate_program(prog).throughput_img_s > 0
+    for phase in prog.phases:  # every row tile used by MVMs is the reference executor's split
         for t in phase.tiles:
             node = g.node(t.layer)
-            kh, kw = (node.weight.shape[2], node.weight.shape[3]) if node.weight.ndim == 4 else (1, 1)
-            assert row_tiles(node.weight.shape[1], kh, kw, chip.array.rows)[t.row_tile] == (t.ch_lo, t.ch_hi)
+            assert row_tiles(node.weight.shape[1], *_kernel(node), chip.array.rows)[t.row_tile] == (t.ch_lo, t.ch_hi)
+    return prog
+
+
+# More examples locally: IMCFLOW_HYPOTHESIS_EXAMPLES=500 python -m pytest -q tests/test_compiler.py -k random
+EXAMPLES = int(os.environ.get("IMCFLOW_HYPOTHESIS_EXAMPLES", "25"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), grid=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       rows=st.sampled_from([36, 72, 144]), cols=st.sampled_from([16, 32, 64]),
+       objective=st.sampled_from(["throughput", "latency", "energy"]),
+       head=st.sampled_from(["gap", "flatten"]), n_conv=st.integers(1, 4))
+def test_random_networks_compile_verify_and_round_trip(seed, grid, rows, cols, objective, head, n_conv):
+    chip = small_chip(grid[0], grid[1], rows, cols)
+    g = random_qgraph(seed, chip, n_conv=n_conv, in_shape=(3, 6, 6), max_channels=12, head=head)
+    prog = check_compiles_or_rejects_clearly(g, chip, objective)
+    assert prog is not None or oversized_layers(g, chip)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_networks_on_tiny(seed):
+    """The simulator's networks (random_qgraph defaults on TINY), seeds 3 and 7 included."""
+    g = random_qgraph(seed, TINY)
+    prog = check_compiles_or_rejects_clearly(g, TINY)
+    assert prog is not None or oversized_layers(g, TINY)
+
+
+def test_seed7_fc_wider_than_tiny_is_a_clear_error():
+    g = random_qgraph(7, TINY)
+    with pytest.raises(CompileError, match=r"layer 'fc0': one column tile needs 14 row tile\(s\).*4 arrays of 72x32"
+                                           r".*use a chip with more cores or larger arrays"):
+        compile_qgraph(g, TINY)
 
 
 def test_cnn11_like_compiles_in_one_phase_with_copies():
@@ -169,3 +220,50 @@ def test_cli_compile_error_exits_2(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith("imcflow: error:") and "9 rows per input channel" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _sigmoid_onnx(path) -> None:
+    """A conv followed by a Sigmoid (no chip mapping), as an ONNX file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Sigmoid", ["c"], ["y"], name="gate")], "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _saved(tmp_path, g) -> str:
+    path = tmp_path / "net.qgraph.json"
+    g.save(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["unsupported_op", "bits_beyond_array", "kernel_deeper_than_array",
+                                  "layer_wider_than_chip", "zero_grid_rows", "zero_grid_cols"])
+def test_impossible_networks_exit_2_naming_layer_and_limit(case, tmp_path, capsys):
+    """Each kind of network the chip cannot run: exit 2, one line naming the layer/field and the limit."""
+    small = chain_qgraph(TINY, [("conv", 4, 3), ("gap",), ("linear", 10)], (3, 6, 6))
+    if case == "unsupported_op":
+        _sigmoid_onnx(tmp_path / "bad.onnx")
+        argv, words = [str(tmp_path / "bad.onnx"), "--chip", "tiny"], ["'gate'", "Sigmoid"]
+    elif case == "bits_beyond_array":   # 8-b input pixels on a 4-b array
+        argv, words = [_saved(tmp_path, small), "--chip", "tiny", "--set", "array.max_bits=4"], \
+            ["layer 'c0'", "8", "array.max_bits"]
+    elif case == "kernel_deeper_than_array":
+        argv, words = [_saved(tmp_path, small), "--chip", "tiny", "--set", "array.rows=8"], \
+            ["layer 'c0'", "9 rows per input channel", "8"]
+    elif case == "layer_wider_than_chip":  # seed 7: fc0 needs 14 row tiles summed in one phase
+        argv, words = [_saved(tmp_path, random_qgraph(7, TINY)), "--chip", "tiny"], \
+            ["layer 'fc0'", "14 row tile(s)", "4 arrays of 72x32", "more cores"]
+    else:
+        field = case.removeprefix("zero_")
+        argv, words = [_saved(tmp_path, small), "--chip", "tiny", "--set", f"{field}=0"], [field]
+    assert cli_main(["compile", *argv, "-o", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imcflow: error:") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "p.json").exists()

@@ -99,7 +99,9 @@ def layer_segments(tilings: dict[str, LayerTiling], chip: ChipConfig) -> list[Se
                     f"layer {tl.layer!r}: one column tile needs {len(tl.row_tiles)} row tile(s) of up to "
                     f"{max(tl.tile_rows(r) for r in range(len(tl.row_tiles)))} rows x {tl.tile_cols(ct)} columns "
                     f"summed in one phase, which do not fit the {chip.n_cores} arrays of "
-                    f"{chip.array.rows}x{chip.array.cols}; use a chip with more cores or larger arrays")
+                    f"{chip.array.rows}x{chip.array.cols} (the row tiles of a column tile are added on chip, "
+                    f"so they cannot be split over phases); use a chip with more cores or larger arrays, "
+                    f"or give the layer fewer inputs")
         area = sum(tl.tile_rows(rt) * tl.tile_cols(ct) for ct in range(n) for rt in range(len(tl.row_tiles)))
         groups = max(1, math.ceil(area / (chip.n_cores * chip.array.rows * chip.array.cols)))
         while True:

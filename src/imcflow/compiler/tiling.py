@@ -64,7 +64,7 @@ def tile_layer(qgraph: QGraph, index: int, chip: ChipConfig) -> LayerTiling:
     for bits, what in ((node.w_bits, "weight bits"), (x.bits, "input bits")):
         if not 1 <= bits <= arr.max_bits:
             raise CompileError(f"layer {node.name!r}: {what} = {bits}, the array supports 1..{arr.max_bits} "
-                               f"(array.max_bits)")
+                               f"(array.max_bits); quantise the model with fewer bits or use a chip with more")
     if node.w_bits > arr.cols:
         raise CompileError(f"layer {node.name!r}: one {node.w_bits}-b output channel needs {node.w_bits} columns, "
                            f"the array has {arr.cols} (array.cols); use fewer weight bits or a wider array")

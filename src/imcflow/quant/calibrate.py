@@ -288,9 +288,14 @@ def _mvm_node(step, specs, chip, spec: QuantSpec, full_scale, weight, bias, s_w,
     else:
         kh = kw = 1
         geo = {}
+    if not full_scale:
+        try:
+            full_scale = full_scale_for(w.shape[1], kh, kw, chip)
+        except QuantError as exc:
+            raise QuantError(f"layer {node.name!r}: {exc}; use a smaller kernel or an array with more rows "
+                             f"(array.rows)") from None
     return QNode(name=node.name, op=_QOP[node.op], inputs=step.inputs, out=out, weight=w_int, w_bits=w_bits,
-                 w_scale=s_w, adc_full_scale_rows=int(full_scale or full_scale_for(w.shape[1], kh, kw, chip)),
-                 requant=requant, **geo)
+                 w_scale=s_w, adc_full_scale_rows=int(full_scale), requant=requant, **geo)
 
 
 def _other_node(step, specs) -> QNode:
