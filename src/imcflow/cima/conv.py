@@ -219,14 +219,26 @@ def _chunks(n: int, ho: int, wo: int, per_chunk: int):
             yield slice(i, i + 1), slice(h0, min(ho, h0 + rows))
 
 
+_WORDS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
+
+
+def _word_bytes(c_in: int, tiles: list[tuple[int, int]]) -> int:
+    """Bytes per copied word: the largest of 8, 4, 2, 1 dividing the channel count and every tile
+    boundary (so that windows are copied 8 bit-plane bytes at a time where possible)."""
+    return next(e for e in (8, 4, 2, 1) if c_in % e == 0 and all(c0 % e == 0 for c0, _ in tiles))
+
+
 def _plane_windows(x_small: torch.Tensor, x_bits: int, kh: int, kw: int, stride: tuple[int, int],
-                   padding: tuple[int, int]) -> torch.Tensor:
-    """View (N, Ho, Wo, x_bits, kh, kw, C) of the zero-padded 0/1 int8 bit-planes of ``x_small``
-    (N, C, H, W), channels last so that each window row copies C contiguous bytes."""
-    planes = fast.bit_planes(x_small.permute(0, 2, 3, 1), x_bits, dim=3).contiguous()   # (N, H, W, xb, C)
-    planes = F.pad(planes, (0, 0, 0, 0, padding[1], padding[1], padding[0], padding[0]))
-    n, h, w, xb, c = planes.shape
-    s_n, s_h, s_w, s_i, _ = planes.stride()
+                   padding: tuple[int, int], word: int) -> torch.Tensor:
+    """View (N, Ho, Wo, x_bits, kh, kw, C / word) of the zero-padded 0/1 int8 bit-planes of
+    ``x_small`` (N, C, H, W), ``word`` bytes (channels) per element, stored (N, H, x_bits, W, C) so
+    that each kernel row of a window (kw x C) is contiguous bytes."""
+    planes = fast.bit_planes(x_small.permute(0, 2, 3, 1), x_bits, dim=2).contiguous()   # (N, H, xb, W, C)
+    planes = F.pad(planes, (0, 0, padding[1], padding[1], 0, 0, padding[0], padding[0])).contiguous()
+    n, h, xb, w, c = planes.shape
+    planes = planes.view(-1).view(_WORDS[word]).view(n, h, xb, w, c // word)
+    c //= word
+    s_n, s_h, s_i, s_w, _ = planes.stride()
     ho, wo = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
     return planes.as_strided((n, ho, wo, xb, kh, kw, c), (s_n, stride[0] * s_h, stride[1] * s_w, s_i, s_h, s_w, 1))
 
@@ -242,10 +254,15 @@ def lut_conv(x_small: torch.Tensor, w_small: torch.Tensor, *, stride: tuple[int,
     ``torch._int_mm``; each count k becomes ``k + (i*w_bits + j)*(rows+1)`` and then, by one table
     look-up (:func:`adc_lut`), its weighted ADC code; a sum over (i, j) gives the tile's accumulator.
     Same numbers as the per-plane ADC and shift-add of :mod:`imcflow.cima.fast`."""
-    c_out, _, kh, kw = w_small.shape
+    c_out, c_in, kh, kw = w_small.shape
+    if len(tiles) == 1 and c_in % 8:  # zero channels add zero rows: same counts, 8-byte copies
+        extra = -c_in % 8
+        x_small, w_small = F.pad(x_small, (0, 0, 0, 0, 0, extra)), F.pad(w_small, (0, 0, 0, 0, 0, extra))
+        c_in, tiles = c_in + extra, [(0, c_in + extra)]
     n = x_small.shape[0]
     o_pad = _padded_outputs(c_out, w_bits)
-    win = _plane_windows(x_small, x_bits, kh, kw, stride, padding)       # (N, Ho, Wo, xb, kh, kw, C)
+    word = _word_bytes(c_in, tiles)
+    win = _plane_windows(x_small, x_bits, kh, kw, stride, padding, word)  # (N, Ho, Wo, xb, kh, kw, C/word)
     ho, wo = win.shape[1], win.shape[2]
     q = x_bits * w_bits
     max_code = max(r1 - r0 for r0, r1 in tiles) * kh * kw if mode is Mode.IDEAL else (1 << adc_bits) - 1
@@ -269,11 +286,12 @@ def lut_conv(x_small: torch.Tensor, w_small: torch.Tensor, *, stride: tuple[int,
         lut = adc_lut(mode, rows_t, full_scale, adc_bits, x_bits, x_signed, w_bits, w_signed, dtype)
         offsets = (torch.arange(q, dtype=torch.int32) * (rows_t + 1)).view(1, q, 1)
         xbuf = torch.zeros((max_rows, k_pad), dtype=torch.int8)
+        xwords = xbuf.view(_WORDS[word])                                  # k_pad is a multiple of 8
         for ns, hs in _chunks(n, ho, wo, per_chunk):
-            src = win[ns, hs, ..., c0:c1]
+            src = win[ns, hs, ..., c0 // word:c1 // word]
             m = src.shape[0] * src.shape[1] * wo                          # windows in this chunk
             r = m * x_bits
-            xbuf[:r, :rows_t].view(src.shape).copy_(src)
+            xwords[:r, :rows_t // word].view(src.shape).copy_(src)
             rr = max(r, 17)
             torch._int_mm(xbuf[:rr], wp, out=kbuf[:rr])
             k = kbuf[:r]
