@@ -141,6 +141,10 @@ def test_qat_phase_small(fake_cifar: Path, tmp_path: Path) -> None:
                         resume_from=str(tmp_path / "float" / "float.pt"), **small))
     assert [(r.phase, r.epoch) for r in result.history] == [("qat", 1)]
     assert set(result.best_acc) == {"qat_init", "qat", "qat_int"}
+    record = export_run(out, tmp_path / "w")
+    assert "--resume-from" in record["command"] and "--lr-qat 0.005" in record["command"]
+    assert record["resume_run"]["best_test_acc"].keys() == {"float"}
+    assert "--resume-from" in record["float_weights"]
     qg = QGraph.load(str(out / "qat.qgraph.json"))
     qg.verify()
     assert [n.w_bits for n in qg.mvm_nodes()] == [4] * 11
@@ -176,6 +180,7 @@ def test_qat_phase_from_float_weights_resumes_and_exports(fake_cifar: Path, tmp_
 
     record = export_run(out, tmp_path / "w")
     assert record["epochs_done"] == {"float": 0, "qat": 2} and "final QAT epoch" in record["qat_qgraph"]
+    assert "--resume-from" in record["command"] and len(record["resume_run"]["history"]) == 1
     assert (tmp_path / "w" / "cifar10-cnn11.qgraph.json").is_file()
 
 

@@ -33,10 +33,12 @@ def command_from_config(cfg: dict) -> str:
              ("limit_test", "--limit-test"), ("device", "--device"), ("chip", "--chip")]
     parts = ["imcflow", "train", cfg["model"], "--data", cfg["data_root"], "--out", cfg["out_dir"]]
     for key, flag in flags:
-        if key in ("epochs_float", "epochs_qat", "seed") or cfg.get(key) != getattr(default, key):
+        always = key in ("epochs_float", "epochs_qat", "seed") or (key == "lr_qat" and cfg["epochs_qat"] > 0)
+        if always or cfg.get(key) != getattr(default, key):
             parts += [flag, str(cfg[key])]
-    if cfg.get("init_from"):
-        parts += ["--init-from", cfg["init_from"]]
+    for key, flag in (("init_from", "--init-from"), ("resume_from", "--resume-from")):
+        if cfg.get(key):
+            parts += [flag, cfg[key]]
     if cfg.get("bf16"):
         parts.append("--bf16")
     return " ".join(parts)
@@ -72,9 +74,11 @@ def export_run(out_dir: str | Path, weights_dir: str | Path, threads: int | None
         "torch": torch.__version__,
     }
     if cfg.get("init_from"):
-        record["init_run"] = _init_run(Path(cfg["init_from"]))
+        record["init_run"] = _source_run(Path(cfg["init_from"]))
+    if cfg.get("resume_from"):
+        record["resume_run"] = _source_run(Path(cfg["resume_from"]))
     dest.mkdir(parents=True, exist_ok=True)
-    record["float_weights"] = _export_float(out, dest / f"{name}.pt", ckpt, history)
+    record["float_weights"] = _export_float(out, dest / f"{name}.pt", ckpt, history, cfg.get("resume_from"))
     qgraphs = [out / "qat.qgraph.json", out / "best-qat.qgraph.json"]
     qat_src = next((q for q in qgraphs if q.is_file()), None)
     if qat_src is not None:
@@ -88,8 +92,11 @@ def export_run(out_dir: str | Path, weights_dir: str | Path, threads: int | None
     return record
 
 
-def _export_float(out: Path, dest: Path, ckpt: dict, history: list[dict]) -> str:
+def _export_float(out: Path, dest: Path, ckpt: dict, history: list[dict], resume_from: str | None) -> str:
     floats = [r for r in history if r["phase"] == "float"]
+    if ckpt.get("float_model") is not None and not floats and resume_from:
+        save_atomic(ckpt["float_model"], dest)
+        return f"the float weights this run started from (--resume-from {resume_from}; see resume_run)"
     if ckpt.get("float_model") is not None:
         save_atomic(ckpt["float_model"], dest)
         acc = floats[-1]["test_acc"] if floats else None
@@ -103,11 +110,17 @@ def _export_float(out: Path, dest: Path, ckpt: dict, history: list[dict]) -> str
             f"test acc {top['test_acc']}")
 
 
-def _init_run(init: Path) -> dict:
-    """Provenance of ``--init-from`` weights: the record of the run whose folder holds them, if any."""
+def _source_run(init: Path, depth: int = 0) -> dict:
+    """Provenance of ``--init-from``/``--resume-from`` weights: the record of the run whose folder holds
+    them (its ``last.ckpt``), if any."""
     sibling = init.parent / LAST
     if not sibling.is_file():
         return {"weights": str(init), "run": "unknown (no last.ckpt beside the weights)"}
     ckpt = load_checkpoint(sibling)
-    return {"weights": str(init), "command": command_from_config(ckpt["config"]), "history": ckpt["history"],
-            "best_test_acc": ckpt["best_acc"]}
+    cfg = ckpt["config"]
+    run = {"weights": str(init), "command": command_from_config(cfg), "history": ckpt["history"],
+           "best_test_acc": ckpt["best_acc"]}
+    for key, field in (("init_from", "init_run"), ("resume_from", "resume_run")):
+        if cfg.get(key) and depth < 4:  # that run's own source, and so on
+            run[field] = _source_run(Path(cfg[key]), depth + 1)
+    return run
