@@ -232,15 +232,16 @@ def _channel(a: int, b: int) -> tuple[int, int] | None:
     return None if a < 0 or b < 0 else (min(a, b), max(a, b))
 
 
-def _neighbour_table(chip: ChipConfig) -> dict[int, list[int]]:
-    """:func:`_neighbours` of every switch and port."""
-    return {s: _neighbours(chip, s) for s in [*range(chip.n_cores), IN_PORT, OUT_PORT]}
+def _neighbour_table(chip: ChipConfig) -> dict[int, list[tuple[int, tuple[int, int] | None]]]:
+    """(neighbour, :func:`_channel` of the edge to it) for every switch and port."""
+    return {s: [(n, _channel(s, n)) for n in _neighbours(chip, s)] for s in [*range(chip.n_cores), IN_PORT, OUT_PORT]}
 
 
 def _grow(chip: ChipConfig, tree: set[int], targets: set[int], cost,
-          table: dict[int, list[int]] | None = None) -> list[tuple[int, int]]:
-    """Cheapest path (channel costs from ``cost(a, b)``) from any switch of ``tree`` to the nearest
-    of ``targets`` through switches not yet in the tree (the mesh is connected, so one exists);
+          table: dict[int, list[tuple[int, tuple[int, int] | None]]] | None = None) -> list[tuple[int, int]]:
+    """Cheapest path (edge costs from ``cost(channel)``, the channel None for a port edge) from any
+    switch of ``tree`` to the nearest of ``targets`` through switches not yet in the tree (the mesh
+    is connected, so one exists);
     ``table``: :func:`_neighbour_table` of ``chip``, if the caller has it."""
     table = table or _neighbour_table(chip)
     dist = {s: 0.0 for s in tree}
@@ -256,10 +257,10 @@ def _grow(chip: ChipConfig, tree: set[int], targets: set[int], cost,
             return path[::-1]
         if d > dist.get(s, float("inf")):
             continue
-        for n in table[s]:
+        for n, channel in table[s]:
             if n in tree:
                 continue
-            nd = d + cost(s, n)
+            nd = d + cost(channel)
             if nd < dist.get(n, float("inf")):
                 dist[n], prev[n] = nd, s
                 heapq.heappush(heap, (nd, n))
@@ -280,8 +281,7 @@ def route_streams(chip: ChipConfig, perm: list[int], streams: list[StreamSpec]) 
         usage: dict[tuple[int, int], int] = {}
         penalty = 0.5 * 1.7 ** it
 
-        def cost(a: int, b: int) -> float:
-            key = _channel(a, b)
+        def cost(key: tuple[int, int] | None) -> float:
             if key is None:
                 return 1.0
             over = usage.get(key, 0) + 1 - cap
