@@ -24,7 +24,10 @@ batches run in chunks of images (bounded memory); the noise is drawn chunk after
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import numbers
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -243,6 +246,31 @@ def _plane_windows(x_small: torch.Tensor, x_bits: int, kh: int, kw: int, stride:
     return planes.as_strided((n, ho, wo, xb, kh, kw, c), (s_n, stride[0] * s_h, stride[1] * s_w, s_i, s_h, s_w, 1))
 
 
+@contextlib.contextmanager
+def _intra_op_threads(count: int):
+    """torch's intra-op thread count set to ``count`` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_all(fn, items: list, workers: int) -> None:
+    """``fn(item)`` for every item: in this thread when ``workers == 1``, else on ``workers`` Python
+    threads, each running single-threaded torch ops. Small ops on a shared, loaded machine lose far
+    more to intra-op barriers (a descheduled thread holds the rest up) than they gain; independent
+    chunks on separate threads never wait for each other."""
+    if workers == 1:
+        for item in items:
+            fn(item)
+        return
+    with _intra_op_threads(1), concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(fn, items):
+            pass
+
+
 def lut_conv(x_small: torch.Tensor, w_small: torch.Tensor, *, stride: tuple[int, int], padding: tuple[int, int],
              tiles: list[tuple[int, int]], x_bits: int, w_bits: int, x_signed: bool, w_signed: bool,
              mode: Mode, full_scale: int, adc_bits: int) -> torch.Tensor:
@@ -274,9 +302,18 @@ def lut_conv(x_small: torch.Tensor, w_small: torch.Tensor, *, stride: tuple[int,
     max_m = (ho * wo * min(n, per_chunk // (ho * wo)) if ho * wo <= per_chunk
              else wo * max(1, min(ho, per_chunk // wo)))                   # most windows in a chunk
     max_rows = max(17, max_m * x_bits)
-    kbuf = torch.empty((max_rows, w_bits * o_pad), dtype=torch.int32)
-    cbuf = torch.empty(max_rows * w_bits * o_pad, dtype=dtype)
-    part = torch.empty((max_m, o_pad), dtype=dtype) if len(tiles) > 1 else None
+    chunks = list(_chunks(n, ho, wo, per_chunk))
+    workers = max(1, min(torch.get_num_threads(), len(chunks)))
+    local = threading.local()
+
+    def buffers():
+        if not hasattr(local, "kbuf"):
+            local.kbuf = torch.empty((max_rows, w_bits * o_pad), dtype=torch.int32)
+            local.cbuf = torch.empty(max_rows * w_bits * o_pad, dtype=dtype)
+            local.part = torch.empty((max_m, o_pad), dtype=dtype) if len(tiles) > 1 else None
+            local.xbufs = {}
+        return local
+
     for c0, c1 in tiles:
         rows_t = (c1 - c0) * kh * kw
         k_pad = rows_t + (-rows_t) % 8
@@ -285,23 +322,29 @@ def lut_conv(x_small: torch.Tensor, w_small: torch.Tensor, *, stride: tuple[int,
         wp = fast.bit_planes(w_t, w_bits, dim=1).reshape(k_pad, w_bits * o_pad).contiguous()  # column j*o_pad + o
         lut = adc_lut(mode, rows_t, full_scale, adc_bits, x_bits, x_signed, w_bits, w_signed, dtype)
         offsets = (torch.arange(q, dtype=torch.int32) * (rows_t + 1)).view(1, q, 1)
-        xbuf = torch.zeros((max_rows, k_pad), dtype=torch.int8)
-        xwords = xbuf.view(_WORDS[word])                                  # k_pad is a multiple of 8
-        for ns, hs in _chunks(n, ho, wo, per_chunk):
+
+        def run(chunk, c0=c0, c1=c1, rows_t=rows_t, k_pad=k_pad, wp=wp, lut=lut, offsets=offsets):
+            ns, hs = chunk
+            b = buffers()
+            if (c0, k_pad) not in b.xbufs:   # zero padding columns stay zero
+                b.xbufs[(c0, k_pad)] = torch.zeros((max_rows, k_pad), dtype=torch.int8)
+            xbuf = b.xbufs[(c0, k_pad)]
             src = win[ns, hs, ..., c0 // word:c1 // word]
             m = src.shape[0] * src.shape[1] * wo                          # windows in this chunk
             r = m * x_bits
-            xwords[:r, :rows_t // word].view(src.shape).copy_(src)
+            xbuf.view(_WORDS[word])[:r, :rows_t // word].view(src.shape).copy_(src)
             rr = max(r, 17)
-            torch._int_mm(xbuf[:rr], wp, out=kbuf[:rr])
-            k = kbuf[:r]
+            torch._int_mm(xbuf[:rr], wp, out=b.kbuf[:rr])
+            k = b.kbuf[:r]
             k.view(m, q, o_pad).add_(offsets)
-            codes = cbuf[:k.numel()]
+            codes = b.cbuf[:k.numel()]
             torch.index_select(lut, 0, k.view(-1), out=codes)
             first = ns.start * ho * wo + hs.start * wo
-            if part is None:
+            if b.part is None:
                 torch.sum(codes.view(m, q, o_pad), dim=1, out=acc[first:first + m])
             else:
-                torch.sum(codes.view(m, q, o_pad), dim=1, out=part[:m])
-                acc[first:first + m] += part[:m]
+                torch.sum(codes.view(m, q, o_pad), dim=1, out=b.part[:m])
+                acc[first:first + m] += b.part[:m]
+
+        _run_all(run, chunks, workers)
     return acc[:, :c_out]
