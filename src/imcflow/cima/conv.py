@@ -125,7 +125,8 @@ def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits
         acc = lut_conv(x_small, _small_int(w_int.detach(), w_bits, w_signed), stride=stride, padding=padding,
                        tiles=tiles, x_bits=x_bits, w_bits=w_bits, x_signed=x_signed, w_signed=w_signed, mode=mode,
                        full_scale=full_scale, adc_bits=adc_bits)
-        return acc.view(n, ho, wo, c_out).permute(0, 3, 1, 2).to(out_dtype).contiguous()
+        out = torch.empty((n, c_out, ho, wo), dtype=out_dtype)
+        return out.copy_(acc.view(n, ho, wo, c_out).permute(0, 3, 1, 2))   # one pass: layout and dtype
     kernel = dict(x_bits=x_bits, w_bits=w_bits, x_signed=x_signed, w_signed=w_signed, mode=mode,
                   full_scale=full_scale, adc_bits=adc_bits)
     images = max(1, fast.chunk_vectors(x_bits, c_out * w_bits) // max(1, ho * wo))  # ~one product's windows

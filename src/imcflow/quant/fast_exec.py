@@ -29,7 +29,7 @@ def requant_torch(rq: Requant, acc: torch.Tensor, num: int, den_shift: int) -> t
     shape = [1] * acc.dim()
     shape[1] = -1
     total = rq.shift + den_shift
-    acc_max = float(acc.abs().max()) if acc.numel() else 0.0
+    acc_max = max(abs(float(v)) for v in torch.aminmax(acc)) if acc.numel() else 0.0
     mult = rq.multiplier.astype(np.int64) * num
     offset = (rq.bias.astype(np.int64) << den_shift) + (1 << (total - 1))
     bound = acc_max * float(np.abs(mult).max(initial=0)) + float(np.abs(offset).max(initial=0))
