@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--sim", action="store_true", help="also time the simulator (compiles the program)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     chip = get_preset(args.chip)
@@ -83,6 +84,11 @@ def main() -> None:
     for mode in ("ideal", "bit_true"):
         times[mode] = best_s(lambda m=mode: fast_exec.run_qgraph_fast(qg, x_int, m, chip, batch_size=args.batch),
                              args.repeats)
+    if args.sim:
+        from imcflow.compiler.pipeline import compile_qgraph
+        from imcflow.sim.functional import run_program
+        prog = compile_qgraph(qg, chip)
+        times["sim bit_true"] = best_s(lambda: run_program(prog, x_int, "bit_true"), args.repeats)
     print(f"{args.model} on {args.chip}: {args.images} images, batch {args.batch}, {args.threads} threads, "
           f"best of {args.repeats}")
     for name, t in times.items():
