@@ -1,9 +1,12 @@
 """Fast batch executor of a QGraph (torch), equal bit for bit to :func:`imcflow.quant.reference.run_qgraph`.
 
 Same arithmetic as the reference, reorganised for speed: each MVM layer is one
-:func:`imcflow.cima.bpbs_conv2d` (bit-plane convolutions instead of im2col + :func:`imcflow.cima.mvm`
-per tile; in ``ideal`` mode, where every ADC code is the exact count, one exact integer convolution), the batch runs in chunks, and pooling/requant/add run as int64 or exact float64 torch
-ops. ``tests/test_quant_fast.py`` checks equality with the reference in every mode (in ``analog``
+:func:`imcflow.cima.bpbs_conv2d` (its table-look-up route in bit_true mode; in ``ideal`` mode, where
+every ADC code is the exact count, one exact integer convolution), the batch runs in chunks, and
+pooling/requant/add run as int64 or exact float torch ops (requant in float64 when every
+intermediate stays below 2**52; max pooling in float32 when the values fit 24 bits). On a machine
+shared with other jobs, ``torch.set_num_threads(1)`` is often faster than two threads
+(``benchmarks/bittrue_speed.py`` measures both). Reference equality: ``tests/test_quant_fast.py`` checks equality with the reference in every mode (in ``analog``
 mode each column tile of ``chip.array.cols // w_bits`` outputs is one call with the reference's
 seeds, so the draws line up).
 """
