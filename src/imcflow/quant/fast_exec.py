@@ -6,9 +6,9 @@ every ADC code is the exact count, one exact integer convolution), the batch run
 pooling/requant/add run as int64 or exact float torch ops (requant in float64 when every
 intermediate stays below 2**52; max pooling in float32 when the values fit 24 bits). On a machine
 shared with other jobs, ``torch.set_num_threads(1)`` is often faster than two threads
-(``benchmarks/bittrue_speed.py`` measures both). Reference equality: ``tests/test_quant_fast.py`` checks equality with the reference in every mode (in ``analog``
-mode each column tile of ``chip.array.cols // w_bits`` outputs is one call with the reference's
-seeds, so the draws line up).
+(``benchmarks/bittrue_speed.py`` measures both). ``tests/test_quant_fast.py`` checks equality with
+the reference in every mode (in ``analog`` mode each column tile of ``chip.array.cols // w_bits``
+outputs is one call with the reference's seeds, so the draws line up).
 """
 
 from __future__ import annotations
