@@ -367,7 +367,7 @@ def _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch) -> 
                        lr=sched.get_last_lr()[0], seconds=time.perf_counter() - t0)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: worker threads of cima.conv do not inherit it
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str = "cpu",
              batch_size: int = 500, bf16: bool = False) -> float:
     """Top-1 accuracy of ``model`` (put in eval mode) on uint8 NCHW ``images``, in float32 (or bf16 autocast)."""

@@ -48,7 +48,7 @@ def int_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, bat
     net.set_mode("int")
     try:
         correct = 0
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode (see loop.evaluate)
             for i in range(0, len(labels), batch_size):
                 logits = net(images[i:i + batch_size].float() / 255.0)
                 correct += int((logits.argmax(1) == labels[i:i + batch_size]).sum())
