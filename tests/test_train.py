@@ -152,7 +152,6 @@ def test_qat_phase_small(fake_cifar: Path, tmp_path: Path) -> None:
     assert qg.spec(qg.mvm_nodes()[1].inputs[0]).bits == 4
 
 
-@pytest.mark.slow
 def test_qat_phase_from_float_weights_resumes_and_exports(fake_cifar: Path, tmp_path: Path) -> None:
     from imcflow.ir.qgraph import QGraph
 
