@@ -146,3 +146,28 @@ def test_lut_conv_chunking_is_exact(monkeypatch, target, mode):
               array_rows=36)
     got = bpbs_conv2d(x, w, out_dtype=torch.int64, **kw)
     np.testing.assert_array_equal(got.numpy(), bpbs_conv2d_reference(x, w, mvm_fn=mvm, **kw))
+
+
+def test_lut_route_threads_follow_inference_mode(monkeypatch):
+    """The LUT route's worker threads run under the caller's inference mode (regression)."""
+    import torch
+    from imcflow.cima import bpbs_conv2d
+    from imcflow.cima import conv as conv_module
+    monkeypatch.setattr(conv_module, "TARGET_COUNTS", 4096)  # many chunks, so several threads
+    from imcflow.cima.reference import bpbs_conv2d_reference
+    from imcflow.config import JSSC2022
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 16, (4, 16, 12, 12), generator=g).float()
+    w = torch.randint(-8, 8, (8, 16, 3, 3), generator=g).float()
+    kw = dict(x_bits=4, w_bits=4, x_signed=False, stride=(1, 1), padding=(1, 1), full_scale=144,
+              mode="bit_true", adc_bits=JSSC2022.adc.bits, array_rows=JSSC2022.array.rows)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            got = bpbs_conv2d(x, w, **kw)
+    finally:
+        torch.set_num_threads(before)
+    from imcflow.cima import mvm
+    want = bpbs_conv2d_reference(x, w, mvm_fn=mvm, **kw)
+    assert (got.numpy() == want).all()

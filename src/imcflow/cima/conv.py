@@ -267,8 +267,16 @@ def _run_all(fn, items: list, workers: int) -> None:
         for item in items:
             fn(item)
         return
+    # Worker threads start with torch's default autograd state: carry the caller's over, so a
+    # call under torch.inference_mode() writes inference tensors in every thread alike.
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def call(item):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            fn(item)
+
     with _intra_op_threads(1), concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(fn, items):
+        for _ in pool.map(call, items):
             pass
 
 
