@@ -1,7 +1,7 @@
 """The shipped 4-b cifar10-cnn11, compiled for jssc2022 and run bit-true through the simulator, on
-the first 500 CIFAR-10 (JPEG q75 copy) test images: a broken loader, quantiser, compiler or
+a seeded sample of 500 CIFAR-10 (JPEG q75 copy) test images (eval --limit): a broken loader, quantiser, compiler or
 simulator cannot hide behind it. The threshold sits a few points under the measured accuracy of
-the shipped weights: 84.80 % bit-true on these 500 images
+the shipped weights: 84.80 % bit-true on this sample
 (`imcflow eval cifar10-cnn11 --data ../shared/data/cifar10 --mode bit_true --limit 500`)."""
 
 import json
@@ -18,7 +18,7 @@ MIN_ACCURACY = 0.80
 
 
 @pytest.mark.skipif(not (DATA / "test.tar.gz").exists(), reason=f"CIFAR-10 copy not found at {DATA}")
-def test_shipped_cnn11_bit_true_on_500_test_images(tmp_path, monkeypatch):
+def test_shipped_cnn11_bit_true_on_500_sampled_test_images(tmp_path, monkeypatch):
     monkeypatch.setenv("IMCFLOW_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "e.json"
     rc = main(["eval", "cifar10-cnn11", "--data", str(DATA), "--mode", "bit_true", "--limit", "500",

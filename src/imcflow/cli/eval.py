@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="CIFAR-10 folder, e.g. ../shared/data/cifar10")
     p.add_argument("--mode", default="bit_true", choices=("ideal", "bit_true", "analog"))
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N test images only")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="N test images only: a seeded sample over all classes (the test set is stored sorted by class, so its first N would be one class)")
     p.add_argument("--batch-size", type=int, default=250, metavar="B", help="images per simulator call")
     p.set_defaults(func=_run)
 
