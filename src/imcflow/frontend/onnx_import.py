@@ -9,6 +9,12 @@ Quantised QCDQ models: QuantizeLinear -> [Clip] -> DequantizeLinear on a constan
 into the float weight it represents (``w_bits`` attr from the integer type or the clip range); the
 same chain on an activation is dropped and its scale recorded as ``act_scale`` (and ``act_bits``)
 on the node producing that activation (``meta['input_scale']`` for the graph input).
+
+Quantised QONNX models (brevitas export): a ``Quant`` node (domain ``qonnx.custom_op.general``,
+``onnx.brevitas`` or ``finn.custom_op.general``) with constant scale, zero point and bit width is
+handled the same way: on a constant weight it is folded into the dequantized float weight
+(``w_bits`` = its bit width), on an activation it is dropped and recorded as ``act_scale`` and
+``act_bits``. ``BipolarQuant`` (1-b sign quantisation) is rejected.
 """
 
 from __future__ import annotations
@@ -106,10 +112,12 @@ class _Importer:
     def run(self) -> Graph:
         input_name, input_shape = self.graph_input()
         for node in self.g.node:
-            handler = _HANDLERS.get(node.op_type)
-            if handler is None or node.domain not in ("", "ai.onnx"):
+            table = _QONNX_HANDLERS if node.domain in _QONNX_DOMAINS else _HANDLERS
+            handler = table.get(node.op_type)
+            if handler is None or node.domain not in ("", "ai.onnx", *_QONNX_DOMAINS):
                 raise ModelError(f"node {_nname(node)!r} ({node.op_type}): unsupported op; supported ops are "
-                                 f"{', '.join(sorted(_HANDLERS))}: replace it or export without it")
+                                 f"{', '.join(sorted(_HANDLERS))} (domain '') and Quant (domains "
+                                 f"{', '.join(_QONNX_DOMAINS)}): replace it or export without it")
             handler(self, node)
         if len(self.g.output) != 1:
             raise ModelError(f"ONNX model {self.name!r} has {len(self.g.output)} outputs; give a model with exactly one")
@@ -425,6 +433,91 @@ def _dequantize(imp: _Importer, node: onnx.NodeProto) -> None:
         raise _fail(node, "DequantizeLinear of a float tensor", "pair every DequantizeLinear with a QuantizeLinear")
 
 
+# --- quantisation (QONNX Quant, as exported by brevitas) ---------------------------------------
+
+_QONNX_DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general")
+
+_ROUNDING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "ROUND": np.round,  # round half to even
+    "ROUND_TO_ZERO": np.trunc,
+    "CEIL": np.ceil,
+    "FLOOR": np.floor,
+}
+
+_MAX_QUANT_BITS = 8
+
+
+def _quant_const(imp: _Importer, node: onnx.NodeProto, i: int, what: str) -> np.ndarray:
+    v = imp.values.get(node.input[i]) if i < len(node.input) and node.input[i] else None
+    if not isinstance(v, _Const):
+        raise _fail(node, f"{what} (input {i}) is {'missing' if v is None else 'computed at run time'}",
+                    f"export the quantiser with a constant {what} (an initializer)")
+    return v.value.astype(np.float64)
+
+
+def _quant_bits(node: onnx.NodeProto, bitwidth: np.ndarray) -> int:
+    if bitwidth.size != 1 or float(bitwidth.reshape(-1)[0]) != round(float(bitwidth.reshape(-1)[0])):
+        raise _fail(node, f"bit width {bitwidth.reshape(-1).tolist()} is not one integer",
+                    "give a single integer bit width")
+    bits = int(round(float(bitwidth.reshape(-1)[0])))
+    if not 1 <= bits <= _MAX_QUANT_BITS:
+        raise _fail(node, f"bit width {bits} is outside 1..{_MAX_QUANT_BITS}",
+                    f"quantise to 1..{_MAX_QUANT_BITS} bits")
+    return bits
+
+
+def _int_range(bits: int, signed: bool, narrow: bool) -> tuple[int, int]:
+    """QONNX integer range of a ``bits``-wide (un)signed, optionally narrow, quantiser."""
+    if signed:
+        return -(2 ** (bits - 1)) + int(narrow), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1 - int(narrow)
+
+
+def qonnx_quant(x: np.ndarray, scale: np.ndarray, zeropt: np.ndarray, bits: int, signed: bool,
+                narrow: bool, rounding_mode: str = "ROUND") -> np.ndarray:
+    """QONNX ``Quant`` in float64: ``(clip(round(x/scale + zeropt), min_int, max_int) - zeropt) * scale``."""
+    lo, hi = _int_range(bits, signed, narrow)
+    q = np.clip(_ROUNDING[rounding_mode](np.asarray(x, np.float64) / scale + zeropt), lo, hi)
+    return (q - zeropt) * scale
+
+
+def _qonnx_quant(imp: _Importer, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    scale = _quant_const(imp, node, 1, "scale")
+    zeropt = _quant_const(imp, node, 2, "zero point")
+    bits = _quant_bits(node, _quant_const(imp, node, 3, "bit width"))
+    mode = a.get("rounding_mode", b"ROUND")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode not in _ROUNDING:
+        raise _fail(node, f"rounding_mode={mode!r}", f"use one of {', '.join(_ROUNDING)}")
+    if np.any(scale <= 0) or not np.all(np.isfinite(scale)):
+        raise _fail(node, "scale is not positive and finite", "give positive finite scales")
+    v = imp.values.get(node.input[0])
+    if isinstance(v, _Const):
+        try:
+            w = qonnx_quant(v.value, scale, zeropt, bits, bool(a.get("signed", 1)), bool(a.get("narrow", 0)), mode)
+        except ValueError as exc:
+            raise _fail(node, f"scale {scale.shape} / zero point {zeropt.shape} do not broadcast to the weight "
+                              f"{v.value.shape} ({_first_line(exc)})", "give per-tensor or per-output-channel "
+                        "parameters shaped to broadcast") from None
+        imp.values[node.output[0]] = _Const(w.astype(np.float32), bits)
+        return
+    x = imp.tensor(node, 0)
+    if scale.size != 1:
+        raise _fail(node, f"per-channel activation scale ({scale.size} values)",
+                    "quantise activations per tensor (one scale)")
+    if np.any(zeropt != 0):
+        raise _fail(node, f"activation zero point {zeropt.reshape(-1).tolist()}",
+                    "use symmetric (zero point 0) activation quantisation")
+    imp.annotate(x, act_scale=float(scale.reshape(-1)[0]), act_bits=bits)
+    imp.values[node.output[0]] = _Tensor(x)
+
+
+def _bipolar_quant(imp: _Importer, node: onnx.NodeProto) -> None:
+    raise _fail(node, "bipolar (1-b sign) quantisation is not supported",
+                f"quantise with a Quant node of 2..{_MAX_QUANT_BITS} bits instead")
+
+
 # --- constant arithmetic (shape computations exporters emit) -----------------------------------
 
 def _constant(imp: _Importer, node: onnx.NodeProto) -> None:
@@ -488,4 +581,9 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "Unsqueeze": _const_op(_unsqueeze),
     "Squeeze": _const_op(lambda args, a: np.squeeze(args[0], axis=_axes(args, a) or None)),
     "Cast": _const_op(lambda args, a: args[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))),
+}
+
+_QONNX_HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
+    "Quant": _qonnx_quant,
+    "BipolarQuant": _bipolar_quant,
 }
