@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from imcflow.errors import ModelError
-from imcflow.ir.serialize import decode, encode
+from imcflow.ir.serialize import decode, encode, load_json_object
 
 
 class Op(str, enum.Enum):
@@ -190,8 +190,11 @@ class Graph:
         return json.dumps(encode(self), indent=1)
 
     @staticmethod
-    def from_json(text: str) -> "Graph":
-        return decode(json.loads(text), _TYPES, {"op": Op}, keep_lists=("meta", "attrs", "params"))
+    def from_json(text: str, where: str = "Graph JSON") -> "Graph":
+        """Decode :meth:`to_json` text; ModelError naming ``where`` if it is not a Graph."""
+        return load_json_object(
+            text, "Graph", ModelError, where, "give a file written by Graph.save",
+            lambda obj: decode(obj, _TYPES, {"op": Op}, keep_lists=("meta", "attrs", "params")))
 
     def save(self, path: str) -> None:
         with open(path, "w") as fh:

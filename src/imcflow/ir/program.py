@@ -126,7 +126,7 @@ from imcflow.config import chip as chip_mod
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
 from imcflow.ir.qgraph import QGraph, QOp, graphs_equal, row_tiles
-from imcflow.ir.serialize import decode, encode
+from imcflow.ir.serialize import decode, encode, load_json_object
 
 IN_PORT = -1
 """Endpoint id of the off-chip input port (attached to every west-edge switch)."""
@@ -345,16 +345,8 @@ class Program:
     @staticmethod
     def from_json(text: str, where: str = "Program JSON") -> "Program":
         """Decode :meth:`to_json` text; CompileError naming ``where`` if it is not a Program."""
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CompileError(f"{where}: not valid JSON ({exc}); give a file written by 'imcflow compile -o'") from None
-        if not isinstance(obj, dict) or obj.get("__dc__") != "Program":
-            raise CompileError(f"{where}: holds no Program; give a file written by 'imcflow compile -o'")
-        try:
-            return _decode_program(obj)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CompileError(f"{where}: malformed Program ({type(exc).__name__}: {exc}); compile it again") from None
+        return load_json_object(text, "Program", CompileError, where,
+                                "give a file written by 'imcflow compile -o'", _decode_program)
 
     def save(self, path: str) -> None:
         """Write :meth:`to_json` to ``path``."""

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from imcflow.errors import QuantError
-from imcflow.ir.serialize import decode, encode
+from imcflow.ir.serialize import decode, encode, load_json_object
 
 
 class QOp(str, enum.Enum):
@@ -191,17 +191,8 @@ class QGraph:
     @staticmethod
     def from_json(text: str, where: str = "QGraph JSON") -> "QGraph":
         """Decode :meth:`to_json` text; QuantError naming ``where`` if it is not a QGraph."""
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise QuantError(f"{where}: not valid JSON ({exc}); give a file written by QGraph.save") from None
-        if not isinstance(obj, dict) or obj.get("__dc__") != "QGraph":
-            raise QuantError(f"{where}: holds no QGraph; give a file written by QGraph.save or 'imcflow' itself")
-        try:
-            graph = _decode(obj)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise QuantError(f"{where}: malformed QGraph ({type(exc).__name__}: {exc}); re-export the model") from None
-        return graph
+        return load_json_object(text, "QGraph", QuantError, where,
+                                "give a file written by QGraph.save or 'imcflow' itself", _decode)
 
     def save(self, path: str) -> None:
         with open(path, "w") as fh:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imcflow.errors import SimError
-from imcflow.ir.serialize import decode, encode
+from imcflow.ir.serialize import decode, encode, load_json_object
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,10 @@ class Report:
         return json.dumps(self.to_dict(), indent=1)
 
     @staticmethod
-    def from_json(text: str) -> "Report":
-        return decode(json.loads(text), _TYPES, {}, keep_lists=("meta",))
+    def from_json(text: str, where: str = "Report JSON") -> "Report":
+        """Decode :meth:`to_json` text; SimError naming ``where`` if it is not a Report."""
+        return load_json_object(text, "Report", SimError, where, "give a file written by 'imcflow run --json'",
+                                lambda obj: decode(obj, _TYPES, {}, keep_lists=("meta",)))
 
     def save(self, path: str) -> None:
         with open(path, "w") as fh:

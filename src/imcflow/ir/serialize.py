@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import enum
-from typing import Any
+import json
+from typing import Any, Callable
 
 import numpy as np
 
@@ -60,3 +61,19 @@ def decode(obj: Any, types: dict[str, type], enums: dict[str, type[enum.Enum]],
     if isinstance(obj, dict):
         return {k: decode(v, types, enums, keep_lists) for k, v in obj.items()}
     return obj
+
+
+def load_json_object(text: str, kind: str, error: type[Exception], where: str, fix: str,
+                     decoder: Callable[[dict], Any]) -> Any:
+    """Decode the JSON text of one IR value of dataclass ``kind`` with ``decoder``; anything else
+    (invalid JSON, another kind, a malformed body) raises ``error`` naming ``where`` and ``fix``."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}: not valid JSON ({exc}); {fix}") from None
+    if not isinstance(obj, dict) or obj.get("__dc__") != kind:
+        raise error(f"{where}: holds no {kind}; {fix}")
+    try:
+        return decoder(obj)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise error(f"{where}: malformed {kind} ({type(exc).__name__}: {exc}); {fix}") from None
