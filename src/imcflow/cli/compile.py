@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from imcflow.cli.common import add_chip_args, chip_from_args
 from imcflow.compiler import compile_qgraph
 from imcflow.compiler.placement import OBJECTIVES
-from imcflow.errors import ModelError
-from imcflow.ir.qgraph import QGraph
+from imcflow.pipeline import load_qgraph
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,22 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_model_qgraph(model: str, chip) -> QGraph:
-    """A QGraph from a .qgraph.json file, or through imcflow.pipeline.load_qgraph for anything else."""
-    if model.endswith(".qgraph.json"):
-        return QGraph.load(model)
-    try:
-        pipeline = importlib.import_module("imcflow.pipeline")
-    except ModuleNotFoundError as exc:
-        if exc.name != "imcflow.pipeline":
-            raise
-        raise ModelError(f"{model!r}: loading zoo or ONNX models needs imcflow.pipeline; give a .qgraph.json") from None
-    return pipeline.load_qgraph(model, chip)
-
-
 def run(args: argparse.Namespace) -> int:
     chip = chip_from_args(args)
-    qgraph = load_model_qgraph(args.model, chip)
+    qgraph = load_qgraph(args.model, chip)
     program = compile_qgraph(qgraph, chip, objective=args.objective, batch=args.batch)
     if args.output:
         program.save(args.output)

@@ -20,17 +20,11 @@ from imcflow.ir.qgraph import QGraph
 from imcflow.ir.report import Report
 
 
-def load_qgraph(net: str, chip: ChipConfig, trained: bool = True, calib_images: int | None = None) -> tuple[QGraph, str]:
-    """(QGraph, where it came from) for zoo network or path ``net`` (via imcflow.pipeline.load_qgraph).
-
-    ``calib_images``: calibrate post-training on this many seeded synthetic inputs instead of the
-    pipeline's default (a few suffice for timing and energy, which do not depend on weight values)."""
+def load_qgraph(net: str, chip: ChipConfig, trained: bool = True) -> tuple[QGraph, str]:
+    """(QGraph, where it came from) for zoo network or path ``net``: the same QGraph that
+    ``imcflow compile`` builds (:func:`imcflow.pipeline.load_qgraph`)."""
     from imcflow import pipeline
-    calib = None
-    if calib_images is not None:
-        from imcflow.models import input_shape
-        calib = pipeline.synthetic_calibration(input_shape(net), n=calib_images)
-    q = pipeline.load_qgraph(net, chip=chip, trained=trained, calib=calib)
+    q = pipeline.load_qgraph(net, chip=chip, trained=trained)
     if q.meta.get("trained", True):
         return q, "trained weights"
     return q, "untrained (random-init) weights, calibrated on synthetic inputs: timing and energy only"
@@ -64,7 +58,7 @@ def benchmark_reports(net: str, chip: ChipConfig, batch: int | None = None,
     """Reports of ``net`` on ``chip``: 'base', and, when ``data`` (CIFAR-10) is given and the
     network is trained cifar10-cnn11, 'zero bit-planes skipped' with the activity measured on
     ``activity_images`` test images (real activations; synthetic ones would not be evidence)."""
-    q, origin = load_qgraph(net, chip, calib_images=None if data else 4)
+    q, origin = load_qgraph(net, chip)
     prog = compile_program(q, chip)
     out = {"base": _with_note(simulate_report(prog, images=batch), f"QGraph: {origin}")}
     if len(prog.phases) > 1:  # show what the input-buffer capacity costs (residual paths)
@@ -89,9 +83,7 @@ def model_report(model: str, chip: ChipConfig, images: int | None = None, traine
     With ``data`` (a CIFAR-10 folder) the report also carries the bit-true accuracy on the first
     ``limit`` test images, and with ``skip_zero`` the zero-bit-plane feature uses activity measured
     on those images (else on synthetic inputs)."""
-    from imcflow.models import ZOO
-    calib = 8 if model in ZOO and data is None else None
-    q, origin = load_qgraph(model, chip, trained=trained, calib_images=calib)
+    q, origin = load_qgraph(model, chip, trained=trained)
     prog = compile_program(q, chip)
     accuracy, stats = None, None
     if data is not None:
