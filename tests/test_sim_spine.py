@@ -99,7 +99,7 @@ def test_zero_bitplane_skipping_never_slows_and_needs_stats():
 
 def _cnn11_qgraph():
     from imcflow.report.flow import load_qgraph
-    return load_qgraph("cifar10-cnn11", JSSC2022, calib_images=4)[0]
+    return load_qgraph("cifar10-cnn11", JSSC2022)[0]
 
 
 def test_cnn11_on_jssc2022_equals_reference():
