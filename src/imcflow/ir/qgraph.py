@@ -285,6 +285,21 @@ def row_tiles(c_in: int, kh: int, kw: int, array_rows: int) -> list[tuple[int, i
     return bounds
 
 
+def simd_lane_ops(qgraph: QGraph, name: str) -> int:
+    """SIMD lane operations per image of the SIMD-only node ``name``: pooling one per window
+    element, global average pooling one per input element, a residual add two per output; the
+    compiler's cost model and the simulator both count with this."""
+    node = qgraph.node(name)
+    out = math.prod(node.out.shape)
+    if node.op in (QOp.MAXPOOL, QOp.AVGPOOL):
+        return out * node.kernel[0] * node.kernel[1]
+    if node.op == QOp.GLOBAL_AVGPOOL:
+        return math.prod(qgraph.spec(node.inputs[0]).shape)
+    if node.op == QOp.ADD:
+        return 2 * out
+    return 0
+
+
 def pick_full_scale(rows_used: int, full_scales_rows: tuple[int, ...]) -> int:
     """Default ADC full scale for a tile using ``rows_used`` rows: the smallest programmable full
     scale that is >= rows_used (so a column cannot clip), or the largest if none is."""

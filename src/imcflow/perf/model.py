@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 from imcflow.config.chip import ChipConfig
 from imcflow.ir.program import IN_PORT, OUT_PORT, InstrKind, Phase, Program
-from imcflow.ir.qgraph import QGraph, QOp
+from imcflow.ir.qgraph import QGraph, simd_lane_ops
 
 
 @dataclass(frozen=True)
@@ -301,19 +301,8 @@ def simd_ops_of(ins, qgraph: QGraph) -> int:
 
 
 def node_simd_ops(qgraph: QGraph, name: str) -> int:
-    """Lane operations per image of a SIMD-only node (pooling: one per window element; add: two per output)."""
-    node = qgraph.node(name)
-    out = 1
-    for s in node.out.shape:
-        out *= s
-    if node.op in (QOp.MAXPOOL, QOp.AVGPOOL):
-        return out * node.kernel[0] * node.kernel[1]
-    if node.op == QOp.GLOBAL_AVGPOOL:
-        src = qgraph.spec(node.inputs[0]).shape
-        return src[0] * (src[1] * src[2] if len(src) == 3 else 1)
-    if node.op == QOp.ADD:
-        return 2 * out
-    return 0
+    """Lane operations per image of a SIMD-only node (see :func:`imcflow.ir.qgraph.simd_lane_ops`)."""
+    return simd_lane_ops(qgraph, name)
 
 
 def phase_work(program: Program, phase: Phase) -> PhaseWork:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import SimError
 from imcflow.ir.program import IN_PORT, OUT_PORT, InstrKind, Phase, Program, StreamKind
-from imcflow.ir.qgraph import QOp, row_tiles
+from imcflow.ir.qgraph import QOp, row_tiles, simd_lane_ops
 from imcflow.sim.energy import EventCounts
 from imcflow.sim.timing import Op, OpKind
 
@@ -366,7 +366,7 @@ class _Lowerer:
         c_out, h_out, w_out, r_out = self.geom(node.name)
         per_channel = node.op not in (QOp.FLATTEN, QOp.CONCAT) and ins.oc_hi > ins.oc_lo
         c0, c1 = (ins.oc_lo, ins.oc_hi) if per_channel else (0, c_out)
-        total = _node_ops(self.p.qgraph, node) * (c1 - c0) / c_out
+        total = simd_lane_ops(self.p.qgraph, node.name) * (c1 - c0) / c_out
         ops, by_chunk = [], {}
         n_chunks = (h_out - 1) // r_out + 1
         all_deps = [[d for src in node.inputs
@@ -429,21 +429,6 @@ class _Lowerer:
             if s.tensor in n.inputs and n.op in (QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.LINEAR):
                 kh = max(kh, h)
         return math.ceil(kh / r) + 2
-
-
-def _node_ops(q, node) -> float:
-    """SIMD lane ops per image of a SIMD-only node (as :mod:`imcflow.perf.model` counts them)."""
-    out = 1
-    for v in node.out.shape:
-        out *= v
-    if node.op in (QOp.MAXPOOL, QOp.AVGPOOL):
-        return out * node.kernel[0] * node.kernel[1]
-    if node.op == QOp.GLOBAL_AVGPOOL:
-        s = q.spec(node.inputs[0]).shape
-        return s[0] * (s[1] * s[2] if len(s) == 3 else 1)
-    if node.op == QOp.ADD:
-        return 2 * out
-    return 0.0
 
 
 def lower(prog: Program, images: int, max_chunks: int = 16,
