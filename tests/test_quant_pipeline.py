@@ -35,7 +35,8 @@ def test_shipped_qat_export_is_preferred(tmp_path, monkeypatch):
                     meta={"trained": "qat"})
     marked.save(str(shipped))
     monkeypatch.setattr(pipeline, "shipped_qgraph_path", lambda name: shipped)
-    assert load_qgraph("cnn-tiny", "jssc2022").name == "shipped"
+    got = load_qgraph("cnn-tiny", "jssc2022")
+    assert got.meta["trained"] == "qat" and got.name == "cnn-tiny"  # the shipped file, named after the zoo entry
     assert load_qgraph("cnn-tiny", "jssc2022", trained=False).name == "cnn-tiny"
     # trained for jssc2022's ADC full scales: on the tiny chip the float weights are re-quantised
     other = load_qgraph("cnn-tiny", "tiny")

@@ -156,6 +156,8 @@ def load_qgraph(model: str | Path | torch.nn.Module | QGraph, chip: str | ChipCo
         if qg is None:
             qg = _ptq(model, chip, calib, trained, seed, input_shape, QuantSpec(w_bits=w_bits, a_bits=a_bits,
                                                                                adc_full_scale=adc_full_scale))
+    if _is_zoo(model) and qg.name != model:  # name programs and reports after the zoo entry
+        qg = dataclasses.replace(qg, name=model)
     qg.verify()
     check_qgraph_fits_chip(qg, chip)
     return qg
