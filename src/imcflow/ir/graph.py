@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from imcflow.errors import ModelError
-from imcflow.ir.serialize import decode, encode, load_json_object
+from imcflow.ir.serialize import decode, encode, load_json_object, read_json_file
 
 
 class Op(str, enum.Enum):
@@ -202,8 +202,8 @@ class Graph:
 
     @staticmethod
     def load(path: str) -> "Graph":
-        with open(path) as fh:
-            return Graph.from_json(fh.read())
+        """Read a Graph saved by :meth:`save`; ModelError if the file holds none."""
+        return Graph.from_json(read_json_file(path, ModelError, "give a file written by Graph.save"), str(path))
 
     def __str__(self) -> str:
         lines = [f"Graph {self.name}: input {self.input_name} {self.input_shape}"]

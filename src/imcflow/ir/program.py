@@ -126,7 +126,7 @@ from imcflow.config import chip as chip_mod
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
 from imcflow.ir.qgraph import QGraph, QOp, graphs_equal, row_tiles
-from imcflow.ir.serialize import decode, encode, load_json_object
+from imcflow.ir.serialize import decode, encode, load_json_object, read_json_file
 
 IN_PORT = -1
 """Endpoint id of the off-chip input port (attached to every west-edge switch)."""
@@ -356,11 +356,7 @@ class Program:
     @staticmethod
     def load(path: str) -> "Program":
         """Read a Program saved by :meth:`save`; CompileError if the file holds none."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except UnicodeDecodeError:
-            raise CompileError(f"{path}: not a text (JSON) file; give a Program written by 'imcflow compile -o'") from None
+        text = read_json_file(path, CompileError, "give a Program written by 'imcflow compile -o'")
         return Program.from_json(text, str(path))
 
     # --- queries --------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from imcflow.errors import QuantError
-from imcflow.ir.serialize import decode, encode, load_json_object
+from imcflow.ir.serialize import decode, encode, load_json_object, read_json_file
 
 
 class QOp(str, enum.Enum):
@@ -201,11 +201,7 @@ class QGraph:
     @staticmethod
     def load(path: str) -> "QGraph":
         """Read a QGraph saved by :meth:`save`; QuantError if the file holds none."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except UnicodeDecodeError:
-            raise QuantError(f"{path}: not a text (JSON) file; give a .qgraph.json written by QGraph.save") from None
+        text = read_json_file(path, QuantError, "give a .qgraph.json written by QGraph.save")
         return QGraph.from_json(text, str(path))
 
     def __str__(self) -> str:

@@ -77,3 +77,12 @@ def load_json_object(text: str, kind: str, error: type[Exception], where: str, f
         return decoder(obj)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise error(f"{where}: malformed {kind} ({type(exc).__name__}: {exc}); {fix}") from None
+
+
+def read_json_file(path: str, error: type[Exception], fix: str) -> str:
+    """The text of the JSON file ``path``; ``error`` naming the file and ``fix`` if it is binary."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text (JSON) file; {fix}") from None
