@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from imcflow.errors import ModelError
-from imcflow.frontend.execute import run_graph
+from imcflow.ir.graph_exec import run_graph
 from imcflow.frontend.normalize import normalize
 from imcflow.ir.graph import Graph
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from imcflow.errors import QuantError
 from imcflow.ir.graph import Graph, Node, Op
+from imcflow.ir.graph_exec import run_node
 
 FUSABLE = (Op.CONV, Op.LINEAR, Op.ADD)
 SAME_SPEC_OPS = (Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN)
@@ -113,23 +114,9 @@ def float_node(node: Node, xs: list[torch.Tensor], weight: torch.Tensor | None =
         if node.op is Op.LINEAR:
             return F.linear(x, w, b)
         return F.conv2d(x, w, b, stride=a.get("stride", (1, 1)), padding=a.get("padding", (0, 0)))
-    if node.op is Op.RELU:
-        return torch.relu(x)
-    if node.op is Op.CLAMP:
-        return torch.clamp(x, float(a["min"]), float(a["max"]))
-    if node.op is Op.MAXPOOL:
-        return F.max_pool2d(x, a["kernel"], pool_stride(node), a.get("padding", (0, 0)))
-    if node.op is Op.AVGPOOL:
-        return F.avg_pool2d(x, a["kernel"], pool_stride(node), a.get("padding", (0, 0)), count_include_pad=True)
-    if node.op is Op.GLOBAL_AVGPOOL:
-        return x.mean(dim=(2, 3), keepdim=True)
-    if node.op is Op.ADD:
-        return xs[0] + xs[1]
-    if node.op is Op.FLATTEN:
-        return torch.flatten(x, 1)
-    if node.op is Op.CONCAT:
-        return torch.cat(xs, dim=1)
-    raise QuantError(f"{node.describe()}: op not supported by the quantiser")
+    if node.op is Op.BATCHNORM:
+        raise QuantError(f"{node.describe()}: op not supported by the quantiser")
+    return run_node(node, xs)
 
 
 def float_tensors(graph: Graph, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,7 +1,9 @@
 """Float executor of a :class:`~imcflow.ir.graph.Graph` (torch ops, float32).
 
-It defines what a Graph means: importers are checked against PyTorch and onnxruntime with it, and
-:mod:`imcflow.frontend.normalize` is checked against it before and after folding.
+It defines what a Graph means: importers are checked against PyTorch and onnxruntime with it,
+:mod:`imcflow.frontend.normalize` is checked against it before and after folding, and the quantiser
+calibrates with it. It lives beside the IR so that every stage can run a Graph without importing
+another stage.
 """
 
 from __future__ import annotations
