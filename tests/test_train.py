@@ -183,6 +183,24 @@ def test_qat_phase_from_float_weights_resumes_and_exports(fake_cifar: Path, tmp_
     assert (tmp_path / "w" / "cifar10-cnn11.qgraph.json").is_file()
 
 
+def test_qat_ideal_epochs_then_chip_adc(fake_cifar: Path, tmp_path: Path) -> None:
+    """--qat-ideal-epochs: the first QAT epochs use exact counts, the last the chip's ADC; recorded."""
+    cache = tmp_path / "cache"
+    small = dict(batch_size=16, limit_train=16, limit_test=16)
+    train(_cfg(fake_cifar, tmp_path / "float", cache, epochs_float=1, **small))
+    qat = dict(small, epochs_float=0, epochs_qat=2, qat_ideal_epochs=1, lr_qat=0.005,
+               resume_from=str(tmp_path / "float" / "float.pt"))
+    out = tmp_path / "qat"
+    result = train(_cfg(fake_cifar, out, cache, **qat))
+    assert [r.adc for r in result.history] == ["ideal", "bit_true"]
+    assert {"qat_ideal", "qat", "qat_int"} <= set(result.best_acc)
+    assert "--qat-ideal-epochs 1" in export_run(out, tmp_path / "w")["command"]
+    with pytest.raises(TrainError, match="--qat-ideal-epochs"):
+        train(_cfg(fake_cifar, out, cache, **(qat | {"qat_ideal_epochs": 0})))  # resume with another split
+    with pytest.raises(TrainError, match="--qat-ideal-epochs = 3"):
+        train(_cfg(fake_cifar, tmp_path / "bad", cache, **(qat | {"qat_ideal_epochs": 3})))
+
+
 def test_init_from_warm_restart(fake_cifar: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cold = train(_cfg(fake_cifar, tmp_path / "a", cache, epochs_float=2))

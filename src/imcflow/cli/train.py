@@ -17,6 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder; an existing last.ckpt there is resumed")
     p.add_argument("--epochs-float", type=int, default=30, help="float pre-training epochs (default 30)")
     p.add_argument("--epochs-qat", type=int, default=0, help="quantisation-aware epochs after the float phase")
+    p.add_argument("--qat-ideal-epochs", type=int, default=0,
+                   help="the first N QAT epochs use the ideal ADC (several times faster on a CPU); the rest the chip's")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.1, help="peak one-cycle learning rate, float phase (default 0.1)")
     p.add_argument("--lr-qat", type=float, default=0.001, help="initial cosine learning rate, QAT phase (default 0.001)")
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(
         data_root=args.data, out_dir=args.out, model=args.model, epochs_float=args.epochs_float,
-        epochs_qat=args.epochs_qat, batch_size=args.batch_size, lr_float=args.lr, lr_qat=args.lr_qat,
+        epochs_qat=args.epochs_qat, qat_ideal_epochs=args.qat_ideal_epochs, batch_size=args.batch_size,
+        lr_float=args.lr, lr_qat=args.lr_qat,
         seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test, cache_dir=args.cache_dir,
         resume_from=args.resume_from, init_from=args.init_from, device=args.device, bf16=args.bf16, chip=args.chip)
     print(f"imcflow train {args.model}: out={args.out} threads={torch.get_num_threads()} "
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     def on_epoch(r) -> None:
         print(f"{time.strftime('%H:%M:%S')} {r.phase} epoch {r.epoch}/{r.epochs}: loss {r.loss:.4f} train acc {100 * r.train_acc:.2f} % "
-              f"test acc {100 * r.test_acc:.2f} % {r.images_per_s:.0f} img/s lr {r.lr:.4g} ({r.seconds:.0f} s)",
+              f"test acc {100 * r.test_acc:.2f} % {r.images_per_s:.0f} img/s lr {r.lr:.4g} ({r.seconds:.0f} s)"
+              + (f" [{r.adc} ADC]" if r.adc else ""),
               flush=True)
 
     def on_batch(phase, epoch, step, steps, loss) -> None:

@@ -28,13 +28,14 @@ DATA_NOTE = "CIFAR-10 (JPEG q75 copy)"
 def command_from_config(cfg: dict) -> str:
     """The ``imcflow train`` command line that reproduces a run with config ``cfg`` (a TrainConfig as dict)."""
     default = TrainConfig(data_root="", out_dir="")
-    flags = [("epochs_float", "--epochs-float"), ("epochs_qat", "--epochs-qat"), ("batch_size", "--batch-size"),
+    flags = [("epochs_float", "--epochs-float"), ("epochs_qat", "--epochs-qat"),
+             ("qat_ideal_epochs", "--qat-ideal-epochs"), ("batch_size", "--batch-size"),
              ("lr_float", "--lr"), ("lr_qat", "--lr-qat"), ("seed", "--seed"), ("limit_train", "--limit-train"),
              ("limit_test", "--limit-test"), ("device", "--device"), ("chip", "--chip")]
     parts = ["imcflow", "train", cfg["model"], "--data", cfg["data_root"], "--out", cfg["out_dir"]]
     for key, flag in flags:
         always = key in ("epochs_float", "epochs_qat", "seed") or (key == "lr_qat" and cfg["epochs_qat"] > 0)
-        if always or cfg.get(key) != getattr(default, key):
+        if always or cfg.get(key, getattr(default, key)) != getattr(default, key):
             parts += [flag, str(cfg[key])]
     for key, flag in (("init_from", "--init-from"), ("resume_from", "--resume-from")):
         if cfg.get(key):

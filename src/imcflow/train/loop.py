@@ -46,6 +46,9 @@ class TrainConfig:
     model: str = "cifar10-cnn11"
     epochs_float: int = 30
     epochs_qat: int = 0
+    qat_ideal_epochs: int = 0
+    """The first this-many QAT epochs use the ideal ADC (exact column counts: several times faster
+    on a CPU); the remaining ``epochs_qat - qat_ideal_epochs`` epochs model the chip's ADC."""
     batch_size: int = 256
     lr_float: float = 0.1
     """Peak learning rate of the float phase's one-cycle schedule."""
@@ -95,6 +98,8 @@ class EpochRecord:
     lr: float
     """Learning rate at the end of the epoch."""
     seconds: float
+    adc: str = ""
+    """QAT epochs: the ADC model of the forward pass ("ideal" or "bit_true")."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,9 @@ def _check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value < (1 if name == "batch_size" else 0):
             raise TrainError(f"--{name.replace('_', '-')} = {value}: must be {'>= 1' if name == 'batch_size' else '>= 0'}")
+    if not 0 <= cfg.qat_ideal_epochs <= cfg.epochs_qat:
+        raise TrainError(f"--qat-ideal-epochs = {cfg.qat_ideal_epochs}: must be from 0 to --epochs-qat "
+                         f"({cfg.epochs_qat}), so that the last QAT epochs see the chip's ADC")
     for name in ("limit_train", "limit_test"):
         value = getattr(cfg, name)
         if value is not None and value < 2:
@@ -204,7 +212,8 @@ def _starting_checkpoint(cfg: TrainConfig) -> dict | None:
 def _checkpoint(cfg, phase, epoch, steps, model, opt, sched, gen, float_state, history, best) -> dict:
     return {
         "format": FORMAT, "config": asdict(cfg), "phase": phase, "epoch": epoch,
-        "schedule": {"epochs": cfg.epochs(phase), "steps_per_epoch": steps, "batch_size": cfg.batch_size},
+        "schedule": {"epochs": cfg.epochs(phase), "steps_per_epoch": steps, "batch_size": cfg.batch_size,
+                     **({"ideal_epochs": cfg.qat_ideal_epochs} if phase == "qat" else {})},
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state()},
         "float_model": float_state, "history": [asdict(r) for r in history], "best_acc": dict(best),
@@ -222,10 +231,14 @@ def _check_float_done(cfg: TrainConfig, history: list[EpochRecord]) -> None:
 
 def _check_resume(resume: dict, cfg: TrainConfig, phase: str, steps: int) -> None:
     want = {"epochs": cfg.epochs(phase), "steps_per_epoch": steps, "batch_size": cfg.batch_size}
-    have = resume["schedule"]
+    have = dict(resume["schedule"])
+    if phase == "qat":
+        want["ideal_epochs"] = cfg.qat_ideal_epochs
+        have.setdefault("ideal_epochs", 0)
     if have != want:
         raise TrainError(f"checkpoint in {cfg.out_dir} was made for {phase} phase {have}, this run asks {want}: "
-                         f"rerun with the same --epochs-{phase}, --batch-size and --limit-train, or a new --out")
+                         f"rerun with the same --epochs-{phase}, --batch-size and --limit-train"
+                         f"{' and --qat-ideal-epochs' if phase == 'qat' else ''}, or a new --out")
 
 
 # ---------------------------------------------------------------- one phase
@@ -256,11 +269,15 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
     if phase == "qat" and resume is None:  # the calibrated starting point = post-training quantisation
         best["qat_init"] = evaluate(model, data.test_x, data.test_y, cfg.device)
     for epoch in range(start, cfg.epochs(phase)):
+        if phase == "qat":
+            model.set_adc("ideal" if epoch < cfg.qat_ideal_epochs else "bit_true")
         rec = _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch)
         history.append(rec)
-        if rec.test_acc > best.get(phase, -1.0):
-            best[phase] = rec.test_acc
-            _save_weights(phase, model, out, f"best-{phase}")
+        key = "qat_ideal" if rec.adc == "ideal" else phase   # best-qat.pt: the best epoch with the chip's ADC
+        if rec.test_acc > best.get(key, -1.0):
+            best[key] = rec.test_acc
+            if key == phase:
+                _save_weights(phase, model, out, f"best-{phase}")
         done = epoch + 1 == cfg.epochs(phase)
         final_state = _cpu_state(model)
         if done:
@@ -364,7 +381,8 @@ def _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch) -> 
     test_acc = evaluate(model, data.test_x, data.test_y, cfg.device, bf16=cfg.bf16 and phase == "float" and not last)
     return EpochRecord(phase=phase, epoch=epoch + 1, epochs=cfg.epochs(phase), loss=loss_sum / seen,
                        train_acc=correct / seen, test_acc=test_acc, images_per_s=seen / train_s,
-                       lr=sched.get_last_lr()[0], seconds=time.perf_counter() - t0)
+                       lr=sched.get_last_lr()[0], seconds=time.perf_counter() - t0,
+                       adc=getattr(model, "adc", "") if phase == "qat" else "")
 
 
 @torch.no_grad()  # not inference_mode: worker threads of cima.conv do not inherit it
