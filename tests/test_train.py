@@ -194,7 +194,15 @@ def test_qat_ideal_epochs_then_chip_adc(fake_cifar: Path, tmp_path: Path) -> Non
     result = train(_cfg(fake_cifar, out, cache, **qat))
     assert [r.adc for r in result.history] == ["ideal", "bit_true"]
     assert {"qat_ideal", "qat", "qat_int"} <= set(result.best_acc)
-    assert "--qat-ideal-epochs 1" in export_run(out, tmp_path / "w")["command"]
+    record = export_run(out, tmp_path / "w")
+    assert "--qat-ideal-epochs 1" in record["command"] and "--adc-full-scale" not in record["command"]
+    from imcflow.ir.qgraph import QGraph
+    from imcflow.train.export import command_from_config
+    fs = {n.name: n.adc_full_scale_rows for n in QGraph.load(str(out / "qat.qgraph.json")).mvm_nodes()}
+    assert fs["c4.0"] < 1152  # calibrated ADC full scale (default): finer than the 1152 rows allow
+    legacy = {k: v for k, v in record["config"].items() if k not in ("adc_full_scale", "qat_ideal_epochs")}
+    assert "--adc-full-scale rows" in command_from_config(legacy)  # runs from before the option
+    assert "--qat-ideal-epochs" not in command_from_config(legacy)
     with pytest.raises(TrainError, match="--qat-ideal-epochs"):
         train(_cfg(fake_cifar, out, cache, **(qat | {"qat_ideal_epochs": 0})))  # resume with another split
     with pytest.raises(TrainError, match="--qat-ideal-epochs = 3"):

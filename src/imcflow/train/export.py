@@ -31,12 +31,15 @@ def command_from_config(cfg: dict) -> str:
     flags = [("epochs_float", "--epochs-float"), ("epochs_qat", "--epochs-qat"),
              ("qat_ideal_epochs", "--qat-ideal-epochs"), ("batch_size", "--batch-size"),
              ("lr_float", "--lr"), ("lr_qat", "--lr-qat"), ("seed", "--seed"), ("limit_train", "--limit-train"),
-             ("limit_test", "--limit-test"), ("device", "--device"), ("chip", "--chip")]
+             ("limit_test", "--limit-test"), ("device", "--device"), ("chip", "--chip"),
+             ("adc_full_scale", "--adc-full-scale")]
+    legacy = {"adc_full_scale": "rows"}  # runs recorded before the option existed used it
     parts = ["imcflow", "train", cfg["model"], "--data", cfg["data_root"], "--out", cfg["out_dir"]]
     for key, flag in flags:
         always = key in ("epochs_float", "epochs_qat", "seed") or (key == "lr_qat" and cfg["epochs_qat"] > 0)
-        if always or cfg.get(key, getattr(default, key)) != getattr(default, key):
-            parts += [flag, str(cfg[key])]
+        value = cfg.get(key, legacy.get(key, getattr(default, key)))
+        if always or value != getattr(default, key):
+            parts += [flag, str(value)]
     for key, flag in (("init_from", "--init-from"), ("resume_from", "--resume-from")):
         if cfg.get(key):
             parts += [flag, cfg[key]]

@@ -72,6 +72,10 @@ class TrainConfig:
     """Float phase only: bfloat16 autocast (2x faster on CPUs with AVX512-BF16); evaluation stays float32."""
     chip: str = "jssc2022"
     """QAT phase: chip preset whose ADC the forward pass models."""
+    adc_full_scale: str = "calibrated"
+    """QAT phase: each layer's ADC full scale (kept through export and compilation): "calibrated",
+    the smallest that clips at most 1e-4 of the conversions on the calibration images (far finer
+    codes for layers whose column counts stay well below their rows), or "rows" (never clips)."""
     w_bits: int = 4
     x_bits: int = 4
     first_x_bits: int = 8
@@ -154,6 +158,8 @@ def _check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value < (1 if name == "batch_size" else 0):
             raise TrainError(f"--{name.replace('_', '-')} = {value}: must be {'>= 1' if name == 'batch_size' else '>= 0'}")
+    if cfg.adc_full_scale not in ("calibrated", "rows"):
+        raise TrainError(f"--adc-full-scale {cfg.adc_full_scale!r}: choose calibrated or rows")
     if not 0 <= cfg.qat_ideal_epochs <= cfg.epochs_qat:
         raise TrainError(f"--qat-ideal-epochs = {cfg.qat_ideal_epochs}: must be from 0 to --epochs-qat "
                          f"({cfg.epochs_qat}), so that the last QAT epochs see the chip's ADC")

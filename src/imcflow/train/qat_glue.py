@@ -31,7 +31,8 @@ def to_qat(model: nn.Module, cfg, calib: np.ndarray) -> nn.Module:
     from imcflow.pipeline import prepare_qat  # frontend (fold BN) + quant.qat
 
     return prepare_qat(model.eval(), input_shape(cfg.model), cfg.chip, w_bits=cfg.w_bits, a_bits=cfg.x_bits,
-                       first_in_bits=cfg.first_x_bits, calib=calib, input_scale=1 / 255, seed=cfg.seed)
+                       first_in_bits=cfg.first_x_bits, calib=calib, input_scale=1 / 255, seed=cfg.seed,
+                       adc_full_scale=cfg.adc_full_scale)
 
 
 def save_qgraph(net: nn.Module, path: Path) -> None:
