@@ -23,10 +23,7 @@ from imcflow.errors import SimError
 from imcflow.ir.program import IN_PORT, OUT_PORT, InstrKind, Phase, Program, StreamKind
 from imcflow.ir.qgraph import QNode, QOp, QTensor, row_tiles
 from imcflow.sim import kernels
-
-
-class _Blocked(Exception):
-    """An instruction's data is not (yet) on its core: the task waits (another task may produce it)."""
+from imcflow.sim.dataflow import Blocked as _Blocked, run_tasks
 
 
 def _chw(spec: QTensor) -> tuple[int, int, int]:
@@ -160,28 +157,13 @@ def _run_phase(ctx: _Ctx, phase: Phase) -> None:
             if ins.op != InstrKind.LOAD or ins.tile not in tiles or tiles[ins.tile].core != cp.core:
                 raise SimError(f"phase {phase.index} core {cp.core}: bad load instruction {ins}")
             loaded[cp.core].add(ins.tile)
-    pcs = {(cp.core, k): 0 for cp in phase.cores for k in range(len(cp.tasks))}
-    tasks = {(cp.core, k): t for cp in phase.cores for k, t in enumerate(cp.tasks)}
-    why: dict[tuple[int, int], str] = {}
-    progress = True
-    while progress:
-        progress = False
-        for key, task in tasks.items():
-            core = key[0]
-            while pcs[key] < len(task.instrs):
-                ins = task.instrs[pcs[key]]
-                if ins.op == InstrKind.RECV and ins.stream not in sent:
-                    why[key] = f"stream {ins.stream} never sent"
-                    break
-                try:
-                    _execute(ctx, phase, core, ins, mem[core], loaded[core], tiles, streams, sent)
-                except _Blocked as exc:
-                    why[key] = str(exc)
-                    break
-                pcs[key] += 1
-                progress = True
-    blocked = [f"core {k[0]} task {t.name!r} at {t.instrs[pcs[k]]} ({why.get(k, '')})" for k, t in tasks.items()
-               if pcs[k] < len(t.instrs)]
+
+    def execute(core: int, _where, ins) -> None:
+        if ins.op == InstrKind.RECV and ins.stream not in sent:
+            raise _Blocked(f"stream {ins.stream} never sent")
+        _execute(ctx, phase, core, ins, mem[core], loaded[core], tiles, streams, sent)
+
+    blocked = run_tasks(phase, execute)
     if blocked:
         raise SimError(f"phase {phase.index}: deadlock, tasks wait for data never produced: {'; '.join(blocked[:4])}")
 

@@ -35,6 +35,7 @@ from imcflow.errors import SimError
 from imcflow.ir.program import IN_PORT, OUT_PORT, InstrKind, Phase, Program, StreamKind
 from imcflow.ir.qgraph import QOp, row_tiles, simd_lane_ops
 from imcflow.sim.energy import EventCounts
+from imcflow.sim.dataflow import Blocked as _Blocked, run_tasks
 from imcflow.sim.timing import Op, OpKind
 
 
@@ -64,8 +65,6 @@ class Lowered:
     notes: list[str] = field(default_factory=list)
 
 
-class _Blocked(Exception):
-    """An instruction's data is not yet on its core (another task of the core produces it)."""
 
 
 def _add(d: dict, key, c: EventCounts) -> None:
@@ -181,32 +180,18 @@ class _Lowerer:
 
     def image(self, phase: Phase, b: int, last_core, last: bool) -> None:
         avail: dict[int, dict] = defaultdict(lambda: defaultdict(list))
-        pcs = {(cp.core, k): 0 for cp in phase.cores for k in range(len(cp.tasks))}
-        tasks = {(cp.core, k): t for cp in phase.cores for k, t in enumerate(cp.tasks)}
         for s in phase.streams:
             if s.src == IN_PORT:
                 self.send(phase, s, b, None)
-        why: dict = {}
-        progress = True
-        while progress:
-            progress = False
-            for key, task in tasks.items():
-                core = key[0]
-                while pcs[key] < len(task.instrs):
-                    ins = task.instrs[pcs[key]]
-                    if ins.op == InstrKind.RECV and (ins.stream, b) not in self.sends:
-                        why[key] = f"stream {ins.stream} never sent"
-                        break
-                    try:
-                        ops = self.instr(phase, core, ins, b, avail[core], key + (pcs[key],))
-                    except _Blocked as exc:
-                        why[key] = str(exc)
-                        break
-                    if ops and last:
-                        last_core[core].append(ops[-1])
-                    pcs[key] += 1
-                    progress = True
-        stuck = [f"core {k[0]} {t.instrs[pcs[k]]} ({why.get(k, '')})" for k, t in tasks.items() if pcs[k] < len(t.instrs)]
+
+        def execute(core: int, where: tuple[int, int, int], ins) -> None:
+            if ins.op == InstrKind.RECV and (ins.stream, b) not in self.sends:
+                raise _Blocked(f"stream {ins.stream} never sent")
+            ops = self.instr(phase, core, ins, b, avail[core], where)
+            if ops and last:
+                last_core[core].append(ops[-1])
+
+        stuck = run_tasks(phase, execute)
         if stuck:
             raise SimError(f"phase {phase.index} image {b}: deadlock in timing, blocked at {'; '.join(stuck[:3])}")
 
