@@ -52,3 +52,16 @@ def test_full_reproduce_runs(tmp_path):
     assert main(["reproduce", "--json", str(out)]) == 0
     rows = {r["figure"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["CIFAR-10 CNN img/s"]["imcflow"] is not None
+
+
+def test_power_row_is_throughput_over_efficiency(monkeypatch):
+    """The chip-power row: imcflow's img/s / (img/s/W) next to the published ratio (151.7 mW for CIFAR-10)."""
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(throughput_img_s=9000.0, img_per_s_per_w=45000.0, features={}, layers=[])
+    monkeypatch.setattr(rp, "need", lambda module, attr: (lambda *a, **k: {"base": fake}))
+    rep = rp.Reproduction()
+    rp._benchmark_rows(rep, JSSC2022, "cifar10-cnn11", "cifar10", "CIFAR-10 CNN", None)
+    row = {r.figure: r for r in rep.rows}["CIFAR-10 CNN chip power"]
+    assert row.value == pytest.approx(200.0) and row.published == pytest.approx(1e3 * 7815 / 51500)
+    assert row.ratio == pytest.approx(200.0 / (1e3 * 7815 / 51500))

@@ -31,6 +31,9 @@ PUBLISHED = {
     "resnet50_accuracy_pct": 73.33,
 }
 
+# [D] derived from them: chip power = img/s / (img/s/W).
+DERIVED = {f"{k}_power_mw": 1e3 * PUBLISHED[f"{k}_img_s"] / PUBLISHED[f"{k}_img_s_w"] for k in ("cifar10", "resnet50")}
+
 
 class NotAvailable(Exception):
     """A piece a row needs is missing (module not built yet, weights or data absent)."""
@@ -58,7 +61,7 @@ class Reproduction:
 
     def add(self, figure: str, key: str | None, unit: str, compute: Callable[[], float | None],
             note: str = "") -> None:
-        published = PUBLISHED.get(key) if key else None
+        published = PUBLISHED.get(key, DERIVED.get(key)) if key else None
         try:
             value = compute()
         except NotAvailable as exc:
@@ -125,6 +128,9 @@ def _benchmark_rows(rep: Reproduction, chip: ChipConfig, net: str, key: str, lab
                                            f"{f.get('program_batch')}; analytic model {f.get('model_throughput_img_s', 0):,.0f} img/s")
     rep.add(f"{label} img/s/W", f"{key}_img_s_w", "img/s/W", lambda: run().img_per_s_per_w,
             "control_cycle_j fitted to this figure" if key == "cifar10" else "")
+    rep.add(f"{label} chip power", f"{key}_power_mw", "mW",
+            lambda: 1e3 * run().throughput_img_s / run().img_per_s_per_w,
+            "published value derived: img/s / (img/s/W); energy per image = power x time per image")
     for name, r in results.items():
         if name == "base":
             continue
