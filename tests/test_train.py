@@ -13,7 +13,7 @@ import torch
 from imcflow.cli import main
 from imcflow.models.cnn11 import load_trained
 from imcflow.train import TrainConfig, TrainError, train
-from imcflow.train.augment import random_crop_flip, random_crop_flip_reference
+from imcflow.train.augment import cutout, cutout_reference, random_crop_flip, random_crop_flip_reference
 from imcflow.train.export import export_run
 
 
@@ -42,6 +42,15 @@ def _cfg(data: Path, out: Path, cache: Path, **kw) -> TrainConfig:
     base = dict(data_root=str(data), out_dir=str(out), epochs_float=2, batch_size=32, limit_train=64,
                 cache_dir=str(cache), lr_float=0.05)
     return TrainConfig(**(base | kw))
+
+
+def test_cutout_fast_equals_reference() -> None:
+    images = torch.randint(1, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    fast = cutout(images, 4, torch.Generator().manual_seed(3))
+    assert torch.equal(fast, cutout_reference(images, 4, torch.Generator().manual_seed(3)))
+    zeros = (fast == 0).all(dim=1).sum(dim=(1, 2))          # pixels cut per image
+    assert zeros.max() == 16 and zeros.min() >= 4           # a full square inside, clipped ones at corners
+    assert torch.equal(cutout(images, 0, torch.Generator()), images)
 
 
 def test_augment_fast_equals_reference() -> None:
@@ -203,6 +212,8 @@ def test_qat_ideal_epochs_then_chip_adc(fake_cifar: Path, tmp_path: Path) -> Non
     legacy = {k: v for k, v in record["config"].items() if k not in ("adc_full_scale", "qat_ideal_epochs")}
     assert "--adc-full-scale rows" in command_from_config(legacy)  # runs from before the option
     assert "--qat-ideal-epochs" not in command_from_config(legacy)
+    assert "--cutout 8" in command_from_config(record["config"] | {"cutout_px": 8})
+    assert "--cutout" not in record["command"]
     with pytest.raises(TrainError, match="--qat-ideal-epochs"):
         train(_cfg(fake_cifar, out, cache, **(qat | {"qat_ideal_epochs": 0})))  # resume with another split
     with pytest.raises(TrainError, match="--qat-ideal-epochs = 3"):

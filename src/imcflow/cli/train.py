@@ -17,6 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder; an existing last.ckpt there is resumed")
     p.add_argument("--epochs-float", type=int, default=30, help="float pre-training epochs (default 30)")
     p.add_argument("--epochs-qat", type=int, default=0, help="quantisation-aware epochs after the float phase")
+    p.add_argument("--cutout", type=int, default=0, metavar="PX",
+                   help="Cutout augmentation: zero a PX x PX square of each training image (default 0: off)")
     p.add_argument("--adc-full-scale", choices=("calibrated", "rows"), default="calibrated",
                    help="QAT: per-layer ADC full scale from the calibration images (default) or the layer's rows")
     p.add_argument("--qat-ideal-epochs", type=int, default=0,
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         lr_float=args.lr, lr_qat=args.lr_qat,
         seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test, cache_dir=args.cache_dir,
         resume_from=args.resume_from, init_from=args.init_from, device=args.device, bf16=args.bf16, chip=args.chip,
-        adc_full_scale=args.adc_full_scale)
+        adc_full_scale=args.adc_full_scale, cutout_px=args.cutout)
     print(f"imcflow train {args.model}: out={args.out} threads={torch.get_num_threads()} "
           f"epochs float={cfg.epochs_float} qat={cfg.epochs_qat} batch={cfg.batch_size} seed={cfg.seed}", flush=True)
 

@@ -37,3 +37,34 @@ def random_crop_flip_reference(images: torch.Tensor, pad: int, generator: torch.
         crop = canvas[:, int(dy[i]):int(dy[i]) + h, int(dx[i]):int(dx[i]) + w]
         out[i] = crop.flip(2) if flip[i] else crop
     return out
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries and Taylor, 2017): each image of ``images`` (uint8 N, C, H, W) with a
+    ``size`` x ``size`` square set to 0, centred on a uniformly drawn pixel (clipped at the borders).
+    Draws from ``generator`` only; ``size`` 0 returns ``images`` unchanged."""
+    if size <= 0:
+        return images
+    n, _, h, w = images.shape
+    cy = torch.randint(0, h, (n,), generator=generator)
+    cx = torch.randint(0, w, (n,), generator=generator)
+    y0, x0 = cy - size // 2, cx - size // 2
+    ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
+    in_y = (ys >= y0[:, None]) & (ys < (y0 + size)[:, None])               # (n, h)
+    in_x = (xs >= x0[:, None]) & (xs < (x0 + size)[:, None])               # (n, w)
+    keep = ~(in_y[:, :, None] & in_x[:, None, :])                          # (n, h, w)
+    return images * keep[:, None].to(images.dtype)
+
+
+def cutout_reference(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Slow per-image version of :func:`cutout` (same draws, same result)."""
+    if size <= 0:
+        return images
+    n, _, h, w = images.shape
+    cy = torch.randint(0, h, (n,), generator=generator)
+    cx = torch.randint(0, w, (n,), generator=generator)
+    out = images.clone()
+    for i in range(n):
+        y0, x0 = int(cy[i]) - size // 2, int(cx[i]) - size // 2
+        out[i, :, max(0, y0):max(0, y0 + size), max(0, x0):max(0, x0 + size)] = 0
+    return out

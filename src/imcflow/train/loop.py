@@ -27,7 +27,7 @@ from torch import nn
 
 from imcflow.data import load_cifar10
 from imcflow.models import get_model
-from imcflow.train.augment import random_crop_flip
+from imcflow.train.augment import cutout, random_crop_flip
 from imcflow.train.checkpoint import FORMAT, TrainError, is_full_checkpoint, load_checkpoint, save_atomic
 
 PHASES = ("float", "qat")
@@ -57,6 +57,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    cutout_px: int = 0
+    """Side of the Cutout square (DeVries and Taylor, 2017) applied after crop and flip in every
+    phase; 0 = off."""
     seed: int = 0
     limit_train: int | None = None
     """Train on this many images (a fixed random subset), for smoke tests."""
@@ -160,6 +163,8 @@ def _check_config(cfg: TrainConfig) -> None:
             raise TrainError(f"--{name.replace('_', '-')} = {value}: must be {'>= 1' if name == 'batch_size' else '>= 0'}")
     if cfg.adc_full_scale not in ("calibrated", "rows"):
         raise TrainError(f"--adc-full-scale {cfg.adc_full_scale!r}: choose calibrated or rows")
+    if not 0 <= cfg.cutout_px <= 32:
+        raise TrainError(f"--cutout {cfg.cutout_px}: must be from 0 (off) to 32 pixels")
     if not 0 <= cfg.qat_ideal_epochs <= cfg.epochs_qat:
         raise TrainError(f"--qat-ideal-epochs = {cfg.qat_ideal_epochs}: must be from 0 to --epochs-qat "
                          f"({cfg.epochs_qat}), so that the last QAT epochs see the chip's ADC")
@@ -365,7 +370,7 @@ def _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch) -> 
         else contextlib.nullcontext()
     for step in range(steps):
         idx = perm[step * bs:(step + 1) * bs]
-        x = to_model_input(random_crop_flip(data.train_x[idx], PAD_PX, gen), cfg.device)
+        x = to_model_input(cutout(random_crop_flip(data.train_x[idx], PAD_PX, gen), cfg.cutout_px, gen), cfg.device)
         y = data.train_y[idx].to(cfg.device)
         with autocast:
             logits = model(x)
