@@ -150,7 +150,6 @@ def resnet_qgraph(chip: ChipConfig, blocks: tuple[int, ...] = (3, 4, 6, 3), widt
     c, h, w = b.specs[cur].shape
     cur = b.add_node(QNode(name="maxpool", op=QOp.MAXPOOL, inputs=(cur,), out=b.act((c, (h - 1) // 2 + 1, (w - 1) // 2 + 1)),
                            kernel=(3, 3), stride=(2, 2), padding=(1, 1)))
-    c_in = width
     for stage, n in enumerate(blocks):
         mid = width * 2 ** stage
         for i in range(n):
@@ -163,7 +162,6 @@ def resnet_qgraph(chip: ChipConfig, blocks: tuple[int, ...] = (3, 4, 6, 3), widt
             if i == 0:
                 skip = b.mvm(f"{p}.down", cur, mid * 4, k=1, stride=stride)
             cur = b.add(f"{p}.add", a, skip)
-            c_in = mid * 4
     cur = b.gap("gap", cur)
     cur = b.mvm("fc", cur, classes, linear=True)
     graph = QGraph(name="resnet", input_name="x", input=b.specs["x"], nodes=tuple(b.nodes), output=cur)

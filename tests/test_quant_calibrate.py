@@ -8,7 +8,7 @@ import pytest
 from imcflow.config import JSSC2022, TINY
 from imcflow.errors import QuantError
 from imcflow.frontend import run_graph
-from imcflow.ir.graph import Graph, Node, Op
+from imcflow.ir.graph import Node, Op
 from imcflow.ir.qgraph import QGraph, graphs_equal, pick_full_scale, row_tiles
 from imcflow.quant.calibrate import QuantSpec, calibrate, quantize_weight, weight_scales
 from imcflow.quant.reference import dequantize_output, quantize_input, run_qgraph

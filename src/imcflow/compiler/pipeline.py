@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 
 from imcflow.compiler.codegen import emit_phase
-from imcflow.compiler.partition import PLAN_BATCH
+from imcflow.compiler.partition import PLAN_BATCH, port_streams
 from imcflow.compiler.placement import (OBJECTIVES, PhasePlan, fewer_copies, localised, phase_work_of, place,
                                        place_phase, split_plan)
-from imcflow.compiler.routing import phase_streams, port_streams, route_phase
+from imcflow.compiler.routing import phase_streams, route_phase
 from imcflow.compiler.tiling import LayerTiling, tile_graph
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError, ImcflowError

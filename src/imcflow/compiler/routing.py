@@ -31,7 +31,6 @@ import numpy as np
 
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
-from imcflow.compiler.partition import port_streams
 from imcflow.compiler.placement import PhasePlan, pixel_range
 from imcflow.compiler.tiling import LayerTiling
 from imcflow.ir.program import IN_PORT, OUT_PORT, StreamKind
