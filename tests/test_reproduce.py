@@ -58,7 +58,8 @@ def test_power_row_is_throughput_over_efficiency(monkeypatch):
     """The chip-power row: imcflow's img/s / (img/s/W) next to the published ratio (151.7 mW for CIFAR-10)."""
     from types import SimpleNamespace
 
-    fake = SimpleNamespace(throughput_img_s=9000.0, img_per_s_per_w=45000.0, features={}, layers=[])
+    fake = SimpleNamespace(throughput_img_s=9000.0, img_per_s_per_w=45000.0, power_w=9000.0 / 45000.0, features={},
+                           layers=[])
     monkeypatch.setattr(rp, "need", lambda module, attr: (lambda *a, **k: {"base": fake}))
     rep = rp.Reproduction()
     rp._benchmark_rows(rep, JSSC2022, "cifar10-cnn11", "cifar10", "CIFAR-10 CNN", None)

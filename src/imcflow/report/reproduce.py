@@ -129,7 +129,7 @@ def _benchmark_rows(rep: Reproduction, chip: ChipConfig, net: str, key: str, lab
     rep.add(f"{label} img/s/W", f"{key}_img_s_w", "img/s/W", lambda: run().img_per_s_per_w,
             "control_cycle_j fitted to this figure" if key == "cifar10" else "")
     rep.add(f"{label} chip power", f"{key}_power_mw", "mW",
-            lambda: 1e3 * run().throughput_img_s / run().img_per_s_per_w,
+            lambda: 1e3 * run().power_w,
             "published value derived: img/s / (img/s/W); energy per image = power x time per image")
     for name, r in results.items():
         if name == "base":
