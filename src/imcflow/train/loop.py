@@ -27,6 +27,7 @@ from torch import nn
 
 from imcflow.data import load_cifar10
 from imcflow.models import get_model
+from imcflow.quant.calibrate import ADC_FULL_SCALES
 from imcflow.train.augment import cutout, random_crop_flip
 from imcflow.train.checkpoint import FORMAT, TrainError, is_full_checkpoint, load_checkpoint, save_atomic
 
@@ -161,8 +162,8 @@ def _check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value < (1 if name == "batch_size" else 0):
             raise TrainError(f"--{name.replace('_', '-')} = {value}: must be {'>= 1' if name == 'batch_size' else '>= 0'}")
-    if cfg.adc_full_scale not in ("calibrated", "rows"):
-        raise TrainError(f"--adc-full-scale {cfg.adc_full_scale!r}: choose calibrated or rows")
+    if cfg.adc_full_scale not in ADC_FULL_SCALES:
+        raise TrainError(f"--adc-full-scale {cfg.adc_full_scale!r}: choose one of {', '.join(ADC_FULL_SCALES)}")
     if not 0 <= cfg.cutout_px <= 32:
         raise TrainError(f"--cutout {cfg.cutout_px}: must be from 0 (off) to 32 pixels")
     if not 0 <= cfg.qat_ideal_epochs <= cfg.epochs_qat:
