@@ -56,6 +56,22 @@ def test_core_time_adds_up(one_phase):
         assert total == pytest.approx(tr.run_time_s, rel=1e-9, abs=1e-12)
 
 
+def test_phase_reports_add_up_to_the_run(multi_phase):
+    tr = simulate_timing(multi_phase, images=4)
+    r = make_report(multi_phase, tr)
+    assert [p.index for p in r.phases] == list(range(len(multi_phase.phases)))
+    assert sum(p.time_s for p in r.phases) == pytest.approx(tr.run_time_s, rel=1e-9)
+    for p, ph in zip(r.phases, multi_phase.phases):
+        assert p.nodes == ph.nodes and 1 <= p.cores <= multi_phase.chip.n_cores
+        assert all(0 <= v <= 1 for v in (p.array_share, p.io_in_share, p.io_out_share, p.load_share))
+        assert p.array_share > 0   # every phase evaluates some tile
+    # The array share is the compute time of the phase's ops over its cores and time.
+    busy = sum(op.duration_s for op in tr.lowered.ops if op.phase == 0 and op.kind.value == "compute")
+    assert r.phases[0].array_share == pytest.approx(busy / (r.phases[0].cores * r.phases[0].time_s))
+    assert Report.from_json(r.to_json()) == r
+    assert "phase" in format_report(r)
+
+
 def test_verify_rejects_inconsistent_report(one_phase):
     r = _report(one_phase)
     with pytest.raises(SimError):

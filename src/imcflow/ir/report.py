@@ -56,6 +56,30 @@ class LayerReport:
 
 
 @dataclass(frozen=True)
+class PhaseReport:
+    """One weight phase of the run (a one-phase program has one): its time and what kept it busy."""
+
+    index: int
+    nodes: tuple[str, ...]
+    """QGraph nodes computed in the phase, in graph order."""
+    cores: int
+    """Cores holding tiles of the phase."""
+    time_s: float
+    """Run time the phase adds for the whole simulated batch: from the end of the previous
+    phase's last operation to the end of this phase's last one (its loads overlap the previous
+    phase where cores are free)."""
+    array_share: float
+    """Array busy time summed over the phase's cores, over cores x time_s (1 = every array always
+    evaluating)."""
+    io_in_share: float
+    """Off-chip input port busy time over time_s."""
+    io_out_share: float
+    """Off-chip output port busy time over time_s."""
+    load_share: float
+    """Weight bus busy time (this phase's loads) over time_s."""
+
+
+@dataclass(frozen=True)
 class Report:
     """Figures of merit of a network on a chip (see module doc)."""
 
@@ -88,6 +112,7 @@ class Report:
     control, static)."""
     cores: tuple[CoreReport, ...] = ()
     layers: tuple[LayerReport, ...] = ()
+    phases: tuple[PhaseReport, ...] = ()
     features: dict[str, Any] = field(default_factory=dict)
     """Switchable modelling features in force (e.g. zero bit-plane skipping) and their effect."""
     accuracy: float | None = None
@@ -128,4 +153,4 @@ class Report:
             fh.write(self.to_json())
 
 
-_TYPES = {"Report": Report, "CoreReport": CoreReport, "LayerReport": LayerReport}
+_TYPES = {"Report": Report, "CoreReport": CoreReport, "LayerReport": LayerReport, "PhaseReport": PhaseReport}

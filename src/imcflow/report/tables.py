@@ -62,8 +62,19 @@ def format_report(r: Report) -> str:
             ["layer", "op", "tiles", "cores", "MACs/img", "array s/img", "energy/img"],
             [[l.name, l.op, str(l.tiles), ",".join(map(str, l.cores)), f"{l.macs_per_img:,}",
               si(l.array_busy_s_per_img, "s"), si(l.energy_per_img_j, "J")] for l in r.layers]))
+    if r.phases:
+        parts.append(format_table(
+            ["phase", "cores", "time/img", "array %", "in %", "out %", "load %", "nodes"],
+            [[str(p.index), str(p.cores), si(p.time_s / r.batch, "s"), f"{100 * p.array_share:.0f}",
+              f"{100 * p.io_in_share:.0f}", f"{100 * p.io_out_share:.0f}", f"{100 * p.load_share:.0f}",
+              _node_span(p.nodes)] for p in r.phases]))
     parts.extend(r.notes)
     return "\n\n".join(parts)
+
+
+def _node_span(nodes: tuple[str, ...]) -> str:
+    """``first .. last (n)`` for a long list of node names."""
+    return ", ".join(nodes) if len(nodes) <= 2 else f"{nodes[0]} .. {nodes[-1]} ({len(nodes)})"
 
 
 @dataclass(frozen=True)

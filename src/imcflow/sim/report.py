@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import SimError
 from imcflow.ir.program import Program
-from imcflow.ir.report import CoreReport, LayerReport, Report
+from imcflow.ir.report import CoreReport, LayerReport, PhaseReport, Report
 from imcflow.sim.energy import EventCounts, dynamic_energy_j
 from imcflow.sim.functional import FunctionalStats
 from imcflow.sim.lower import Lowered, lower
-from imcflow.sim.timing import CoreTimeline, Schedule, core_timelines, run
+from imcflow.sim.timing import CoreTimeline, OpKind, Schedule, core_timelines, run
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def make_report(prog: Program, tr: TimingResult, accuracy: float | None = None,
                img_per_s_per_w=1.0 / e_img if e_img else 0.0, tops=2 * macs_img * thr / 1e12,
                tops_per_w=2 * macs_img / e_img / 1e12 if e_img else 0.0, utilization=min(1.0, util),
                run_time_s=tr.run_time_s, macs_per_img=macs_img, energy_breakdown_j_per_img=dyn,
-               cores=tuple(cores), layers=tuple(layers),
+               cores=tuple(cores), layers=tuple(layers), phases=phase_reports(prog, tr),
                features={"skip_zero_bitplanes": features.skip_zero_bitplanes,
                          "unbounded_buffers": features.unbounded_buffers, "phases": len(prog.phases),
                          "program_batch": prog.batch,
@@ -189,6 +189,38 @@ def make_report(prog: Program, tr: TimingResult, accuracy: float | None = None,
                accuracy=accuracy, notes=tuple(notes))
     r.verify()
     return r
+
+
+_SHARE_KINDS = {OpKind.COMPUTE: "array", OpKind.IO_IN: "io_in", OpKind.IO_OUT: "io_out", OpKind.LOAD: "load"}
+
+
+def phase_reports(prog: Program, tr: TimingResult) -> tuple[PhaseReport, ...]:
+    """Per phase: the run time it adds and the busy shares of its arrays, ports and weight bus.
+
+    A phase whose shares are all well below 1 is bound by latency or back-pressure (data waiting
+    in a chain of cores, or a full input buffer), not by a resource."""
+    sched, ops = tr.schedule, tr.lowered.ops
+    end = [0.0] * len(prog.phases)
+    busy = [dict.fromkeys(_SHARE_KINDS.values(), 0.0) for _ in prog.phases]
+    for op in ops:
+        end[op.phase] = max(end[op.phase], sched.finish_s[op.id])
+        kind = _SHARE_KINDS.get(op.kind)
+        if kind:
+            busy[op.phase][kind] += op.duration_s
+    out, prev = [], 0.0
+    for ph, t_end, b in zip(prog.phases, end, busy):
+        time_s = max(0.0, t_end - prev)
+        prev = max(prev, t_end)
+        n = len(_used_cores(ph))
+        out.append(PhaseReport(index=ph.index, nodes=tuple(ph.nodes), cores=n, time_s=time_s,
+                               array_share=_share(b["array"], max(1, n) * time_s),
+                               io_in_share=_share(b["io_in"], time_s), io_out_share=_share(b["io_out"], time_s),
+                               load_share=_share(b["load"], time_s)))
+    return tuple(out)
+
+
+def _share(busy_s: float, capacity_s: float) -> float:
+    return min(1.0, busy_s / capacity_s) if capacity_s > 0 else 0.0
 
 
 def _core_util(prog: Program, low: Lowered, tr: TimingResult, core: int) -> float:
