@@ -109,3 +109,21 @@ def test_other_errors_exit_2(inputs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse rejects an unknown mode
         main(["run", "cnn-tiny", "--inputs", str(inputs), "--mode", "exact"])
     assert exc.value.code == 2
+
+
+def test_timing_feature_switches(inputs, tmp_path, capsys):
+    import json
+
+    base, feat = tmp_path / "base.json", tmp_path / "feat.json"
+    assert main(["run", "cnn-tiny", "--json", str(base), "--images", "4"]) == 0
+    assert main(["run", "cnn-tiny", "--json", str(feat), "--images", "4",
+                 "--skip-zero-bitplanes", "--unbounded-buffers"]) == 0
+    b, f = json.loads(base.read_text()), json.loads(feat.read_text())
+    assert b["features"]["skip_zero_bitplanes"] is False and b["features"]["unbounded_buffers"] is False
+    assert f["features"]["skip_zero_bitplanes"] is True and f["features"]["unbounded_buffers"] is True
+    assert f["throughput_img_s"] >= b["throughput_img_s"]   # fewer bit-planes, no back-pressure
+    assert any("synthetic" in n for n in f["notes"])
+    capsys.readouterr()
+    # the switches change the timing report only: refused (exit 2) on an outputs-only run
+    assert main(["run", "cnn-tiny", "--inputs", str(inputs), "--unbounded-buffers"]) == 2
+    assert "--json" in capsys.readouterr().err

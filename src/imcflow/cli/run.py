@@ -19,7 +19,7 @@ import numpy as np
 
 from imcflow.cli.common import add_chip_args, chip_from_args
 from imcflow.config.chip import ChipConfig
-from imcflow.errors import DataError
+from imcflow.errors import ConfigError, DataError
 from imcflow.pipeline import (RUN_MODES, check_inputs, describe_source, load_qgraph, model_input_shape, run_model,
                               run_quantised)
 
@@ -52,6 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(clips at most 1e-4 of the conversions on --calib; needs representative --calib data)")
     p.add_argument("--untrained", action="store_true",
                    help="use a random-init zoo network (seed 0) even if trained weights are shipped")
+    p.add_argument("--skip-zero-bitplanes", action="store_true",
+                   help="timing report: skip input bit-planes that are all zero over a tile's rows (activity "
+                        "measured on --data test images, else on synthetic inputs)")
+    p.add_argument("--unbounded-buffers", action="store_true",
+                   help="timing report: no input-buffer capacity limit (no back-pressure), a what-if")
 
 
 def load_inputs(path: str, shape: tuple[int, ...], what: str = "--inputs") -> np.ndarray:
@@ -94,10 +99,15 @@ def summary(model: str, mode: str, chip: ChipConfig, x: np.ndarray, y: np.ndarra
 
 def run(args: argparse.Namespace) -> int:
     chip = chip_from_args(args)
-    if args.json or not args.inputs:  # compile + simulate + report (imcflow.report.flow)
+    timing = args.json or not args.inputs
+    if not timing and (args.skip_zero_bitplanes or args.unbounded_buffers):
+        raise ConfigError("--skip-zero-bitplanes and --unbounded-buffers change the timing report only: "
+                         "add --json REPORT.json (or drop --inputs)")
+    if timing:  # compile + simulate + report (imcflow.report.flow)
         from imcflow.report.flow import model_report
         from imcflow.report.tables import format_report
-        report = model_report(args.model, chip, images=args.images, trained=not args.untrained, data=args.data)
+        report = model_report(args.model, chip, images=args.images, trained=not args.untrained, data=args.data,
+                              skip_zero=args.skip_zero_bitplanes, unbounded_buffers=args.unbounded_buffers)
         print(format_report(report))
         if args.json:
             report.save(args.json)

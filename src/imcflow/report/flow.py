@@ -66,10 +66,7 @@ def benchmark_reports(net: str, chip: ChipConfig, batch: int | None = None,
             simulate_report(prog, images=batch, unbounded_buffers=True),
             "input buffers without capacity limit (no back-pressure), as the analytic model assumes")
     if data and net == "cifar10-cnn11" and origin.startswith("trained"):
-        from imcflow.data.cifar10 import load_cifar10
-        x_u8, _ = _images_labels(load_cifar10(data, "test"))
-        idx = np.sort(np.random.default_rng(0).permutation(len(x_u8))[:activity_images])
-        stats = activity_stats(prog, _to_input_ints(q, x_u8[idx]))
+        stats = cifar10_activity(prog, q, data, activity_images)
         out["zero bit-planes skipped"] = _with_note(
             simulate_report(prog, images=batch, stats=stats, skip_zero=True),
             f"zero bit-plane skipping, activity measured on {activity_images} CIFAR-10 test images")
@@ -77,25 +74,43 @@ def benchmark_reports(net: str, chip: ChipConfig, batch: int | None = None,
 
 
 def model_report(model: str, chip: ChipConfig, images: int | None = None, trained: bool = True,
-                 data: str | None = None, limit: int | None = 1000, skip_zero: bool = False) -> Report:
+                 data: str | None = None, limit: int | None = 1000, skip_zero: bool = False,
+                 unbounded_buffers: bool = False, activity_images: int = 32) -> Report:
     """Compile ``model`` for ``chip`` and simulate its timing and energy (``imcflow run --json``).
 
     With ``data`` (a CIFAR-10 folder) the report also carries the bit-true accuracy on the first
-    ``limit`` test images, and with ``skip_zero`` the zero-bit-plane feature uses activity measured
-    on those images (else on synthetic inputs)."""
+    ``limit`` test images. ``skip_zero`` switches on zero bit-plane skipping, with the activity
+    measured on ``activity_images`` seeded CIFAR-10 test images when ``data`` is given, else on
+    synthetic inputs (then the figure is a what-if, not evidence); ``unbounded_buffers`` drops the
+    input-buffer capacity (see :class:`imcflow.sim.report.Features`)."""
     q, origin = load_qgraph(model, chip, trained=trained)
     prog = compile_program(q, chip)
-    accuracy, stats = None, None
+    accuracy, stats, notes = None, None, [f"QGraph: {origin}"]
     if data is not None:
         res = evaluate_accuracy(model, chip, data, "bit_true", limit=limit, prog=prog, qgraph=q)
         accuracy = res["accuracy"]
-    if skip_zero:
+    if skip_zero and data is not None:
+        stats = cifar10_activity(prog, q, data, activity_images)
+        notes.append(f"zero bit-plane skipping, activity measured on {activity_images} CIFAR-10 test images")
+    elif skip_zero:
         from imcflow.pipeline import synthetic_calibration
-        x = synthetic_calibration(q.input.shape, n=8, seed=1)
         from imcflow.quant.reference import quantize_input
-        stats = activity_stats(prog, quantize_input(q, x))
-    r = simulate_report(prog, images=images, stats=stats, skip_zero=skip_zero, accuracy=accuracy)
-    return _with_note(r, f"QGraph: {origin}")
+        stats = activity_stats(prog, quantize_input(q, synthetic_calibration(q.input.shape, n=8, seed=1)))
+        notes.append("zero bit-plane skipping, activity measured on 8 synthetic inputs (a what-if: give --data "
+                     "for real activations)")
+    r = simulate_report(prog, images=images, stats=stats, skip_zero=skip_zero, accuracy=accuracy,
+                        unbounded_buffers=unbounded_buffers)
+    for note in notes:
+        r = _with_note(r, note)
+    return r
+
+
+def cifar10_activity(prog: Program, q: QGraph, data: str, images: int = 32):
+    """FunctionalStats of ``prog`` on ``images`` seeded CIFAR-10 test images from ``data``."""
+    from imcflow.data.cifar10 import load_cifar10
+    x_u8, _ = _images_labels(load_cifar10(data, "test"))
+    idx = np.sort(np.random.default_rng(0).permutation(len(x_u8))[:images])
+    return activity_stats(prog, _to_input_ints(q, x_u8[idx]))
 
 
 def _with_note(r: Report, note: str) -> Report:
