@@ -66,10 +66,9 @@ def benchmark_reports(net: str, chip: ChipConfig, batch: int | None = None,
             simulate_report(prog, images=batch, unbounded_buffers=True),
             "input buffers without capacity limit (no back-pressure), as the analytic model assumes")
     if data and net == "cifar10-cnn11" and origin.startswith("trained"):
-        stats = cifar10_activity(prog, q, data, activity_images)
+        stats, note = cifar10_activity(prog, q, data, activity_images)
         out["zero bit-planes skipped"] = _with_note(
-            simulate_report(prog, images=batch, stats=stats, skip_zero=True),
-            f"zero bit-plane skipping, activity measured on {activity_images} CIFAR-10 test images")
+            simulate_report(prog, images=batch, stats=stats, skip_zero=True), note)
     return out
 
 
@@ -90,8 +89,8 @@ def model_report(model: str, chip: ChipConfig, images: int | None = None, traine
         res = evaluate_accuracy(model, chip, data, "bit_true", limit=limit, prog=prog, qgraph=q)
         accuracy = res["accuracy"]
     if skip_zero and data is not None:
-        stats = cifar10_activity(prog, q, data, activity_images)
-        notes.append(f"zero bit-plane skipping, activity measured on {activity_images} CIFAR-10 test images")
+        stats, note = cifar10_activity(prog, q, data, activity_images)
+        notes.append(note)
     elif skip_zero:
         from imcflow.pipeline import synthetic_calibration
         from imcflow.quant.reference import quantize_input
@@ -100,22 +99,22 @@ def model_report(model: str, chip: ChipConfig, images: int | None = None, traine
                      "for real activations)")
     r = simulate_report(prog, images=images, stats=stats, skip_zero=skip_zero, accuracy=accuracy,
                         unbounded_buffers=unbounded_buffers)
-    for note in notes:
-        r = _with_note(r, note)
-    return r
+    return _with_note(r, *notes)
 
 
 def cifar10_activity(prog: Program, q: QGraph, data: str, images: int = 32):
-    """FunctionalStats of ``prog`` on ``images`` seeded CIFAR-10 test images from ``data``."""
+    """(FunctionalStats of ``prog`` on ``images`` seeded CIFAR-10 test images from ``data``, a report
+    note saying so)."""
     from imcflow.data.cifar10 import load_cifar10
     x_u8, _ = _images_labels(load_cifar10(data, "test"))
     idx = np.sort(np.random.default_rng(0).permutation(len(x_u8))[:images])
-    return activity_stats(prog, _to_input_ints(q, x_u8[idx]))
+    note = f"zero bit-plane skipping, activity measured on {images} CIFAR-10 test images"
+    return activity_stats(prog, _to_input_ints(q, x_u8[idx])), note
 
 
-def _with_note(r: Report, note: str) -> Report:
+def _with_note(r: Report, *notes: str) -> Report:
     import dataclasses
-    return dataclasses.replace(r, notes=(*r.notes, note))
+    return dataclasses.replace(r, notes=(*r.notes, *notes))
 
 
 def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_true", limit: int | None = None,
