@@ -32,6 +32,24 @@ def normalize(graph: Graph) -> Graph:
     return out
 
 
+def dense_grouped_weight(weight: np.ndarray, groups: int, where: str) -> np.ndarray:
+    """A grouped convolution's weight ``(Cout, Cin / groups, kh, kw)`` as the equivalent dense
+    ``(Cout, Cin, kh, kw)`` weight: block-diagonal, zero outside each group's channels.
+
+    The chip has no grouped mode; the dense form computes the same function exactly, at the cost
+    of array rows (a 3x3 depthwise layer over C channels drives 9C rows for 9 useful weights per
+    column). ``where`` names the layer in errors."""
+    c_out, c_in_g = int(weight.shape[0]), int(weight.shape[1])
+    if groups < 1 or c_out % groups:
+        raise ModelError(f"{where}: {c_out} output channels do not split into {groups} groups; "
+                         "use a group count that divides the output channels")
+    out_g = c_out // groups
+    dense = np.zeros((c_out, c_in_g * groups, *weight.shape[2:]), dtype=np.float32)
+    for g in range(groups):
+        dense[g * out_g:(g + 1) * out_g, g * c_in_g:(g + 1) * c_in_g] = weight[g * out_g:(g + 1) * out_g]
+    return dense
+
+
 def fold_batchnorm(graph: Graph) -> Graph:
     """Fold every batchnorm node into the conv/linear node that produces its input."""
     nodes = {n.name: n for n in graph.nodes}

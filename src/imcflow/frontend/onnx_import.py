@@ -1,6 +1,6 @@
 """ONNX importer: an ``.onnx`` file (or ``onnx.ModelProto``) into a float Graph.
 
-Supported ops: Conv (group 1, dilation 1, symmetric pads), Gemm, MatMul (+ Add of a constant bias),
+Supported ops: Conv (dilation 1, symmetric pads; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
 BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, Add, Flatten,
 Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
 for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast on constants).
@@ -29,6 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from imcflow.errors import ModelError
+from imcflow.frontend.normalize import dense_grouped_weight
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -251,14 +252,15 @@ def _conv(imp: _Importer, node: onnx.NodeProto) -> None:
     a = _attrs(node)
     x = imp.tensor(node, 0)
     w = imp.const(node, 1)
-    if a.get("group", 1) != 1:
-        raise _fail(node, f"grouped/depthwise convolution (group={a['group']})",
-                    "use group=1: the chip maps dense convolutions only")
     if w.value.ndim != 4:
         raise _fail(node, f"weight of shape {w.value.shape} is not 2-D convolution (Cout, Cin, kh, kw)",
                     "use 2-D convolutions only")
     attrs = _window(node, a, tuple(int(k) for k in w.value.shape[2:]))
+    groups = int(a.get("group", 1))
     params = {"weight": w.value}
+    if groups != 1:  # no grouped mode on the chip: the equivalent dense, block-diagonal weight
+        params["weight"] = dense_grouped_weight(w.value, groups, f"node {node.name!r} (Conv)")
+        attrs["groups"] = groups
     b = imp.const(node, 2, required=False)
     if b is not None:
         params["bias"] = b.value

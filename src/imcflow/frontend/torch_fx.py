@@ -1,6 +1,6 @@
 """PyTorch importer: ``torch.fx`` symbolic tracing of an ``nn.Module`` into a float Graph.
 
-Supported: nn.Conv2d (groups 1, dilation 1, zero padding), nn.Linear, nn.BatchNorm1d/2d (running
+Supported: nn.Conv2d (dilation 1, zero padding; groups > 1 become a dense block-diagonal conv), nn.Linear, nn.BatchNorm1d/2d (running
 statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh, nn.MaxPool2d/AvgPool2d,
 nn.AdaptiveAvgPool2d(1), nn.Flatten/torch.flatten/view/reshape to (N, -1), + / torch.add,
 torch.cat(dim=1), nn.Identity and dropout (dropped: inference semantics). Anything else raises a
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imcflow.errors import ModelError
+from imcflow.frontend.normalize import dense_grouped_weight
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -192,9 +193,6 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
 # --- modules ----------------------------------------------------------------------------------
 
 def _conv(imp: _Importer, fx: torch.fx.Node, m: nn.Conv2d) -> None:
-    if m.groups != 1:
-        raise imp.fail(fx, f"grouped/depthwise convolution (groups={m.groups})",
-                       "use groups=1: the chip maps dense convolutions only")
     if _pair(m.dilation) != (1, 1):
         raise imp.fail(fx, f"dilation {m.dilation}", "use dilation=1")
     if m.padding_mode != "zeros":
@@ -209,10 +207,13 @@ def _conv(imp: _Importer, fx: torch.fx.Node, m: nn.Conv2d) -> None:
         else:
             raise imp.fail(fx, "padding='same' with an even kernel is asymmetric", "use an odd kernel or explicit padding")
     params = {"weight": _np(m.weight)}
+    attrs = {"kernel": kernel, "stride": _pair(m.stride), "padding": _pair(padding)}
+    if m.groups != 1:  # no grouped mode on the chip: the equivalent dense, block-diagonal weight
+        params["weight"] = dense_grouped_weight(params["weight"], m.groups, f"module {fx.target!r} (Conv2d)")
+        attrs["groups"] = m.groups
     if m.bias is not None:
         params["bias"] = _np(m.bias)
-    imp.add(fx, Op.CONV, [imp.tensor(fx, fx.args[0])],
-            {"kernel": kernel, "stride": _pair(m.stride), "padding": _pair(padding)}, params)
+    imp.add(fx, Op.CONV, [imp.tensor(fx, fx.args[0])], attrs, params)
 
 
 def _linear(imp: _Importer, fx: torch.fx.Node, m: nn.Linear) -> None:

@@ -28,6 +28,9 @@ flatten         -                                                         -  ((C
 concat          -                                                         axis = 0 (channels, without batch)
 =============== ========================================================= ==========================================
 
+A conv may carry ``groups`` (int, informational): the importer expanded a grouped or depthwise
+convolution into this dense, block-diagonal weight (the chip has no grouped mode).
+
 Optional attrs any op may carry, set by the ONNX importer for QCDQ models: ``w_bits`` (weight bit
 width inferred from the weight QuantizeLinear), ``act_scale`` (scale of the activation QDQ that
 followed this node's output; float). A *normalized* graph (see :mod:`imcflow.frontend.normalize`)

@@ -1,0 +1,88 @@
+"""Grouped and depthwise convolutions: the importers expand them into the equivalent dense,
+block-diagonal convolution (the chip has no grouped mode), so MobileNet-style blocks import,
+quantise, compile and simulate bit-true like any dense network."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imcflow.config import TINY
+from imcflow.errors import ModelError
+from imcflow.frontend import load_graph, run_graph
+from imcflow.frontend.normalize import dense_grouped_weight
+from imcflow.ir.graph import Op
+
+
+@pytest.mark.parametrize("c_in,c_out,groups", [(4, 6, 1), (4, 6, 2), (8, 8, 8), (6, 12, 3)])
+def test_dense_weight_computes_the_grouped_conv(c_in, c_out, groups):
+    g = torch.Generator().manual_seed(groups)
+    x = torch.randn(2, c_in, 7, 7, generator=g)
+    w = torch.randn(c_out, c_in // groups, 3, 3, generator=g)
+    dense = torch.from_numpy(dense_grouped_weight(w.numpy(), groups, "test"))
+    assert dense.shape == (c_out, c_in, 3, 3)
+    assert int((dense != 0).sum()) == int((w != 0).sum())  # only the groups' own weights are non-zero
+    torch.testing.assert_close(F.conv2d(x, dense, padding=1), F.conv2d(x, w, padding=1, groups=groups),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_groups_that_do_not_divide_are_refused_by_name():
+    with pytest.raises(ModelError, match=r"layer7: 6 output channels do not split into 4 groups.*divides"):
+        dense_grouped_weight(np.ones((6, 1, 3, 3), np.float32), 4, "layer7")
+
+
+class MobileBlock(nn.Module):
+    """conv, depthwise 3x3 + BN + ReLU6, pointwise 1x1 + BN + ReLU, global pool, classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pw = nn.Conv2d(8, 16, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = F.relu6(self.bn1(self.dw(x)))
+        x = torch.relu(self.bn2(self.pw(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def _block():
+    torch.manual_seed(0)
+    m = MobileBlock()
+    for bn in (m.bn1, m.bn2):
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def test_torch_and_onnx_imports_match_pytorch(tmp_path):
+    m = _block()
+    x = torch.randn(3, 3, 16, 16)
+    want = m(x).detach().numpy()
+    path = tmp_path / "mobile.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x[:1],), str(path), dynamo=False, input_names=["x"], output_names=["y"])
+    for graph in (load_graph(m, (3, 16, 16)), load_graph(path)):
+        dw = [n for n in graph.nodes if n.op is Op.CONV and n.attrs.get("groups") == 8]
+        assert len(dw) == 1 and dw[0].params["weight"].shape == (8, 8, 3, 3)
+        np.testing.assert_allclose(run_graph(graph, x.numpy()), want, rtol=1e-4, atol=1e-5)
+
+
+def test_depthwise_network_simulates_bit_true():
+    from imcflow.compiler.pipeline import compile_qgraph
+    from imcflow.pipeline import load_qgraph
+    from imcflow.quant.reference import run_qgraph
+    from imcflow.sim.functional import run_program
+    q = load_qgraph(_block(), TINY, trained=False, input_shape=(3, 16, 16))
+    prog = compile_qgraph(q, TINY)
+    x = np.random.default_rng(0).integers(q.input.min_int, q.input.max_int + 1, size=(3, *q.input.shape))
+    for mode in ("ideal", "bit_true"):
+        assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), mode
