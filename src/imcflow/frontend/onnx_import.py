@@ -1,7 +1,8 @@
 """ONNX importer: an ``.onnx`` file (or ``onnx.ModelProto``) into a float Graph.
 
 Supported ops: Conv (dilation 1, symmetric pads; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
-BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, Add, Flatten,
+BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, ReduceMean over
+the spatial axes, Add, Flatten,
 Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
 for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast on constants).
 
@@ -172,14 +173,17 @@ class _Importer:
         return all(isinstance(self.values.get(i), _Const) for i in node.input if i)
 
     def add(self, node: onnx.NodeProto, op: Op, inputs: list[str], attrs: dict | None = None,
-            params: dict | None = None) -> str:
+            params: dict | None = None, check_shape: bool = True) -> str:
+        """Append a Graph node for ``node``'s output; ``check_shape=False`` for an inner node of
+        a lowering whose last node carries ONNX's declared output shape."""
         name = _nname(node)
         base, k = name, 1
         while name in self.shapes:
             name, k = f"{base}_{k}", k + 1
         n = Node(name, op, tuple(inputs), attrs or {}, params or {}, ())
         shape = infer_shape(n, [self.shapes[i] for i in inputs])
-        self.check_onnx_shape(node, shape)
+        if check_shape:
+            self.check_onnx_shape(node, shape)
         self.nodes.append(Node(name, op, n.inputs, n.attrs, n.params, shape))
         self.shapes[name] = shape
         self.values[node.output[0]] = _Tensor(name)
@@ -361,6 +365,26 @@ def _flatten(imp: _Importer, node: onnx.NodeProto) -> None:
         imp.alias(node)
     else:
         imp.add(node, Op.FLATTEN, [x])
+
+
+def _reduce_mean(imp: _Importer, node: onnx.NodeProto) -> None:
+    """ReduceMean over the two spatial axes: global average pooling (then a flatten without keepdims)."""
+    a = _attrs(node)
+    x = imp.tensor(node, 0)
+    if "axes" in a:
+        axes = [int(v) for v in a["axes"]]
+    elif len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in imp.const(node, 1).value.reshape(-1)]
+    else:
+        axes = []
+    rank = len(imp.shapes[x]) + 1
+    if rank != 4 or sorted(ax % rank for ax in axes) != [2, 3]:
+        raise _fail(node, f"ReduceMean over axes {axes} of a rank-{rank} tensor",
+                    "reduce over the spatial axes (2, 3) of an NCHW map only (a global average pool)")
+    keep = int(a.get("keepdims", 1))
+    pooled = imp.add(node, Op.GLOBAL_AVGPOOL, [x], check_shape=bool(keep))
+    if not keep:
+        imp.add(node, Op.FLATTEN, [pooled])
 
 
 def _reshape(imp: _Importer, node: onnx.NodeProto) -> None:
@@ -571,6 +595,7 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "AveragePool": _pool(Op.AVGPOOL),
     "GlobalAveragePool": lambda imp, node: imp.add(node, Op.GLOBAL_AVGPOOL, [imp.tensor(node, 0)]),
     "Flatten": _flatten,
+    "ReduceMean": _reduce_mean,
     "Reshape": _reshape,
     "Concat": _concat,
     "Identity": _identity,

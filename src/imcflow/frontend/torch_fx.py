@@ -140,8 +140,11 @@ class _Importer:
             self.alias[fx.name] = ("size", fx.args[0])
         elif fx.target == "contiguous":
             self.same(fx, fx.args[0])
+        elif fx.target == "mean":
+            _mean(self, fx)
         else:
-            raise self.fail(fx, f"unsupported tensor method .{fx.target}()", "use view/reshape/flatten/relu only")
+            raise self.fail(fx, f"unsupported tensor method .{fx.target}()",
+                            "use view/reshape/flatten/relu/mean only")
 
     # --- shape ops ------------------------------------------------------------------------
     def reshape(self, fx: torch.fx.Node, how: str) -> None:
@@ -344,6 +347,22 @@ def _adaptive_fn(imp: _Importer, fx: torch.fx.Node) -> None:
     _adaptive(imp, fx, nn.AdaptiveAvgPool2d(_arg(fx, 1, "output_size", None)))
 
 
+def _mean(imp: _Importer, fx: torch.fx.Node) -> None:
+    """torch.mean / Tensor.mean over the spatial dims (2, 3): global average pooling, then a
+    flatten unless keepdim."""
+    src = imp.tensor(fx, fx.args[0])
+    dims = _arg(fx, 1, "dim", None)
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    keep = bool(_arg(fx, 2, "keepdim", False))
+    rank = len(imp.shapes[src]) + 1
+    if rank != 4 or sorted(d % rank for d in dims) != [2, 3]:
+        raise imp.fail(fx, f"mean over dims {dims} of a rank-{rank} tensor",
+                       "average over the spatial dims (2, 3) of an NCHW map only (a global average pool)")
+    imp.add(fx, Op.GLOBAL_AVGPOOL, [src])
+    if not keep:
+        imp.add(fx, Op.FLATTEN, [imp.alias[fx.name]])
+
+
 def _dropout(imp: _Importer, fx: torch.fx.Node) -> None:
     imp.same(fx, fx.args[0])
 
@@ -364,4 +383,5 @@ _FUNCTIONS: dict[Any, Callable] = {
     F.max_pool2d: _pool_fn(Op.MAXPOOL),
     F.avg_pool2d: _pool_fn(Op.AVGPOOL),
     F.adaptive_avg_pool2d: _adaptive_fn,
+    torch.mean: _mean,
 }

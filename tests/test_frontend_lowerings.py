@@ -1,6 +1,7 @@
-"""Grouped and depthwise convolutions: the importers expand them into the equivalent dense,
-block-diagonal convolution (the chip has no grouped mode), so MobileNet-style blocks import,
-quantise, compile and simulate bit-true like any dense network."""
+"""Lowerings the importers do for common constructs the chip has no direct op for: grouped and
+depthwise convolutions become the equivalent dense, block-diagonal conv (MobileNet-style blocks then
+import, quantise, compile and simulate bit-true like any dense network), and a mean over the
+spatial dims becomes global average pooling."""
 
 import warnings
 
@@ -86,3 +87,52 @@ def test_depthwise_network_simulates_bit_true():
     x = np.random.default_rng(0).integers(q.input.min_int, q.input.max_int + 1, size=(3, *q.input.shape))
     for mode in ("ideal", "bit_true"):
         assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), mode
+
+
+class SpatialMean(nn.Module):
+    """Global average pooling written as a mean over the spatial dims, as many user nets do."""
+
+    def __init__(self, keepdim: bool, method: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+        self.keepdim, self.method = keepdim, method
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = x.mean((2, 3), keepdim=self.keepdim) if self.method else torch.mean(x, dim=[-2, -1], keepdim=self.keepdim)
+        return self.fc(x.flatten(1) if self.keepdim else x)
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("method", [False, True])
+@pytest.mark.parametrize("opset", [13, 18])
+def test_spatial_mean_imports_as_global_average_pool(tmp_path, keepdim, method, opset):
+    torch.manual_seed(0)
+    m = SpatialMean(keepdim, method).eval()
+    x = torch.randn(2, 3, 6, 6)
+    want = m(x).detach().numpy()
+    path = tmp_path / "mean.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x[:1],), str(path), dynamo=False, opset_version=opset)
+    graphs = [load_graph(path)] + ([load_graph(m, (3, 6, 6))] if opset == 13 else [])
+    for graph in graphs:
+        assert Op.GLOBAL_AVGPOOL in [n.op for n in graph.nodes]
+        np.testing.assert_allclose(run_graph(graph, x.numpy()), want, rtol=1e-5, atol=1e-6)
+
+
+class ChannelMean(nn.Module):
+    def forward(self, x):
+        return x.mean(1)
+
+
+def test_mean_over_channels_is_refused_by_name(tmp_path):
+    with pytest.raises(ModelError, match=r"mean over dims \[1\].*spatial dims \(2, 3\)"):
+        load_graph(ChannelMean(), (3, 4, 4))
+    path = tmp_path / "cmean.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ChannelMean(), (torch.randn(1, 3, 4, 4),), str(path), dynamo=False)
+    with pytest.raises(ModelError, match=r"ReduceMean over axes \[1\].*spatial axes \(2, 3\)"):
+        load_graph(path)
