@@ -50,8 +50,11 @@ def _run(args: argparse.Namespace) -> int:
     if "accuracy_ideal" in res and args.mode != "ideal":
         lines.append(f"  accuracy (ideal):     {100 * res['accuracy_ideal']:.2f} %   ({res['wall_s_ideal']:.1f} s)")
     if "accuracy_float" in res:
-        lines.append(f"  accuracy (float):     {100 * res['accuracy_float']:.2f} %   ({res['float_wall_s']:.1f} s, PyTorch)")
-        lines.append(f"  simulator / float PyTorch wall time: {res['sim_over_float_time']:.1f}x")
+        how = "PyTorch" if "float_executor" not in res else "imcflow float executor"
+        lines.append(f"  accuracy (float):     {100 * res['accuracy_float']:.2f} %   ({res['float_wall_s']:.1f} s, {how})")
+        lines.append(f"  simulator / float {how} wall time: {res['sim_over_float_time']:.1f}x")
+    if "calibration" in res:
+        lines.append(f"  post-training quantised, calibrated on {res['calibration']}")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as fh:

@@ -83,6 +83,9 @@ def model_report(model: str, chip: ChipConfig, images: int | None = None, traine
     synthetic inputs (then the figure is a what-if, not evidence); ``unbounded_buffers`` drops the
     input-buffer capacity (see :class:`imcflow.sim.report.Features`)."""
     q, origin = load_qgraph(model, chip, trained=trained)
+    if data is not None and origin.startswith("trained") and q.meta.get("calibration_data") == "synthetic":
+        q = _cifar10_calibrated(model, chip, data)
+        origin = f"trained float weights, post-training quantised on {q.meta['calibration_data']}"
     prog = compile_program(q, chip)
     accuracy, stats, notes = None, None, [f"QGraph: {origin}"]
     if data is not None:
@@ -129,6 +132,8 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
         qgraph, origin = load_qgraph(net, chip)
         if not origin.startswith("trained"):
             raise DataError(f"no trained weights for {net!r}: accuracy needs them (see docs/cnn11.md to train)")
+        if qgraph.meta.get("calibration_data") == "synthetic":  # a float model quantised here: use real images
+            qgraph = _cifar10_calibrated(net, chip, data)
     prog = prog or compile_program(qgraph, chip)
     ds = load_cifar10(data, "test")
     x_u8, labels = _images_labels(ds)
@@ -156,10 +161,31 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
     if mode != "ideal":
         res["ideal_executor"] = "imcflow.quant.fast_exec.run_qgraph_fast (the reference, not the simulator)"
     res["wall_s"] = res[f"wall_s_{mode}"]
+    if qgraph.meta.get("calibration_data"):
+        res["calibration"] = qgraph.meta["calibration_data"]
     res.update(_float_accuracy(net, x_u8, labels, batch_size))
     if res.get("float_wall_s"):
         res["sim_over_float_time"] = res["wall_s"] / res["float_wall_s"]
     return res
+
+
+CALIBRATION_IMAGES = 256
+"""CIFAR-10 training images (seeded sample) a float model is calibrated on before an accuracy run."""
+
+
+def _cifar10_calibrated(net: str, chip: ChipConfig, data: str) -> QGraph:
+    """``net`` quantised post-training for ``chip`` with its activation ranges and per-layer ADC
+    full scales calibrated on ``CALIBRATION_IMAGES`` seeded CIFAR-10 *training* images (never the
+    test images scored)."""
+    from imcflow import pipeline
+    from imcflow.data.cifar10 import load_cifar10
+    x_u8, _ = _images_labels(load_cifar10(data, "train"))
+    idx = np.sort(np.random.default_rng(0).permutation(len(x_u8))[:CALIBRATION_IMAGES])
+    calib = x_u8[idx].astype(np.float32) / 255.0
+    q = pipeline.load_qgraph(net, chip=chip, calib=calib, adc_full_scale="calibrated")
+    import dataclasses
+    return dataclasses.replace(q, meta={**q.meta, "calibration_data": f"{len(idx)} CIFAR-10 training images "
+                                                    "(activation ranges and ADC full scales)"})
 
 
 def _images_labels(ds) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +205,9 @@ def _to_input_ints(q: QGraph, x_u8: np.ndarray) -> np.ndarray:
     return quantize_input(q, x_u8.astype(np.float64) / 255.0)
 
 
-def _float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, float]:
+def _float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
+    """Float accuracy of ``net`` on the same images: PyTorch for the shipped cifar10-cnn11, the
+    float Graph executor for any other float model (ONNX file, zoo module); {} for a saved QGraph."""
     import torch
     try:
         from imcflow.models.cnn11 import load_trained
@@ -187,7 +215,7 @@ def _float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: 
     except ImcflowError:
         model = None
     if model is None:
-        return {}
+        return _graph_float_accuracy(net, x_u8, labels, batch_size)
     t0 = time.perf_counter()
     correct = 0
     with torch.no_grad():
@@ -195,3 +223,18 @@ def _float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: 
             xb = torch.from_numpy(x_u8[i:i + batch_size].astype(np.float32) / 255.0)
             correct += int((model(xb).argmax(1).numpy() == labels[i:i + batch_size]).sum())
     return {"accuracy_float": correct / max(1, len(labels)), "float_wall_s": time.perf_counter() - t0}
+
+
+def _graph_float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
+    from imcflow.frontend import run_graph
+    from imcflow.pipeline import is_qgraph_path, load_float_graph
+    if is_qgraph_path(net):
+        return {}
+    graph = load_float_graph(net)
+    t0 = time.perf_counter()
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        y = run_graph(graph, x_u8[i:i + batch_size].astype(np.float32) / 255.0)
+        correct += int((y.reshape(y.shape[0], -1).argmax(1) == labels[i:i + batch_size]).sum())
+    return {"accuracy_float": correct / max(1, len(labels)), "float_wall_s": time.perf_counter() - t0,
+            "float_executor": "imcflow.frontend.run_graph (float32)"}
