@@ -15,7 +15,7 @@ import sys
 from imcflow.errors import ImcflowError
 
 # Subcommand modules, in the order they appear in --help.
-COMMANDS = ("peak", "inspect", "run", "compile", "show", "train", "eval", "reproduce")
+COMMANDS = ("peak", "inspect", "run", "compile", "show", "train", "eval", "reproduce", "sweep")
 
 
 class _Parser(argparse.ArgumentParser):
