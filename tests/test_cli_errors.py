@@ -78,6 +78,11 @@ CASES: list[tuple[list[str], str]] = [
     (["reproduce", "--chip", "nope"], "nope"),
     (["reproduce", "--set", "x.y=1"], "x"),
     (["reproduce", "--accuracy-limit", "-3"], "-3"),
+    # sweep: no axis, bad field, bad value, unknown model
+    (["sweep", "cnn-tiny"], "--vary"),
+    (["sweep", "cnn-tiny", "--vary", "adc.nope=1"], "nope"),
+    (["sweep", "cnn-tiny", "--vary", "adc.bits=99"], "adc.bits"),
+    (["sweep", "nope", "--vary", "adc.rate_hz=1e7"], "nope"),
     # the dispatcher itself
     (["nosuch"], "nosuch"),
     ([], "COMMAND"),

@@ -14,6 +14,7 @@ import sys
 from imcflow.cli.common import add_chip_args, chip_from_args
 from imcflow.compiler.placement import OBJECTIVES
 from imcflow.errors import ConfigError
+from imcflow.pipeline import is_qgraph_path, model_input_shape
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +43,8 @@ def _run(args: argparse.Namespace) -> int:
     base = chip_from_args(args)
     axes = [parse_axis(v) for v in args.vary]
     grid(base, axes)  # every point's chip is valid before anything runs
+    if not is_qgraph_path(args.model):
+        model_input_shape(args.model)  # and the model exists
     points = sweep(args.model, base, axes, objective=args.objective, images=args.images,
                    progress=lambda m: print(m, file=sys.stderr, flush=True))
     rows = table_rows(points)

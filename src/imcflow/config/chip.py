@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from imcflow.errors import ConfigError
 
 
+MAX_ADC_BITS = 16
+"""Largest ADC resolution a config may ask for (codes and their BPBS sums stay exact)."""
+
+
 def _positive(obj: object, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -61,6 +65,9 @@ class AdcConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "bits", "rate_hz")
+        if not 1 <= self.bits <= MAX_ADC_BITS:
+            raise ConfigError(f"AdcConfig.bits = {self.bits!r}: must be 1 .. {MAX_ADC_BITS} (the integer datapath "
+                              f"keeps codes exact up to {MAX_ADC_BITS} b)")
         if not self.full_scales_rows or any(fs <= 0 for fs in self.full_scales_rows):
             raise ConfigError(
                 f"AdcConfig.full_scales_rows = {self.full_scales_rows!r}: needs one or more positive row counts")
