@@ -127,3 +127,38 @@ def test_timing_feature_switches(inputs, tmp_path, capsys):
     # the switches change the timing report only: refused (exit 2) on an outputs-only run
     assert main(["run", "cnn-tiny", "--inputs", str(inputs), "--unbounded-buffers"]) == 2
     assert "--json" in capsys.readouterr().err
+
+
+def test_labels_give_top1_accuracy_of_the_outputs(inputs, tmp_path, capsys):
+    out = tmp_path / "y.npy"
+    assert main(["run", "cnn-tiny", "--inputs", str(inputs), "--mode", "bit_true", "--chip", "tiny",
+                 "--save-outputs", str(out)]) == 0
+    y = np.load(out)
+    labels = y.argmax(1).copy()
+    labels[0] = (labels[0] + 1) % y.shape[1]  # one wrong of three
+    lab = tmp_path / "l.npy"
+    np.save(lab, labels)
+    capsys.readouterr()
+    assert main(["run", "cnn-tiny", "--inputs", str(inputs), "--mode", "bit_true", "--chip", "tiny",
+                 "--labels", str(lab)]) == 0
+    assert "top-1 accuracy: 66.67 % (2 of 3)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("labels,words", [
+    (np.array([0, 1]), ["shape (2,)", "expected (3,)"]),
+    (np.array([0.0, 1.0, 2.0]), ["dtype float64", "integer"]),
+    (np.array([0, 1, 99]), ["0 .. 99", "10 classes"]),
+    (None, ["no such file"]),
+])
+def test_bad_labels_exit_2(inputs, tmp_path, capsys, labels, words):
+    lab = tmp_path / "l.npy"
+    if labels is not None:
+        np.save(lab, labels)
+    assert main(["run", "cnn-tiny", "--inputs", str(inputs), "--chip", "tiny", "--labels", str(lab)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+
+
+def test_labels_need_inputs(tmp_path, capsys):
+    assert main(["run", "cnn-tiny", "--labels", str(tmp_path / "l.npy")]) == 2
+    assert "--inputs" in capsys.readouterr().err

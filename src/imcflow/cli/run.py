@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=None, metavar="N", help="images simulated for timing")
     p.add_argument("--data", metavar="DIR", default=None, help="CIFAR-10 folder: add bit-true accuracy to the report")
     p.add_argument("--save-outputs", metavar="Y.npy", default=None, help="write the (N, ...) outputs here")
+    p.add_argument("--labels", metavar="L.npy", default=None,
+                   help="integer class labels (N,) of --inputs: print the top-1 accuracy of the outputs")
     p.add_argument("--mode", choices=RUN_MODES, default="bit_true",
                    help="float network, or the chip's arithmetic: ideal ADC, bit_true (default), analog")
     add_chip_args(p)
@@ -84,6 +86,31 @@ def compute_outputs(args: argparse.Namespace, chip: ChipConfig, x: np.ndarray) -
     return run_quantised(qgraph, x, args.mode, chip, args.seed), describe_source(qgraph)
 
 
+def load_labels(path: str, n: int, classes: int) -> np.ndarray:
+    """Integer labels (n,) in [0, classes) from a .npy file; DataError naming the problem otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--labels {path}: no such file; give a .npy array of {n} integer class labels")
+    try:
+        lab = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"--labels {path}: not a readable .npy array ({exc}); save it with numpy.save") from None
+    if lab.shape != (n,):
+        raise DataError(f"--labels {path}: shape {lab.shape}; expected ({n},), one label per input")
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise DataError(f"--labels {path}: dtype {lab.dtype}; give integer class indices")
+    if n and (lab.min() < 0 or lab.max() >= classes):
+        raise DataError(f"--labels {path}: labels span {lab.min()} .. {lab.max()}, but the model has {classes} "
+                        f"classes (0 .. {classes - 1})")
+    return lab.astype(np.int64)
+
+
+def accuracy_line(y: np.ndarray, labels: np.ndarray) -> str:
+    """``top-1 accuracy: P % (K of N)`` of outputs ``y`` (N, classes) against ``labels``."""
+    right = int((y.argmax(axis=1) == labels).sum())
+    return f"  top-1 accuracy: {100 * right / max(1, len(labels)):.2f} % ({right} of {len(labels)})"
+
+
 def summary(model: str, mode: str, chip: ChipConfig, x: np.ndarray, y: np.ndarray, source: str = "") -> str:
     """A few lines describing a run (shapes, weights, and the predicted classes of a classifier)."""
     lines = [f"{model}: {x.shape[0]} input(s) {tuple(x.shape[1:])} -> outputs {tuple(y.shape[1:])}, "
@@ -100,6 +127,8 @@ def summary(model: str, mode: str, chip: ChipConfig, x: np.ndarray, y: np.ndarra
 def run(args: argparse.Namespace) -> int:
     chip = chip_from_args(args)
     timing = args.json or not args.inputs
+    if args.labels and not args.inputs:
+        raise ConfigError("--labels scores the outputs of --inputs: give --inputs X.npy too")
     if not timing and (args.skip_zero_bitplanes or args.unbounded_buffers):
         raise ConfigError("--skip-zero-bitplanes and --unbounded-buffers change the timing report only: "
                          "add --json REPORT.json (or drop --inputs)")
@@ -119,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
     if args.save_outputs:
         np.save(args.save_outputs, y)
     print(summary(args.model, args.mode, chip, x, y, source))
+    if args.labels:
+        if y.ndim != 2:
+            raise DataError(f"--labels: the model's outputs have shape {tuple(y.shape[1:])}, not class scores")
+        print(accuracy_line(y, load_labels(args.labels, len(x), y.shape[1])))
     if args.save_outputs:
         print(f"wrote {args.save_outputs}")
     return 0
