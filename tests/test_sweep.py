@@ -41,7 +41,21 @@ def test_point_that_does_not_fit_is_listed_with_its_reason(workdir, capsys):
     assert "[1] array.rows=16: layer" in out and "row tile" in out
 
 
+def test_mapping_axes_batch_and_objective(workdir):
+    """Weights reloaded per phase pass: a larger batch per pass amortises them (never slower)."""
+    assert main(["sweep", "cnn-tiny", "--chip", "tiny", "--set", "grid_rows=1", "--set", "array.rows=144",
+                 "--vary", "objective=throughput,latency", "--vary", "batch=1,16", "--images", "16",
+                 "--json", "m.json"]) == 0
+    pts = json.loads((workdir / "m.json").read_text())["points"]
+    assert [p["settings"]["batch"] for p in pts] == ["1", "16", "1", "16"]
+    assert all(p["phases"] > 1 for p in pts)
+    for one, many in ((pts[0], pts[1]), (pts[2], pts[3])):
+        assert many["figures"]["throughput_img_s"] >= one["figures"]["throughput_img_s"]
+
+
 @pytest.mark.parametrize("argv,words", [
+    (["--vary", "objective=fast"], ["--vary objective=fast", "throughput, latency, energy"]),
+    (["--vary", "batch=0,2"], ["--vary batch=0", ">= 1"]),
     (["--vary", "adc.nope=1"], ["--vary adc.nope=1", "no field 'nope'"]),
     (["--vary", "adc.rate_hz=-5"], ["--vary adc.rate_hz=-5", "must be > 0"]),
     ([], ["at least one --vary"]),

@@ -1,5 +1,6 @@
 """``imcflow sweep MODEL --vary section.field=v1,v2,...``: one network on a grid of chip
-configurations (every combination of the varied fields), each compiled and simulated like
+configurations and mappings (every combination of the varied fields; ``objective`` and ``batch``
+set the compiler's mapping), each compiled and simulated like
 ``imcflow run``; prints a table with ratios to the first point, and optionally writes JSON, CSV and
 a plot. Example: ``imcflow sweep cifar10-cnn11 --vary adc.rate_hz=10e6,20e6,40e6``."""
 
@@ -22,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("model", help="zoo name, .onnx file or .qgraph.json file")
     p.add_argument("--vary", action="append", default=[], metavar="SECTION.FIELD=V1,V2,...",
-                   help="a chip field and the values to try (repeatable: every combination runs)")
+                   help="a chip field and the values to try (repeatable: every combination runs); also "
+                        "objective=throughput,latency,energy or batch=N1,N2 to vary the mapping")
     add_chip_args(p)
     p.add_argument("--objective", choices=OBJECTIVES, default="throughput", help="what the mapping optimises")
     p.add_argument("--images", type=int, default=None, metavar="N", help="images simulated per point")

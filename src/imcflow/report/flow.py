@@ -30,10 +30,11 @@ def load_qgraph(net: str, chip: ChipConfig, trained: bool = True) -> tuple[QGrap
     return q, "untrained (random-init) weights, calibrated on synthetic inputs: timing and energy only"
 
 
-def compile_program(qgraph: QGraph, chip: ChipConfig, objective: str = "throughput") -> Program:
-    """Compile with the compiler's public entry point."""
+def compile_program(qgraph: QGraph, chip: ChipConfig, objective: str = "throughput",
+                    batch: int | None = None) -> Program:
+    """Compile with the compiler's public entry point (``batch`` None: the compiler chooses)."""
     from imcflow.compiler.pipeline import compile_qgraph
-    return compile_qgraph(qgraph, chip, objective=objective)
+    return compile_qgraph(qgraph, chip, objective=objective, batch=batch)
 
 
 def simulate_report(prog: Program, images: int | None = None, stats=None, skip_zero: bool = False,

@@ -1,7 +1,9 @@
-"""Design-space sweeps: one network compiled and simulated on a grid of chip configurations.
+"""Design-space sweeps: one network compiled and simulated on a grid of chip configurations
+and mappings.
 
 Each point of the grid is the base chip with one value per varied field (``section.field``, as
-``--set`` takes them). The network is re-quantised for the point when the chip changes what the
+``--set`` takes them), and optionally a mapping setting: ``objective`` (what the compiler
+optimises: throughput, latency or energy) or ``batch`` (images per weight-phase pass). The network is re-quantised for the point when the chip changes what the
 quantiser sees (ADC, bits), re-compiled (the mapping adapts: copies, phases, routes) and simulated
 event by event, so every figure comes from the same flow as ``imcflow run``. A point whose chip
 cannot hold the network keeps its place in the result with the compiler's reason, so a table or
@@ -60,20 +62,44 @@ def parse_axis(text: str) -> SweepAxis:
     return SweepAxis(name.strip(), vals)
 
 
+MAPPING_FIELDS = ("objective", "batch")
+"""Sweep axes that set the compiler's mapping rather than a chip field."""
+
+
+def _mapping(settings: dict[str, str]) -> dict:
+    """The compiler arguments of a point's mapping axes, checked (ConfigError naming the value)."""
+    from imcflow.compiler.placement import OBJECTIVES
+    out: dict = {}
+    if "objective" in settings:
+        if settings["objective"] not in OBJECTIVES:
+            raise ConfigError(f"--vary objective={settings['objective']}: choose from {', '.join(OBJECTIVES)}")
+        out["objective"] = settings["objective"]
+    if "batch" in settings:
+        try:
+            out["batch"] = int(settings["batch"])
+        except ValueError:
+            out["batch"] = 0
+        if out["batch"] < 1:
+            raise ConfigError(f"--vary batch={settings['batch']}: give whole numbers >= 1")
+    return out
+
+
 def grid(base: ChipConfig, axes: list[SweepAxis]) -> list[tuple[dict[str, str], ChipConfig]]:
-    """Every combination of the axes' values (first axis slowest) with its chip. All chips are
-    built before anything runs, so a bad field or value fails at once (ConfigError)."""
+    """Every combination of the axes' values (first axis slowest) with its chip. All chips and
+    mapping settings are checked before anything runs, so a bad field or value fails at once
+    (ConfigError)."""
     names = [a.field for a in axes]
     if len(set(names)) != len(names):
         raise ConfigError(f"--vary names a field twice ({', '.join(names)}); give each field once")
     out = []
     for combo in itertools.product(*(a.values for a in axes)):
         settings = dict(zip(names, combo))
+        _mapping(settings)
+        chip_sets = [f"{k}={v}" for k, v in settings.items() if k not in MAPPING_FIELDS]
         try:
-            chip = apply_overrides(base, [f"{k}={v}" for k, v in settings.items()])
+            chip = apply_overrides(base, chip_sets)
         except ConfigError as exc:
-            raise ConfigError(f"--vary {', '.join(f'{k}={v}' for k, v in settings.items())}: "
-                              f"{str(exc).replace('--set ', '')}") from None
+            raise ConfigError(f"--vary {', '.join(chip_sets)}: {str(exc).replace('--set ', '')}") from None
         out.append((settings, chip))
     return out
 
@@ -88,9 +114,10 @@ def sweep(model: str, base: ChipConfig, axes: list[SweepAxis], objective: str = 
         if progress:
             progress(f"sweep: {label}")
         t0 = time.perf_counter()
+        mapping = {"objective": objective, **_mapping(settings)}
         try:
             q, _ = load_qgraph(model, chip)
-            prog = compile_program(q, chip, objective=objective)
+            prog = compile_program(q, chip, **mapping)
         except (CompileError, QuantError) as exc:
             points.append(SweepPoint(settings, error=str(exc), wall_s=time.perf_counter() - t0))
             continue
