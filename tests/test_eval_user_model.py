@@ -34,7 +34,8 @@ def fake_cifar(tmp_path, monkeypatch):
     return root
 
 
-def test_eval_onnx_model_calibrates_on_training_images(tmp_path, fake_cifar, capsys):
+@pytest.mark.parametrize("norm", [None, ("0.5,0.4,0.3", "0.25,0.2,0.3")])
+def test_eval_onnx_model_calibrates_on_training_images(tmp_path, fake_cifar, capsys, norm):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(),
                           nn.Linear(8 * 8 * 8, 10)).eval()
@@ -44,16 +45,33 @@ def test_eval_onnx_model_calibrates_on_training_images(tmp_path, fake_cifar, cap
         torch.onnx.export(model, (torch.rand(1, 3, 32, 32),), str(path), dynamo=False,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}})
     out = tmp_path / "e.json"
-    assert main(["eval", str(path), "--data", str(fake_cifar), "--mode", "bit_true", "--json", str(out)]) == 0
+    extra = ["--mean", norm[0], "--std", norm[1]] if norm else []
+    assert main(["eval", str(path), "--data", str(fake_cifar), "--mode", "bit_true", "--json", str(out), *extra]) == 0
     printed = capsys.readouterr().out
     res = json.loads(out.read_text())
     assert res["images"] == 40 and res["calibration"].startswith("100 CIFAR-10 training images")  # all 100 of them
     # float accuracy: the same 40 test images through onnxruntime
     test = pickle.loads((fake_cifar / "test_batch").read_bytes())
     x = test[b"data"].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+    if norm:
+        mean, std = (np.array([float(v) for v in t.split(",")], np.float32).reshape(1, 3, 1, 1) for t in norm)
+        x = (x - mean) / std
+        assert res["input_norm"] == {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3]}
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = float((sess.run(None, {"x": x})[0].argmax(1) == np.asarray(test[b"labels"])).mean())
     assert res["accuracy_float"] == pytest.approx(want)
     assert res["float_executor"].startswith("imcflow.frontend.run_graph")
     assert 0.0 <= res["accuracy_bit_true"] <= 1.0 and "accuracy_ideal" in res
     assert "float executor" in printed and "calibrated on 100 CIFAR-10 training images" in printed
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--mean", "0.5"], ["--mean and --std go together"]),
+    (["--mean", "0.5,0.5", "--std", "0.2"], ["2 mean value(s) but 1 std"]),
+    (["--mean", "0.5", "--std", "-1"], ["must be finite and > 0"]),
+    (["--mean", "x", "--std", "1"], ["--mean 'x'", "comma-separated"]),
+])
+def test_bad_normalisation_exits_2(fake_cifar, capsys, argv, words):
+    assert main(["eval", "cifar10-cnn11", "--data", str(fake_cifar), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err

@@ -9,6 +9,7 @@ enough for timing and energy (they do not depend on weight values) but not for a
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -121,12 +122,44 @@ def _with_note(r: Report, *notes: str) -> Report:
     return dataclasses.replace(r, notes=(*r.notes, *notes))
 
 
+@dataclass(frozen=True)
+class InputNorm:
+    """How CIFAR-10 pixels become the network's float inputs: ``(pixel / 255 - mean[c]) / std[c]``
+    per channel. The default (mean 0, std 1) is ``pixel / 255``, what the zoo networks take; a
+    network trained on normalised inputs (e.g. torchvision's ``Normalize``) needs its mean and std."""
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std):
+            raise DataError(f"input normalisation: {len(self.mean)} mean value(s) but {len(self.std)} std value(s); "
+                            "give one per channel (or one for all)")
+        if not all(np.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
+            raise DataError(f"input normalisation: std {self.std} must be finite and > 0 (and mean finite)")
+
+    def apply(self, x_u8: np.ndarray) -> np.ndarray:
+        """uint8 images (N, C, H, W) -> float32 network inputs."""
+        c = x_u8.shape[1]
+        if len(self.mean) not in (1, c):
+            raise DataError(f"input normalisation has {len(self.mean)} values; the images have {c} channels")
+        mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
+        return ((x_u8.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+    @property
+    def is_default(self) -> bool:
+        return all(m == 0 for m in self.mean) and all(v == 1 for v in self.std)
+
+
 def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_true", limit: int | None = None,
                       batch_size: int = 250, progress: Callable[[int], None] | None = None,
-                      prog: Program | None = None, qgraph: QGraph | None = None) -> dict[str, Any]:
+                      prog: Program | None = None, qgraph: QGraph | None = None,
+                      norm: InputNorm = InputNorm()) -> dict[str, Any]:
     """Top-1 accuracy of ``net`` compiled for ``chip`` and run through the simulator on the CIFAR-10
     test set in ``data`` (first ``limit`` images), with float and ideal-mode accuracies of the same
-    network and the wall times. ``progress`` receives the number of images done after each batch."""
+    network and the wall times. ``progress`` receives the number of images done after each batch;
+    ``norm`` turns pixels into the network's inputs."""
     from imcflow.data.cifar10 import load_cifar10
     from imcflow.sim.functional import run_program
     if qgraph is None:
@@ -134,14 +167,14 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
         if not origin.startswith("trained"):
             raise DataError(f"no trained weights for {net!r}: accuracy needs them (see docs/cnn11.md to train)")
         if qgraph.meta.get("calibration_data") == "synthetic":  # a float model quantised here: use real images
-            qgraph = _cifar10_calibrated(net, chip, data)
+            qgraph = _cifar10_calibrated(net, chip, data, norm)
     prog = prog or compile_program(qgraph, chip)
     ds = load_cifar10(data, "test")
     x_u8, labels = _images_labels(ds)
     if limit is not None and limit < len(labels):  # the test set is sorted by class: take a seeded sample
         idx = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
         x_u8, labels = x_u8[idx], labels[idx]
-    x_int = _to_input_ints(qgraph, x_u8)
+    x_int = _to_input_ints(qgraph, x_u8, norm)
     from imcflow.quant.fast_exec import run_qgraph_fast
     res: dict[str, Any] = {"network": net, "chip": chip.name, "mode": mode, "images": int(len(labels)),
                            "subset": "all" if limit is None or limit >= 10000 else f"seeded sample of {limit}"}
@@ -164,7 +197,9 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
     res["wall_s"] = res[f"wall_s_{mode}"]
     if qgraph.meta.get("calibration_data"):
         res["calibration"] = qgraph.meta["calibration_data"]
-    res.update(_float_accuracy(net, x_u8, labels, batch_size))
+    if not norm.is_default:
+        res["input_norm"] = {"mean": list(norm.mean), "std": list(norm.std)}
+    res.update(_float_accuracy(net, x_u8, labels, batch_size, norm))
     if res.get("float_wall_s"):
         res["sim_over_float_time"] = res["wall_s"] / res["float_wall_s"]
     return res
@@ -174,7 +209,7 @@ CALIBRATION_IMAGES = 256
 """CIFAR-10 training images (seeded sample) a float model is calibrated on before an accuracy run."""
 
 
-def _cifar10_calibrated(net: str, chip: ChipConfig, data: str) -> QGraph:
+def _cifar10_calibrated(net: str, chip: ChipConfig, data: str, norm: InputNorm = InputNorm()) -> QGraph:
     """``net`` quantised post-training for ``chip`` with its activation ranges and per-layer ADC
     full scales calibrated on ``CALIBRATION_IMAGES`` seeded CIFAR-10 *training* images (never the
     test images scored)."""
@@ -182,7 +217,7 @@ def _cifar10_calibrated(net: str, chip: ChipConfig, data: str) -> QGraph:
     from imcflow.data.cifar10 import load_cifar10
     x_u8, _ = _images_labels(load_cifar10(data, "train"))
     idx = np.sort(np.random.default_rng(0).permutation(len(x_u8))[:CALIBRATION_IMAGES])
-    calib = x_u8[idx].astype(np.float32) / 255.0
+    calib = norm.apply(x_u8[idx])
     q = pipeline.load_qgraph(net, chip=chip, calib=calib, adc_full_scale="calibrated")
     import dataclasses
     return dataclasses.replace(q, meta={**q.meta, "calibration_data": f"{len(idx)} CIFAR-10 training images "
@@ -200,13 +235,14 @@ def _images_labels(ds) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), np.asarray(y).astype(np.int64)
 
 
-def _to_input_ints(q: QGraph, x_u8: np.ndarray) -> np.ndarray:
-    """uint8 images (N, 3, 32, 32) -> the QGraph's input integers (pixel / 255 quantised)."""
+def _to_input_ints(q: QGraph, x_u8: np.ndarray, norm: InputNorm = InputNorm()) -> np.ndarray:
+    """uint8 images (N, 3, 32, 32) -> the QGraph's input integers (``norm``'s inputs quantised)."""
     from imcflow.quant.reference import quantize_input
-    return quantize_input(q, x_u8.astype(np.float64) / 255.0)
+    return quantize_input(q, norm.apply(x_u8).astype(np.float64))
 
 
-def _float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
+def _float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: int,
+                    norm: InputNorm = InputNorm()) -> dict[str, Any]:
     """Float accuracy of ``net`` on the same images: PyTorch for the shipped cifar10-cnn11, the
     float Graph executor for any other float model (ONNX file, zoo module); {} for a saved QGraph."""
     import torch
@@ -216,17 +252,18 @@ def _float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: 
     except ImcflowError:
         model = None
     if model is None:
-        return _graph_float_accuracy(net, x_u8, labels, batch_size)
+        return _graph_float_accuracy(net, x_u8, labels, batch_size, norm)
     t0 = time.perf_counter()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(labels), batch_size):
-            xb = torch.from_numpy(x_u8[i:i + batch_size].astype(np.float32) / 255.0)
+            xb = torch.from_numpy(norm.apply(x_u8[i:i + batch_size]))
             correct += int((model(xb).argmax(1).numpy() == labels[i:i + batch_size]).sum())
     return {"accuracy_float": correct / max(1, len(labels)), "float_wall_s": time.perf_counter() - t0}
 
 
-def _graph_float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
+def _graph_float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_size: int,
+                          norm: InputNorm) -> dict[str, Any]:
     from imcflow.frontend import run_graph
     from imcflow.pipeline import is_qgraph_path, load_float_graph
     if is_qgraph_path(net):
@@ -235,7 +272,7 @@ def _graph_float_accuracy(net: str, x_u8: np.ndarray, labels: np.ndarray, batch_
     t0 = time.perf_counter()
     correct = 0
     for i in range(0, len(labels), batch_size):
-        y = run_graph(graph, x_u8[i:i + batch_size].astype(np.float32) / 255.0)
+        y = run_graph(graph, norm.apply(x_u8[i:i + batch_size]))
         correct += int((y.reshape(y.shape[0], -1).argmax(1) == labels[i:i + batch_size]).sum())
     return {"accuracy_float": correct / max(1, len(labels)), "float_wall_s": time.perf_counter() - t0,
             "float_executor": "imcflow.frontend.run_graph (float32)"}
