@@ -118,6 +118,11 @@ def _source_run(init: Path, depth: int = 0) -> dict:
     """Provenance of ``--init-from``/``--resume-from`` weights: the record of the run whose folder holds
     them (its ``last.ckpt``), if any."""
     sibling = init.parent / LAST
+    soup = init.parent / "soup.json"
+    if not sibling.is_file() and soup.is_file() and depth < 4:  # a weight average: its members' runs
+        rec = json.loads(soup.read_text())
+        return {"weights": str(init), "command": rec.get("command", ""),
+                "soup": [_source_run(Path(m), depth + 1) for m in rec.get("members", [])]}
     if not sibling.is_file():
         return {"weights": str(init), "run": "unknown (no last.ckpt beside the weights)"}
     ckpt = load_checkpoint(sibling)
