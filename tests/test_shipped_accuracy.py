@@ -1,7 +1,7 @@
 """The shipped 4-b cifar10-cnn11, compiled for jssc2022 and run bit-true through the simulator, on
 a seeded sample of 500 CIFAR-10 (JPEG q75 copy) test images (eval --limit): a broken loader, quantiser, compiler or
 simulator cannot hide behind it. The threshold sits a few points under the measured accuracy of
-the shipped weights: 87.60 % bit-true on this sample
+the shipped weights: 88.80 % bit-true on this sample
 (`imcflow eval cifar10-cnn11 --data ../shared/data/cifar10 --mode bit_true --limit 500`)."""
 
 import json
@@ -14,7 +14,7 @@ from imcflow.cli import main
 
 SHARED = Path(os.environ.get("IMCFLOW_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 DATA = SHARED / "data" / "cifar10"
-MIN_ACCURACY = 0.84
+MIN_ACCURACY = 0.85
 
 
 @pytest.mark.skipif(not (DATA / "test.tar.gz").exists(), reason=f"CIFAR-10 copy not found at {DATA}")
