@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "measured on --data test images, else on synthetic inputs)")
     p.add_argument("--unbounded-buffers", action="store_true",
                    help="timing report: no input-buffer capacity limit (no back-pressure), a what-if")
+    p.add_argument("--timeline", metavar="PNG", default=None,
+                   help="timing report: also plot each core's timeline (array busy by layer, weight bus, "
+                        "off-chip ports) of the simulated run")
 
 
 def load_inputs(path: str, shape: tuple[int, ...], what: str = "--inputs") -> np.ndarray:
@@ -129,15 +132,18 @@ def run(args: argparse.Namespace) -> int:
     timing = args.json or not args.inputs
     if args.labels and not args.inputs:
         raise ConfigError("--labels scores the outputs of --inputs: give --inputs X.npy too")
-    if not timing and (args.skip_zero_bitplanes or args.unbounded_buffers):
-        raise ConfigError("--skip-zero-bitplanes and --unbounded-buffers change the timing report only: "
+    if not timing and (args.skip_zero_bitplanes or args.unbounded_buffers or args.timeline):
+        raise ConfigError("--skip-zero-bitplanes, --unbounded-buffers and --timeline belong to the timing report: "
                          "add --json REPORT.json (or drop --inputs)")
     if timing:  # compile + simulate + report (imcflow.report.flow)
         from imcflow.report.flow import model_report
         from imcflow.report.tables import format_report
         report = model_report(args.model, chip, images=args.images, trained=not args.untrained, data=args.data,
-                              skip_zero=args.skip_zero_bitplanes, unbounded_buffers=args.unbounded_buffers)
+                              skip_zero=args.skip_zero_bitplanes, unbounded_buffers=args.unbounded_buffers,
+                              timeline=args.timeline)
         print(format_report(report))
+        if args.timeline:
+            print(f"wrote {args.timeline}")
         if args.json:
             report.save(args.json)
             print(f"wrote {args.json}")

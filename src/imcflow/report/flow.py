@@ -39,11 +39,18 @@ def compile_program(qgraph: QGraph, chip: ChipConfig, objective: str = "throughp
 
 
 def simulate_report(prog: Program, images: int | None = None, stats=None, skip_zero: bool = False,
-                    accuracy: float | None = None, unbounded_buffers: bool = False) -> Report:
-    """Event-level timing and energy of ``prog`` as a Report."""
+                    accuracy: float | None = None, unbounded_buffers: bool = False,
+                    timeline: str | None = None) -> Report:
+    """Event-level timing and energy of ``prog`` as a Report; ``timeline`` (an image path) also
+    plots the per-core timeline of the simulated run."""
     from imcflow.sim.report import Features, make_report, simulate_timing
     feats = Features(skip_zero_bitplanes=skip_zero, unbounded_buffers=unbounded_buffers)
     tr = simulate_timing(prog, images=images, features=feats, stats=stats)
+    if timeline:
+        from imcflow.report.plots import plot_timeline
+        plot_timeline(tr, prog.chip.n_cores, timeline,
+                      f"{prog.qgraph.name or prog.name} on {prog.chip.name}: {tr.images} images, "
+                      f"{tr.throughput_img_s:,.0f} img/s")
     return make_report(prog, tr, accuracy=accuracy, features=feats)
 
 
@@ -76,14 +83,15 @@ def benchmark_reports(net: str, chip: ChipConfig, batch: int | None = None,
 
 def model_report(model: str, chip: ChipConfig, images: int | None = None, trained: bool = True,
                  data: str | None = None, limit: int | None = 1000, skip_zero: bool = False,
-                 unbounded_buffers: bool = False, activity_images: int = 32) -> Report:
+                 unbounded_buffers: bool = False, activity_images: int = 32, timeline: str | None = None) -> Report:
     """Compile ``model`` for ``chip`` and simulate its timing and energy (``imcflow run --json``).
 
     With ``data`` (a CIFAR-10 folder) the report also carries the bit-true accuracy on the first
     ``limit`` test images. ``skip_zero`` switches on zero bit-plane skipping, with the activity
     measured on ``activity_images`` seeded CIFAR-10 test images when ``data`` is given, else on
     synthetic inputs (then the figure is a what-if, not evidence); ``unbounded_buffers`` drops the
-    input-buffer capacity (see :class:`imcflow.sim.report.Features`)."""
+    input-buffer capacity (see :class:`imcflow.sim.report.Features`); ``timeline`` (an image path)
+    plots the per-core timeline of the simulated run."""
     q, origin = load_qgraph(model, chip, trained=trained)
     if data is not None and origin.startswith("trained") and q.meta.get("calibration_data") == "synthetic":
         q = _cifar10_calibrated(model, chip, data)
@@ -103,7 +111,7 @@ def model_report(model: str, chip: ChipConfig, images: int | None = None, traine
         notes.append("zero bit-plane skipping, activity measured on 8 synthetic inputs (a what-if: give --data "
                      "for real activations)")
     r = simulate_report(prog, images=images, stats=stats, skip_zero=skip_zero, accuracy=accuracy,
-                        unbounded_buffers=unbounded_buffers)
+                        unbounded_buffers=unbounded_buffers, timeline=timeline)
     return _with_note(r, *notes)
 
 
