@@ -75,3 +75,18 @@ def test_bad_normalisation_exits_2(fake_cifar, capsys, argv, words):
     assert main(["eval", "cifar10-cnn11", "--data", str(fake_cifar), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and all(w in err for w in words), err
+
+
+def test_run_with_data_calibrates_on_training_images(tmp_path, fake_cifar, capsys):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(8), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 10)).eval()
+    path = tmp_path / "user.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(1, 3, 32, 32),), str(path), dynamo=False)
+    out = tmp_path / "r.json"
+    assert main(["run", str(path), "--data", str(fake_cifar), "--images", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert any("post-training quantised on 100 CIFAR-10 training images" in n for n in report["notes"])
+    assert 0.0 <= report["accuracy"] <= 1.0
