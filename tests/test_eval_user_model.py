@@ -90,3 +90,20 @@ def test_run_with_data_calibrates_on_training_images(tmp_path, fake_cifar, capsy
     report = json.loads(out.read_text())
     assert any("post-training quantised on 100 CIFAR-10 training images" in n for n in report["notes"])
     assert 0.0 <= report["accuracy"] <= 1.0
+
+
+def test_sweep_with_data_adds_accuracy_per_point(tmp_path, fake_cifar, capsys, monkeypatch):
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(8), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 10)).eval()
+    path = tmp_path / "user.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(1, 3, 32, 32),), str(path), dynamo=False)
+    out = tmp_path / "s.json"
+    assert main(["sweep", str(path), "--vary", "adc.bits=6,8", "--data", str(fake_cifar), "--limit", "20",
+                 "--images", "2", "--json", str(out)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    pts = json.loads(out.read_text())["points"]
+    assert all(0.0 <= p["figures"]["accuracy"] <= 1.0 for p in pts)

@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_chip_args(p)
     p.add_argument("--objective", choices=OBJECTIVES, default="throughput", help="what the mapping optimises")
     p.add_argument("--images", type=int, default=None, metavar="N", help="images simulated per point")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="CIFAR-10 folder: add each point's bit-true accuracy through the simulator")
+    p.add_argument("--limit", type=int, default=500, metavar="N",
+                   help="seeded test images per point for the accuracy (default 500)")
     p.add_argument("--json", metavar="PATH", help="write the points as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the table as CSV")
     p.add_argument("--plot", metavar="PNG", help="write a bar plot of img/s and img/s/W per point")
@@ -42,13 +46,15 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("sweep needs at least one --vary section.field=v1,v2,... (e.g. --vary adc.rate_hz=10e6,20e6)")
     if args.images is not None and args.images < 1:
         raise ConfigError(f"--images {args.images}: must be >= 1")
+    if args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: must be >= 1")
     base = chip_from_args(args)
     axes = [parse_axis(v) for v in args.vary]
     grid(base, axes)  # every point's chip is valid before anything runs
     if not is_qgraph_path(args.model):
         model_input_shape(args.model)  # and the model exists
     points = sweep(args.model, base, axes, objective=args.objective, images=args.images,
-                   progress=lambda m: print(m, file=sys.stderr, flush=True))
+                   progress=lambda m: print(m, file=sys.stderr, flush=True), data=args.data, limit=args.limit)
     rows = table_rows(points)
     print(f"{args.model} on {base.name!r}, {len(points)} configuration(s); ratios to the first that ran")
     print(format_table(rows[0], rows[1:]))

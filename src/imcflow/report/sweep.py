@@ -105,9 +105,13 @@ def grid(base: ChipConfig, axes: list[SweepAxis]) -> list[tuple[dict[str, str], 
 
 
 def sweep(model: str, base: ChipConfig, axes: list[SweepAxis], objective: str = "throughput",
-          images: int | None = None, progress: Callable[[str], None] | None = None) -> list[SweepPoint]:
-    """Compile and simulate ``model`` at every point of the grid of ``axes`` around ``base``."""
-    from imcflow.report.flow import compile_program, load_qgraph, simulate_report
+          images: int | None = None, progress: Callable[[str], None] | None = None,
+          data: str | None = None, limit: int = 500) -> list[SweepPoint]:
+    """Compile and simulate ``model`` at every point of the grid of ``axes`` around ``base``.
+    With ``data`` (a CIFAR-10 folder) each point also gets its bit-true accuracy through the
+    simulator on ``limit`` seeded test images (a float model is calibrated on training images)."""
+    from imcflow.report.flow import _cifar10_calibrated, compile_program, evaluate_accuracy, load_qgraph, \
+        simulate_report
     points = []
     for settings, chip in grid(base, axes):
         label = ", ".join(f"{k}={v}" for k, v in settings.items())
@@ -117,12 +121,17 @@ def sweep(model: str, base: ChipConfig, axes: list[SweepAxis], objective: str = 
         mapping = {"objective": objective, **_mapping(settings)}
         try:
             q, _ = load_qgraph(model, chip)
+            if data is not None and q.meta.get("calibration_data") == "synthetic":
+                q = _cifar10_calibrated(model, chip, data)
             prog = compile_program(q, chip, **mapping)
         except (CompileError, QuantError) as exc:
             points.append(SweepPoint(settings, error=str(exc), wall_s=time.perf_counter() - t0))
             continue
         r = simulate_report(prog, images=images)
         figs = {k: float(getattr(r, k)) for k, _ in FIGURES}
+        if data is not None:
+            figs["accuracy"] = evaluate_accuracy(model, chip, data, "bit_true", limit=limit, prog=prog,
+                                                 qgraph=q)["accuracy"]
         points.append(SweepPoint(settings, figs, len(prog.phases), wall_s=time.perf_counter() - t0))
     return points
 
@@ -134,7 +143,8 @@ def table_rows(points: list[SweepPoint]) -> list[list[str]]:
         return []
     names = list(points[0].settings)
     base = next((p for p in points if not p.error), None)
-    head = names + [t for _, t in FIGURES] + ["phases", "img/s x", "img/s/W x"]
+    acc = base is not None and "accuracy" in base.figures
+    head = names + [t for _, t in FIGURES] + ["phases", "img/s x", "img/s/W x"] + (["accuracy"] if acc else [])
     rows = [head]
     for p in points:
         cells = [p.settings[n] for n in names]
@@ -148,6 +158,8 @@ def table_rows(points: list[SweepPoint]) -> list[list[str]]:
                   f"{100 * f['utilization']:.1f} %", str(p.phases)]
         for key in ("throughput_img_s", "img_per_s_per_w"):
             cells.append(f"{f[key] / base.figures[key]:.3f}" if base and base.figures[key] else "-")
+        if acc:
+            cells.append(f"{100 * f['accuracy']:.2f} %")
         rows.append(cells)
     return rows
 
