@@ -77,7 +77,8 @@ def test_bad_normalisation_exits_2(fake_cifar, capsys, argv, words):
     assert err.count("\n") == 1 and all(w in err for w in words), err
 
 
-def test_run_with_data_calibrates_on_training_images(tmp_path, fake_cifar, capsys):
+def _small_onnx(tmp_path):
+    """A seeded 3x32x32 -> 10 float CNN exported to ONNX."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(8), nn.Flatten(),
                           nn.Linear(4 * 4 * 4, 10)).eval()
@@ -85,6 +86,11 @@ def test_run_with_data_calibrates_on_training_images(tmp_path, fake_cifar, capsy
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.rand(1, 3, 32, 32),), str(path), dynamo=False)
+    return path
+
+
+def test_run_with_data_calibrates_on_training_images(tmp_path, fake_cifar, capsys):
+    path = _small_onnx(tmp_path)
     out = tmp_path / "r.json"
     assert main(["run", str(path), "--data", str(fake_cifar), "--images", "2", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -94,13 +100,7 @@ def test_run_with_data_calibrates_on_training_images(tmp_path, fake_cifar, capsy
 
 def test_sweep_with_data_adds_accuracy_per_point(tmp_path, fake_cifar, capsys, monkeypatch):
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(8), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 10)).eval()
-    path = tmp_path / "user.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(1, 3, 32, 32),), str(path), dynamo=False)
+    path = _small_onnx(tmp_path)
     out = tmp_path / "s.json"
     assert main(["sweep", str(path), "--vary", "adc.bits=6,8", "--data", str(fake_cifar), "--limit", "20",
                  "--images", "2", "--json", str(out)]) == 0

@@ -64,17 +64,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "off-chip ports) of the simulated run")
 
 
-def load_inputs(path: str, shape: tuple[int, ...], what: str = "--inputs") -> np.ndarray:
-    """A float32 array (N, *shape) from a .npy file; DataError naming the expected shape otherwise."""
+def _read_npy(path: str, what: str, wanted: str) -> np.ndarray:
+    """One array from a .npy file; DataError naming ``what`` (the option) and ``wanted`` otherwise."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{what} {path}: no such file; give a .npy array of shape (N, {', '.join(map(str, shape))})")
+        raise DataError(f"{what} {path}: no such file; give {wanted}")
     try:
         x = np.load(p, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise DataError(f"{what} {path}: not a readable .npy array ({exc}); save it with numpy.save") from None
     if not isinstance(x, np.ndarray):
-        raise DataError(f"{what} {path}: holds several arrays; give one (N, {', '.join(map(str, shape))}) array")
+        raise DataError(f"{what} {path}: holds several arrays; give {wanted}")
+    return x
+
+
+def load_inputs(path: str, shape: tuple[int, ...], what: str = "--inputs") -> np.ndarray:
+    """A float32 array (N, *shape) from a .npy file; DataError naming the expected shape otherwise."""
+    dims = ", ".join(map(str, shape))
+    x = _read_npy(path, what, f"a .npy array of shape (N, {dims})")
     return check_inputs(x, shape, f"{what} {path}")
 
 
@@ -91,13 +98,7 @@ def compute_outputs(args: argparse.Namespace, chip: ChipConfig, x: np.ndarray) -
 
 def load_labels(path: str, n: int, classes: int) -> np.ndarray:
     """Integer labels (n,) in [0, classes) from a .npy file; DataError naming the problem otherwise."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"--labels {path}: no such file; give a .npy array of {n} integer class labels")
-    try:
-        lab = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"--labels {path}: not a readable .npy array ({exc}); save it with numpy.save") from None
+    lab = _read_npy(path, "--labels", f"a .npy array of {n} integer class labels")
     if lab.shape != (n,):
         raise DataError(f"--labels {path}: shape {lab.shape}; expected ({n},), one label per input")
     if not np.issubdtype(lab.dtype, np.integer):

@@ -8,6 +8,7 @@ enough for timing and energy (they do not depend on weight values) but not for a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -93,9 +94,10 @@ def model_report(model: str, chip: ChipConfig, images: int | None = None, traine
     input-buffer capacity (see :class:`imcflow.sim.report.Features`); ``timeline`` (an image path)
     plots the per-core timeline of the simulated run."""
     q, origin = load_qgraph(model, chip, trained=trained)
-    if data is not None and origin.startswith("trained") and q.meta.get("calibration_data") == "synthetic":
-        q = _cifar10_calibrated(model, chip, data)
-        origin = f"trained float weights, post-training quantised on {q.meta['calibration_data']}"
+    if data is not None and origin.startswith("trained"):
+        calibrated = calibrated_on_cifar10(q, model, chip, data)
+        if calibrated is not q:
+            q, origin = calibrated, f"trained float weights, post-training quantised on {calibrated.meta['calibration_data']}"
     prog = compile_program(q, chip)
     accuracy, stats, notes = None, None, [f"QGraph: {origin}"]
     if data is not None:
@@ -126,7 +128,6 @@ def cifar10_activity(prog: Program, q: QGraph, data: str, images: int = 32):
 
 
 def _with_note(r: Report, *notes: str) -> Report:
-    import dataclasses
     return dataclasses.replace(r, notes=(*r.notes, *notes))
 
 
@@ -174,8 +175,7 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
         qgraph, origin = load_qgraph(net, chip)
         if not origin.startswith("trained"):
             raise DataError(f"no trained weights for {net!r}: accuracy needs them (see docs/cnn11.md to train)")
-        if qgraph.meta.get("calibration_data") == "synthetic":  # a float model quantised here: use real images
-            qgraph = _cifar10_calibrated(net, chip, data, norm)
+        qgraph = calibrated_on_cifar10(qgraph, net, chip, data, norm)
     prog = prog or compile_program(qgraph, chip)
     ds = load_cifar10(data, "test")
     x_u8, labels = _images_labels(ds)
@@ -217,17 +217,19 @@ CALIBRATION_IMAGES = 256
 """CIFAR-10 training images (seeded sample) a float model is calibrated on before an accuracy run."""
 
 
-def _cifar10_calibrated(net: str, chip: ChipConfig, data: str, norm: InputNorm = InputNorm()) -> QGraph:
-    """``net`` quantised post-training for ``chip`` with its activation ranges and per-layer ADC
-    full scales calibrated on ``CALIBRATION_IMAGES`` seeded CIFAR-10 *training* images (never the
-    test images scored)."""
+def calibrated_on_cifar10(q: QGraph, net: str, chip: ChipConfig, data: str, norm: InputNorm = InputNorm()) -> QGraph:
+    """``q`` (``net``'s QGraph for ``chip``) unless it is a float model quantised here on synthetic
+    inputs; then ``net`` quantised again with its activation ranges and per-layer ADC full scales
+    calibrated on ``CALIBRATION_IMAGES`` seeded CIFAR-10 *training* images (never the test images
+    scored)."""
+    if q.meta.get("calibration_data") != "synthetic":
+        return q
     from imcflow import pipeline
     from imcflow.data.cifar10 import load_cifar10
     x_u8, _ = _images_labels(load_cifar10(data, "train"))
     idx = np.sort(np.random.default_rng(0).permutation(len(x_u8))[:CALIBRATION_IMAGES])
     calib = norm.apply(x_u8[idx])
     q = pipeline.load_qgraph(net, chip=chip, calib=calib, adc_full_scale="calibrated")
-    import dataclasses
     return dataclasses.replace(q, meta={**q.meta, "calibration_data": f"{len(idx)} CIFAR-10 training images "
                                                     "(activation ranges and ADC full scales)"})
 

@@ -110,7 +110,7 @@ def sweep(model: str, base: ChipConfig, axes: list[SweepAxis], objective: str = 
     """Compile and simulate ``model`` at every point of the grid of ``axes`` around ``base``.
     With ``data`` (a CIFAR-10 folder) each point also gets its bit-true accuracy through the
     simulator on ``limit`` seeded test images (a float model is calibrated on training images)."""
-    from imcflow.report.flow import _cifar10_calibrated, compile_program, evaluate_accuracy, load_qgraph, \
+    from imcflow.report.flow import calibrated_on_cifar10, compile_program, evaluate_accuracy, load_qgraph, \
         simulate_report
     points = []
     for settings, chip in grid(base, axes):
@@ -121,8 +121,8 @@ def sweep(model: str, base: ChipConfig, axes: list[SweepAxis], objective: str = 
         mapping = {"objective": objective, **_mapping(settings)}
         try:
             q, _ = load_qgraph(model, chip)
-            if data is not None and q.meta.get("calibration_data") == "synthetic":
-                q = _cifar10_calibrated(model, chip, data)
+            if data is not None:
+                q = calibrated_on_cifar10(q, model, chip, data)
             prog = compile_program(q, chip, **mapping)
         except (CompileError, QuantError) as exc:
             points.append(SweepPoint(settings, error=str(exc), wall_s=time.perf_counter() - t0))
@@ -146,10 +146,11 @@ def table_rows(points: list[SweepPoint]) -> list[list[str]]:
     acc = base is not None and "accuracy" in base.figures
     head = names + [t for _, t in FIGURES] + ["phases", "img/s x", "img/s/W x"] + (["accuracy"] if acc else [])
     rows = [head]
+    n_err = 0
     for p in points:
         cells = [p.settings[n] for n in names]
         if p.error:
-            n_err = sum(1 for q in points[:points.index(p) + 1] if q.error)
+            n_err += 1
             rows.append(cells + [f"does not run [{n_err}]"] + ["-"] * (len(head) - len(cells) - 1))
             continue
         f = p.figures
