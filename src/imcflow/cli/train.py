@@ -38,6 +38,12 @@ def register(subparsers) -> None:
     p.add_argument("--init-from", default=None,
                    help="float phase starts from these weights with a fresh schedule (continue an earlier float run)")
     p.add_argument("--chip", default="jssc2022", help="chip preset whose ADC the QAT phase models")
+    p.add_argument("--distill-from", nargs="+", default=(), metavar="PT",
+                   help="knowledge distillation: float weights of teacher networks (same model) whose averaged "
+                        "softened predictions join the loss, in both phases")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="share of the distillation term in the loss (default 0.5)")
+    p.add_argument("--distill-temp", type=float, default=4.0, help="distillation temperature (default 4)")
     p.add_argument("--progress-every", type=int, default=0, metavar="N", help="print a line every N batches")
     p.add_argument("--export", action="store_true",
                    help="after training, copy the run's weights, checkpoint and a JSON record to --weights-dir")
@@ -67,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
         lr_float=args.lr, lr_qat=args.lr_qat,
         seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test, cache_dir=args.cache_dir,
         resume_from=args.resume_from, init_from=args.init_from, device=args.device, bf16=args.bf16, chip=args.chip,
-        adc_full_scale=args.adc_full_scale, cutout_px=args.cutout)
+        adc_full_scale=args.adc_full_scale, cutout_px=args.cutout, distill_from=tuple(args.distill_from),
+        distill_weight=args.distill_weight, distill_temp=args.distill_temp)
     print(f"imcflow train {args.model}: out={args.out} threads={torch.get_num_threads()} "
-          f"epochs float={cfg.epochs_float} qat={cfg.epochs_qat} batch={cfg.batch_size} seed={cfg.seed}", flush=True)
+          f"epochs float={cfg.epochs_float} qat={cfg.epochs_qat} batch={cfg.batch_size} seed={cfg.seed}"
+          + (f" teachers={len(cfg.distill_from)}" if cfg.distill_from else ""), flush=True)
 
     def on_epoch(r) -> None:
         print(f"{time.strftime('%H:%M:%S')} {r.phase} epoch {r.epoch}/{r.epochs}: loss {r.loss:.4f} train acc {100 * r.train_acc:.2f} % "

@@ -43,6 +43,10 @@ def command_from_config(cfg: dict) -> str:
     for key, flag in (("init_from", "--init-from"), ("resume_from", "--resume-from")):
         if cfg.get(key):
             parts += [flag, cfg[key]]
+    if cfg.get("distill_from"):
+        parts += ["--distill-from", *cfg["distill_from"]]
+        for key, flag in (("distill_weight", "--distill-weight"), ("distill_temp", "--distill-temp")):
+            parts += [flag, str(cfg.get(key, getattr(default, key)))]
     if cfg.get("bf16"):
         parts.append("--bf16")
     return " ".join(parts)

@@ -30,6 +30,7 @@ from imcflow.models import get_model
 from imcflow.quant.calibrate import ADC_FULL_SCALES
 from imcflow.train.augment import cutout, random_crop_flip
 from imcflow.train.checkpoint import FORMAT, TrainError, is_full_checkpoint, load_checkpoint, save_atomic
+from imcflow.train.distill import distill_loss
 
 PHASES = ("float", "qat")
 LAST = "last.ckpt"
@@ -83,6 +84,13 @@ class TrainConfig:
     w_bits: int = 4
     x_bits: int = 4
     first_x_bits: int = 8
+    distill_from: tuple[str, ...] = ()
+    """Teachers for knowledge distillation (:mod:`imcflow.train.distill`): float weights of the same
+    model; empty = plain cross-entropy training."""
+    distill_weight: float = 0.5
+    """Share of the distillation term in the loss (the rest is cross-entropy with the labels)."""
+    distill_temp: float = 4.0
+    """Softmax temperature of the distillation term."""
     eval_int: bool = True
     """After the last QAT epoch, also measure the exported integers run bit-true (``best_acc["qat_int"]``)."""
 
@@ -173,6 +181,9 @@ def _check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 2:
             raise TrainError(f"--{name.replace('_', '-')} = {value}: needs at least 2 images")
+    if cfg.distill_from and not (0.0 <= cfg.distill_weight <= 1.0 and cfg.distill_temp > 0.0):
+        raise TrainError(f"--distill-weight {cfg.distill_weight} / --distill-temp {cfg.distill_temp}: the weight must "
+                         f"be in [0, 1] and the temperature > 0")
     if cfg.device not in ("cpu", "cuda") or (cfg.device == "cuda" and not torch.cuda.is_available()):
         raise TrainError(f"--device {cfg.device}: use cpu, or cuda on a machine with a CUDA GPU")
 
@@ -269,6 +280,11 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
     sched = _scheduler(opt, cfg, phase, steps)
     gen = torch.Generator().manual_seed(cfg.seed * 2 + PHASES.index(phase))
     start = 0
+    teachers = None
+    if cfg.distill_from:
+        from imcflow.train.distill import Teachers
+
+        teachers = Teachers(cfg.model, tuple(cfg.distill_from), cfg.device, cfg.bf16)
     if resume is not None:
         _check_resume(resume, cfg, phase, steps)
         model.load_state_dict(resume["model"])
@@ -283,7 +299,7 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
     for epoch in range(start, cfg.epochs(phase)):
         if phase == "qat":
             model.set_adc("ideal" if epoch < cfg.qat_ideal_epochs else "bit_true")
-        rec = _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch)
+        rec = _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch, teachers)
         history.append(rec)
         key = "qat_ideal" if rec.adc == "ideal" else phase   # best-qat.pt: the best epoch with the chip's ADC
         if rec.test_acc > best.get(key, -1.0):
@@ -361,7 +377,7 @@ def _scheduler(opt, cfg: TrainConfig, phase: str, steps: int):
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr_qat * 0.01)
 
 
-def _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch) -> EpochRecord:
+def _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch, teachers=None) -> EpochRecord:
     model.train()
     t0 = time.perf_counter()
     perm = torch.randperm(len(data.train_y), generator=gen)
@@ -373,9 +389,13 @@ def _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch) -> 
         idx = perm[step * bs:(step + 1) * bs]
         x = to_model_input(cutout(random_crop_flip(data.train_x[idx], PAD_PX, gen), cfg.cutout_px, gen), cfg.device)
         y = data.train_y[idx].to(cfg.device)
+        soft = teachers.probs(x, cfg.distill_temp) if teachers is not None else None
         with autocast:
             logits = model(x)
-            loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if soft is None:
+                loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            else:
+                loss = distill_loss(logits, y, soft, cfg.distill_weight, cfg.distill_temp, cfg.label_smoothing)
         if not math.isfinite(loss.item()):
             raise TrainError(f"{phase} epoch {epoch + 1} step {step + 1}: loss is {loss.item()}; lower --lr")
         opt.zero_grad(set_to_none=True)

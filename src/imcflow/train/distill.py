@@ -1,0 +1,79 @@
+"""Knowledge distillation: train against the averaged soft predictions of frozen teacher networks.
+
+Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network" (2015): the loss is
+
+    (1 - w) * CE(student, labels)  +  w * T^2 * KL(p_teacher(T) || p_student(T))
+
+where ``p(T)`` is the softmax of the logits divided by the temperature ``T`` and ``p_teacher`` is the
+mean of the teachers' softened probabilities (an ensemble). The teachers see exactly the augmented
+batch the student sees, and are evaluated in eval mode without gradients. Used in both training
+phases: in QAT it pulls the chip-arithmetic network toward the float ensemble.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from imcflow.models import get_model
+from imcflow.train.checkpoint import TrainError, is_full_checkpoint, load_checkpoint
+
+
+class Teachers:
+    """Frozen float networks of one zoo model whose averaged softened probabilities guide training."""
+
+    def __init__(self, model: str, paths: tuple[str, ...], device: str = "cpu", bf16: bool = False) -> None:
+        if not paths:
+            raise TrainError("distillation needs at least one teacher (--distill-from PATH ...)")
+        self.nets = [_load_teacher(model, Path(p)).to(device).to(memory_format=torch.channels_last) for p in paths]
+        self._autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor, temp: float) -> torch.Tensor:
+        """Mean over the teachers of softmax(logits / temp) for model input ``x``: (N, classes) float32."""
+        total = None
+        for net in self.nets:
+            with self._autocast():
+                logits = net(x)
+            p = torch.softmax(logits.float() / temp, dim=1)
+            total = p if total is None else total + p
+        return total / len(self.nets)
+
+
+def _load_teacher(model: str, path: Path) -> nn.Module:
+    if not path.is_file():
+        raise TrainError(f"--distill-from {path}: no such file")
+    ckpt = load_checkpoint(path)
+    if is_full_checkpoint(ckpt):
+        state = ckpt.get("float_model") or (ckpt["model"] if ckpt["phase"] == "float" else None)
+        if state is None:
+            raise TrainError(f"--distill-from {path}: the checkpoint holds no float weights (a teacher is a float network)")
+    else:
+        state = ckpt.get("model", ckpt)
+    net = get_model(model)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TrainError(f"--distill-from {path}: not a {model} float state_dict ({str(exc).splitlines()[0]})") from exc
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
+def distill_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_probs: torch.Tensor, weight: float,
+                 temp: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """``(1 - weight) * CE(logits, labels) + weight * temp^2 * KL(teacher_probs || softmax(logits / temp))``.
+
+    The KL term is averaged over the batch; ``temp^2`` keeps its gradient scale independent of ``temp``.
+    """
+    logits = logits.float()
+    ce = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if weight == 0.0:
+        return ce
+    log_student = torch.log_softmax(logits / temp, dim=1)
+    log_teacher = torch.log(teacher_probs.clamp_min(1e-12))
+    kl = (teacher_probs * (log_teacher - log_student)).sum(dim=1).mean()
+    return (1.0 - weight) * ce + weight * temp * temp * kl
