@@ -136,3 +136,105 @@ def test_mean_over_channels_is_refused_by_name(tmp_path):
         torch.onnx.export(ChannelMean(), (torch.randn(1, 3, 4, 4),), str(path), dynamo=False)
     with pytest.raises(ModelError, match=r"ReduceMean over axes \[1\].*spatial axes \(2, 3\)"):
         load_graph(path)
+
+
+class GlobalMax(nn.Module):
+    """Global max pooling in the forms user nets write it."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+        self.form = form
+        self.pool = nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        if self.form == "module":
+            x = self.pool(x).flatten(1)
+        elif self.form == "function":
+            x = F.adaptive_max_pool2d(x, (1, 1)).flatten(1)
+        elif self.form == "method":
+            x = x.amax((2, 3))
+        else:
+            x = torch.amax(x, dim=[-2, -1], keepdim=True).flatten(1)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("form", ["module", "function", "method", "torch_keepdim"])
+@pytest.mark.parametrize("opset", [13, 18])
+def test_global_max_pool_imports_as_whole_map_max_pool(tmp_path, form, opset):
+    torch.manual_seed(1)
+    m = GlobalMax(form).eval()
+    x = torch.randn(2, 3, 6, 6)
+    want = m(x).detach().numpy()
+    path = tmp_path / "gmax.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x[:1],), str(path), dynamo=False, opset_version=opset)
+    for graph in [load_graph(path)] + ([load_graph(m, (3, 6, 6))] if opset == 13 else []):
+        pools = [n for n in graph.nodes if n.op is Op.MAXPOOL]
+        assert len(pools) == 1 and pools[0].attrs["kernel"] == (6, 6) and pools[0].out_shape == (8, 1, 1)
+        np.testing.assert_allclose(run_graph(graph, x.numpy()), want, rtol=1e-5, atol=1e-6)
+
+
+def test_global_max_pool_network_simulates_bit_true():
+    from imcflow.compiler.pipeline import compile_qgraph
+    from imcflow.pipeline import load_qgraph
+    from imcflow.quant.reference import run_qgraph
+    from imcflow.sim.functional import run_program
+    torch.manual_seed(2)
+    q = load_qgraph(GlobalMax("method").eval(), TINY, trained=False, input_shape=(3, 8, 8))
+    prog = compile_qgraph(q, TINY)
+    x = np.random.default_rng(1).integers(q.input.min_int, q.input.max_int + 1, size=(4, *q.input.shape))
+    for mode in ("ideal", "bit_true"):
+        assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), mode
+
+
+class WithSoftmax(nn.Module):
+    def __init__(self, where: str, log: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+        self.fc2 = nn.Linear(5, 5)
+        self.where, self.log = where, log
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.where == "channels":
+            x = torch.softmax(x, dim=1)
+        x = self.fc(torch.relu(x).mean((2, 3)))
+        if self.where == "middle":
+            return self.fc2(F.softmax(x, dim=1))
+        return F.log_softmax(x, dim=1) if self.log else x.softmax(-1)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_final_softmax_is_left_to_the_host_and_said(tmp_path, log):
+    torch.manual_seed(3)
+    m = WithSoftmax("end", log).eval()
+    x = torch.randn(4, 3, 6, 6)
+    logits = m.fc(torch.relu(m.conv(x)).mean((2, 3))).detach().numpy()
+    path = tmp_path / "soft.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x[:1],), str(path), dynamo=False)
+    op = "LogSoftmax" if log else "Softmax"
+    for graph in (load_graph(path), load_graph(m, (3, 6, 6))):
+        np.testing.assert_allclose(run_graph(graph, x.numpy()), logits, rtol=1e-5, atol=1e-6)
+        assert "not a chip op" in graph.meta["host_output"]
+    from imcflow.pipeline import describe_source, load_qgraph
+    assert f"final {op}" in describe_source(load_qgraph(str(path), TINY))
+
+
+@pytest.mark.parametrize("where,match", [("middle", "feeds"), ("channels", "over")])
+def test_softmax_elsewhere_is_refused_by_name(tmp_path, where, match):
+    m = WithSoftmax(where).eval()
+    with pytest.raises(ModelError, match=match):
+        load_graph(m, (3, 6, 6))
+    path = tmp_path / "soft.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.randn(1, 3, 6, 6),), str(path), dynamo=False)
+    with pytest.raises(ModelError, match=match):
+        load_graph(path)

@@ -188,6 +188,8 @@ def _ptq(model, chip: ChipConfig, calib, trained: bool, seed: int, input_shape, 
                      f"so the float weights were quantised post-training for it")
     if not is_trained:
         notes.append("random-init weights: for performance studies only")
+    if graph.meta.get("host_output"):
+        notes.append(graph.meta["host_output"])
     if notes:
         meta["note"] = "; ".join(notes)
     return calibrate(graph, data, chip, spec, meta=meta)

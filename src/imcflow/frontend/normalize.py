@@ -131,3 +131,9 @@ def _rebuild(graph: Graph, nodes: list[Node], renames: dict[str, str]) -> Graph:
         raise ModelError(f"graph {graph.name!r} computes nothing: its output is its input after removing "
                          f"identity ops; give a network with at least one layer")
     return dataclasses.replace(graph, nodes=tuple(nodes), output=output)
+
+
+def host_output_note(op: str, node: str) -> str:
+    """What a report says about a network whose final softmax is left to the host."""
+    return (f"the network's final {op} (node {node!r}) is not a chip op: outputs are its input logits "
+            f"(same top-1); apply it on the host")

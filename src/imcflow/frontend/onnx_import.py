@@ -1,8 +1,9 @@
 """ONNX importer: an ``.onnx`` file (or ``onnx.ModelProto``) into a float Graph.
 
 Supported ops: Conv (dilation 1, symmetric pads; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
-BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, ReduceMean over
-the spatial axes, Add, Flatten,
+BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool,
+ReduceMean and ReduceMax over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax (left to the
+host: the graph ends at the logits and ``meta["host_output"]`` says so),
 Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
 for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast on constants).
 
@@ -30,7 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import dense_grouped_weight
+from imcflow.frontend.normalize import dense_grouped_weight, host_output_note
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -109,6 +110,7 @@ class _Importer:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.meta: dict[str, Any] = {"source": "onnx"}
         self.onnx_shapes = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
+        self.host_output: tuple[str, str] | None = None  # (node name, output) of a final Softmax
 
     # --- driver ---------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -120,6 +122,10 @@ class _Importer:
                 raise ModelError(f"node {_nname(node)!r} ({node.op_type}): unsupported op; supported ops are "
                                  f"{', '.join(sorted(_HANDLERS))} (domain '') and Quant (domains "
                                  f"{', '.join(_QONNX_DOMAINS)}): replace it or export without it")
+            if self.host_output and self.host_output[1] in node.input:
+                raise ModelError(f"node {self.host_output[0]!r} (Softmax/LogSoftmax) feeds node {_nname(node)!r}: the "
+                                 f"chip has no softmax, only a final one is taken (it runs on the host); remove it "
+                                 f"from the middle of the network")
             handler(self, node)
         if len(self.g.output) != 1:
             raise ModelError(f"ONNX model {self.name!r} has {len(self.g.output)} outputs; give a model with exactly one")
@@ -367,24 +373,43 @@ def _flatten(imp: _Importer, node: onnx.NodeProto) -> None:
         imp.add(node, Op.FLATTEN, [x])
 
 
-def _reduce_mean(imp: _Importer, node: onnx.NodeProto) -> None:
-    """ReduceMean over the two spatial axes: global average pooling (then a flatten without keepdims)."""
-    a = _attrs(node)
+def _global_pool(imp: _Importer, node: onnx.NodeProto, op: Op, x: str, check_shape: bool = True) -> str:
+    """Global pooling of map ``x``: the average pool's own op, or a max pool whose window is the whole map."""
+    if op is Op.GLOBAL_AVGPOOL:
+        return imp.add(node, op, [x], check_shape=check_shape)
+    hw = tuple(imp.shapes[x][1:])
+    return imp.add(node, Op.MAXPOOL, [x], {"kernel": hw, "stride": hw, "padding": (0, 0)}, check_shape=check_shape)
+
+
+def _reduce_spatial(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
+    """ReduceMean / ReduceMax over the two spatial axes: global average / max pooling (then a flatten
+    without keepdims)."""
+    def handler(imp: _Importer, node: onnx.NodeProto) -> None:
+        a = _attrs(node)
+        x = imp.tensor(node, 0)
+        if "axes" in a:
+            axes = [int(v) for v in a["axes"]]
+        elif len(node.input) > 1 and node.input[1]:
+            axes = [int(v) for v in imp.const(node, 1).value.reshape(-1)]
+        else:
+            axes = []
+        rank = len(imp.shapes[x]) + 1
+        if rank != 4 or sorted(ax % rank for ax in axes) != [2, 3]:
+            raise _fail(node, f"{node.op_type} over axes {axes} of a rank-{rank} tensor",
+                        f"reduce over the spatial axes (2, 3) of an NCHW map only (a global "
+                        f"{'average' if op is Op.GLOBAL_AVGPOOL else 'max'} pool)")
+        keep = int(a.get("keepdims", 1))
+        pooled = _global_pool(imp, node, op, x, check_shape=bool(keep))
+        if not keep:
+            imp.add(node, Op.FLATTEN, [pooled])
+    return handler
+
+
+def _global_max(imp: _Importer, node: onnx.NodeProto) -> None:
     x = imp.tensor(node, 0)
-    if "axes" in a:
-        axes = [int(v) for v in a["axes"]]
-    elif len(node.input) > 1 and node.input[1]:
-        axes = [int(v) for v in imp.const(node, 1).value.reshape(-1)]
-    else:
-        axes = []
-    rank = len(imp.shapes[x]) + 1
-    if rank != 4 or sorted(ax % rank for ax in axes) != [2, 3]:
-        raise _fail(node, f"ReduceMean over axes {axes} of a rank-{rank} tensor",
-                    "reduce over the spatial axes (2, 3) of an NCHW map only (a global average pool)")
-    keep = int(a.get("keepdims", 1))
-    pooled = imp.add(node, Op.GLOBAL_AVGPOOL, [x], check_shape=bool(keep))
-    if not keep:
-        imp.add(node, Op.FLATTEN, [pooled])
+    if len(imp.shapes[x]) != 3:
+        raise _fail(node, f"GlobalMaxPool of a {imp.shapes[x]} tensor", "apply it to an (N, C, H, W) map")
+    _global_pool(imp, node, Op.MAXPOOL, x)
 
 
 def _reshape(imp: _Importer, node: onnx.NodeProto) -> None:
@@ -579,6 +604,19 @@ def _unsqueeze(args: list[np.ndarray], a: dict) -> np.ndarray:
     return out
 
 
+def _final_softmax(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Softmax / LogSoftmax over the classes as the last op: not a chip op; the graph ends at its input
+    (the logits, same top-1) and ``meta["host_output"]`` says so. A later node that reads it is refused."""
+    x = imp.tensor(node, 0)
+    axis = int(_attrs(node).get("axis", -1))
+    if len(imp.shapes[x]) != 1 or axis not in (1, -1):
+        raise _fail(node, f"{node.op_type} over axis {axis} of a rank-{len(imp.shapes[x]) + 1} tensor",
+                    "only a final softmax over the classes of (N, classes) logits is taken (it runs on the host)")
+    imp.alias(node)
+    imp.host_output = (_nname(node), node.output[0])
+    imp.meta["host_output"] = host_output_note(node.op_type, _nname(node))
+
+
 def _identity(imp: _Importer, node: onnx.NodeProto) -> None:
     imp.alias(node)
 
@@ -595,10 +633,14 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "AveragePool": _pool(Op.AVGPOOL),
     "GlobalAveragePool": lambda imp, node: imp.add(node, Op.GLOBAL_AVGPOOL, [imp.tensor(node, 0)]),
     "Flatten": _flatten,
-    "ReduceMean": _reduce_mean,
+    "ReduceMean": _reduce_spatial(Op.GLOBAL_AVGPOOL),
+    "ReduceMax": _reduce_spatial(Op.MAXPOOL),
+    "GlobalMaxPool": _global_max,
     "Reshape": _reshape,
     "Concat": _concat,
     "Identity": _identity,
+    "Softmax": _final_softmax,
+    "LogSoftmax": _final_softmax,
     "Dropout": _identity,
     "QuantizeLinear": _quantize,
     "DequantizeLinear": _dequantize,

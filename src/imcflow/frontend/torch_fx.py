@@ -2,8 +2,10 @@
 
 Supported: nn.Conv2d (dilation 1, zero padding; groups > 1 become a dense block-diagonal conv), nn.Linear, nn.BatchNorm1d/2d (running
 statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh, nn.MaxPool2d/AvgPool2d,
-nn.AdaptiveAvgPool2d(1), nn.Flatten/torch.flatten/view/reshape to (N, -1), + / torch.add,
-torch.cat(dim=1), nn.Identity and dropout (dropped: inference semantics). Anything else raises a
+nn.AdaptiveAvgPool2d(1)/AdaptiveMaxPool2d(1) and their functions, mean/amax over dims (2, 3)
+(global pooling), nn.Flatten/torch.flatten/view/reshape to (N, -1), + / torch.add,
+torch.cat(dim=1), nn.Identity and dropout (dropped: inference semantics), and a final softmax or
+log_softmax over the classes (left to the host: the graph ends at the logits, ``meta["host_output"]``). Anything else raises a
 ModelError naming the traced node, its op and the fix.
 """
 
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import dense_grouped_weight
+from imcflow.frontend.normalize import dense_grouped_weight, host_output_note
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -55,6 +57,7 @@ class _Importer:
         self.alias: dict[str, Any] = {}
         self.input_name = ""
         self.output = ""
+        self.meta: dict[str, Any] = {"source": "torch"}
 
     def run(self) -> Graph:
         for fx in self.gm.graph.nodes:
@@ -63,8 +66,7 @@ class _Importer:
             raise ModelError(f"model {self.name!r} has no output")
         if not self.nodes:
             raise ModelError(f"model {self.name!r} has no operations: give a network with at least one layer")
-        return Graph(self.name, self.input_name, self.input_shape, tuple(self.nodes), self.output,
-                     meta={"source": "torch"})
+        return Graph(self.name, self.input_name, self.input_shape, tuple(self.nodes), self.output, meta=self.meta)
 
     # --- helpers --------------------------------------------------------------------------
     def tensor(self, fx: torch.fx.Node, arg: Any) -> str:
@@ -142,9 +144,13 @@ class _Importer:
             self.same(fx, fx.args[0])
         elif fx.target == "mean":
             _mean(self, fx)
+        elif fx.target == "amax":
+            _amax(self, fx)
+        elif fx.target in ("softmax", "log_softmax"):
+            _final_softmax(self, fx, fx.target, _arg(fx, 1, "dim", None))
         else:
             raise self.fail(fx, f"unsupported tensor method .{fx.target}()",
-                            "use view/reshape/flatten/relu/mean only")
+                            "use view/reshape/flatten/relu/mean/amax only")
 
     # --- shape ops ------------------------------------------------------------------------
     def reshape(self, fx: torch.fx.Node, how: str) -> None:
@@ -258,16 +264,28 @@ def _pool(imp: _Importer, fx: torch.fx.Node, m: nn.MaxPool2d | nn.AvgPool2d) -> 
     imp.add(fx, op, [imp.tensor(fx, fx.args[0])], {"kernel": kernel, "stride": stride, "padding": padding})
 
 
-def _adaptive(imp: _Importer, fx: torch.fx.Node, m: nn.AdaptiveAvgPool2d) -> None:
+def _global_pool(imp: _Importer, fx: torch.fx.Node, src: str, kind: str) -> None:
+    """Global pooling of map ``src``: the average pool's own op, or a max pool whose window is the whole map."""
+    if kind == "average":
+        imp.add(fx, Op.GLOBAL_AVGPOOL, [src])
+    else:
+        hw = tuple(imp.shapes[src][1:])
+        imp.add(fx, Op.MAXPOOL, [src], {"kernel": hw, "stride": hw, "padding": (0, 0)})
+
+
+def _adaptive(imp: _Importer, fx: torch.fx.Node, m: nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d) -> None:
+    kind = "max" if isinstance(m, nn.AdaptiveMaxPool2d) else "average"
+    if kind == "max" and m.return_indices:
+        raise imp.fail(fx, "adaptive max pooling that returns indices", "use return_indices=False")
     src = imp.tensor(fx, fx.args[0])
     size = m.output_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     if size == (1, 1):
-        imp.add(fx, Op.GLOBAL_AVGPOOL, [src])
+        _global_pool(imp, fx, src, kind)
     elif size == imp.shapes[src][1:]:
         imp.same(fx, fx.args[0])
     else:
-        raise imp.fail(fx, f"adaptive average pooling to {size}", "use output size (1, 1) or a fixed AvgPool2d")
+        raise imp.fail(fx, f"adaptive {kind} pooling to {size}", f"use output size (1, 1) or a fixed {'Max' if kind == 'max' else 'Avg'}Pool2d")
 
 
 def _flatten_module(imp: _Importer, fx: torch.fx.Node, m: nn.Flatten) -> None:
@@ -290,9 +308,12 @@ _MODULES: dict[type, Callable] = {
     nn.MaxPool2d: _pool,
     nn.AvgPool2d: _pool,
     nn.AdaptiveAvgPool2d: _adaptive,
+    nn.AdaptiveMaxPool2d: _adaptive,
     nn.Flatten: _flatten_module,
     nn.Identity: lambda imp, fx, m: imp.same(fx, fx.args[0]),
     nn.Dropout: lambda imp, fx, m: imp.same(fx, fx.args[0]),
+    nn.Softmax: lambda imp, fx, m: _final_softmax(imp, fx, "softmax", m.dim),
+    nn.LogSoftmax: lambda imp, fx, m: _final_softmax(imp, fx, "log_softmax", m.dim),
     nn.Dropout2d: lambda imp, fx, m: imp.same(fx, fx.args[0]),
 }
 
@@ -343,24 +364,46 @@ def _pool_fn(op: Op) -> Callable:
     return handler
 
 
-def _adaptive_fn(imp: _Importer, fx: torch.fx.Node) -> None:
-    _adaptive(imp, fx, nn.AdaptiveAvgPool2d(_arg(fx, 1, "output_size", None)))
+def _adaptive_fn(cls: type) -> Callable:
+    return lambda imp, fx: _adaptive(imp, fx, cls(_arg(fx, 1, "output_size", None)))
 
 
-def _mean(imp: _Importer, fx: torch.fx.Node) -> None:
-    """torch.mean / Tensor.mean over the spatial dims (2, 3): global average pooling, then a
-    flatten unless keepdim."""
+def _spatial_reduce(kind: str) -> Callable:
+    """torch.mean / torch.amax (or the methods) over the spatial dims (2, 3): global average / max
+    pooling, then a flatten unless keepdim."""
+    what = "mean" if kind == "average" else "amax"
+
+    def handler(imp: _Importer, fx: torch.fx.Node) -> None:
+        src = imp.tensor(fx, fx.args[0])
+        dims = _arg(fx, 1, "dim", None)
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        keep = bool(_arg(fx, 2, "keepdim", False))
+        rank = len(imp.shapes[src]) + 1
+        if rank != 4 or sorted(d % rank for d in dims) != [2, 3]:
+            raise imp.fail(fx, f"{what} over dims {dims} of a rank-{rank} tensor",
+                           f"reduce over the spatial dims (2, 3) of an NCHW map only (a global {kind} pool)")
+        _global_pool(imp, fx, src, kind)
+        if not keep:
+            imp.add(fx, Op.FLATTEN, [imp.alias[fx.name]])
+    return handler
+
+
+_mean = _spatial_reduce("average")
+_amax = _spatial_reduce("max")
+
+
+def _final_softmax(imp: _Importer, fx: torch.fx.Node, what: str, dim: Any) -> None:
+    """A softmax over the classes as the network's last op: not a chip op; the graph ends at its input
+    (the logits, same top-1) and ``meta["host_output"]`` says so (see :func:`host_output_note`)."""
     src = imp.tensor(fx, fx.args[0])
-    dims = _arg(fx, 1, "dim", None)
-    dims = [dims] if isinstance(dims, int) else list(dims or [])
-    keep = bool(_arg(fx, 2, "keepdim", False))
-    rank = len(imp.shapes[src]) + 1
-    if rank != 4 or sorted(d % rank for d in dims) != [2, 3]:
-        raise imp.fail(fx, f"mean over dims {dims} of a rank-{rank} tensor",
-                       "average over the spatial dims (2, 3) of an NCHW map only (a global average pool)")
-    imp.add(fx, Op.GLOBAL_AVGPOOL, [src])
-    if not keep:
-        imp.add(fx, Op.FLATTEN, [imp.alias[fx.name]])
+    if len(imp.shapes[src]) != 1 or dim not in (1, -1):
+        raise imp.fail(fx, f"{what} over dim {dim} of a rank-{len(imp.shapes[src]) + 1} tensor",
+                       "only a final softmax over the classes of (N, classes) logits is taken (it runs on the host)")
+    if [u.op for u in fx.users] != ["output"]:
+        raise imp.fail(fx, f"{what} feeds other layers", "the chip has no softmax: only a final one is taken "
+                       "(it runs on the host); remove it from the middle of the network")
+    imp.same(fx, fx.args[0])
+    imp.meta["host_output"] = host_output_note(what, fx.name)
 
 
 def _dropout(imp: _Importer, fx: torch.fx.Node) -> None:
@@ -382,6 +425,12 @@ _FUNCTIONS: dict[Any, Callable] = {
     F.dropout: _dropout,
     F.max_pool2d: _pool_fn(Op.MAXPOOL),
     F.avg_pool2d: _pool_fn(Op.AVGPOOL),
-    F.adaptive_avg_pool2d: _adaptive_fn,
+    F.adaptive_avg_pool2d: _adaptive_fn(nn.AdaptiveAvgPool2d),
+    F.adaptive_max_pool2d: _adaptive_fn(nn.AdaptiveMaxPool2d),
     torch.mean: _mean,
+    torch.amax: _amax,
+    F.softmax: lambda imp, fx: _final_softmax(imp, fx, "softmax", _arg(fx, 1, "dim", None)),
+    torch.softmax: lambda imp, fx: _final_softmax(imp, fx, "softmax", _arg(fx, 1, "dim", None)),
+    F.log_softmax: lambda imp, fx: _final_softmax(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
+    torch.log_softmax: lambda imp, fx: _final_softmax(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
 }
