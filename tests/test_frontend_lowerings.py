@@ -238,3 +238,64 @@ def test_softmax_elsewhere_is_refused_by_name(tmp_path, where, match):
         torch.onnx.export(m, (torch.randn(1, 3, 6, 6),), str(path), dynamo=False)
     with pytest.raises(ModelError, match=match):
         load_graph(path)
+
+
+class PreActBlock(nn.Module):
+    """A pre-activation residual block (BN -> ReLU -> conv, twice, plus the raw skip), a batch norm
+    on the input and a BatchNorm1d after pooling: none of them follows its own conv/linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn_in = nn.BatchNorm2d(3)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1, self.conv1 = nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn_out, self.bn_vec = nn.BatchNorm2d(8), nn.BatchNorm1d(8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(self.bn_in(x))
+        y = self.conv1(torch.relu(self.bn1(x)))
+        x = x + self.conv2(torch.relu(self.bn2(y)))
+        return self.fc(self.bn_vec(F.adaptive_avg_pool2d(torch.relu(self.bn_out(x)), 1).flatten(1)))
+
+
+def _preact():
+    torch.manual_seed(4)
+    m = PreActBlock()
+    for bn in (m.bn_in, m.bn1, m.bn2, m.bn_out, m.bn_vec):
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(-1.5, 1.5)
+    return m.eval()
+
+
+def test_unfoldable_batchnorm_becomes_a_diagonal_layer(tmp_path):
+    from imcflow.frontend.normalize import normalize
+    m = _preact()
+    x = torch.randn(3, 3, 8, 8)
+    want = m(x).detach().numpy()
+    path = tmp_path / "preact.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x[:1],), str(path), dynamo=False)
+    for graph in (load_graph(m, (3, 8, 8)), load_graph(path)):
+        norm = normalize(graph)
+        lowered = [n for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]
+        assert [n.op for n in lowered] == [Op.CONV] * 3 + [Op.LINEAR]  # bn2 folds into conv1
+        for n in lowered:
+            w = n.params["weight"].reshape(n.params["weight"].shape[:2])
+            assert np.array_equal(w, np.diag(np.diag(w)))
+        np.testing.assert_allclose(run_graph(norm, x.numpy()), want, rtol=1e-4, atol=1e-5)
+
+
+def test_preactivation_network_simulates_bit_true():
+    from imcflow.compiler.pipeline import compile_qgraph
+    from imcflow.pipeline import load_qgraph
+    from imcflow.quant.reference import run_qgraph
+    from imcflow.sim.functional import run_program
+    q = load_qgraph(_preact(), TINY, trained=False, input_shape=(3, 8, 8))
+    prog = compile_qgraph(q, TINY)
+    x = np.random.default_rng(2).integers(q.input.min_int, q.input.max_int + 1, size=(4, *q.input.shape))
+    for mode in ("ideal", "bit_true"):
+        assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), mode

@@ -3,7 +3,9 @@
 Passes, in order (each a small function from Graph to Graph):
 
 1. :func:`fold_batchnorm` - batch norm folded into the conv/linear layer that feeds it:
-   ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``.
+   ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``;
+   one with no such layer (pre-activation blocks, after the input, an add or a pool) becomes a 1x1
+   convolution (linear for vectors) with a diagonal weight.
 2. :func:`remove_identities` - ops that do nothing dropped: 1x1 stride-1 unpadded pooling, global
    pooling of a 1x1 map, flatten of a flat tensor (consecutive flattens fused), a ReLU of a ReLU,
    single-input concat; ``clamp(0, inf)`` becomes ``relu``.
@@ -51,26 +53,49 @@ def dense_grouped_weight(weight: np.ndarray, groups: int, where: str) -> np.ndar
 
 
 def fold_batchnorm(graph: Graph) -> Graph:
-    """Fold every batchnorm node into the conv/linear node that produces its input."""
+    """Fold every batchnorm node into the conv/linear node that produces its input; one that cannot
+    be folded becomes its own per-channel layer (:func:`_standalone`)."""
     nodes = {n.name: n for n in graph.nodes}
     renames: dict[str, str] = {}
     for bn in graph.nodes:
         if bn.op is not Op.BATCHNORM:
             continue
         src = nodes.get(bn.inputs[0])
-        if src is None or src.op not in WEIGHT_OPS:
-            what = "the graph input" if src is None else f"{src.describe()}"
-            raise ModelError(f"{bn.describe()}: follows {what}, not a convolution or linear layer, so it cannot "
-                             f"be folded; place batch norm directly after a conv/linear layer")
-        readers = [c.name for c in graph.consumers(src.name)]
-        if readers != [bn.name] or src.name == graph.output:
-            raise ModelError(f"{bn.describe()}: the output of {src.describe()} is also used without the batch "
-                             f"norm ({', '.join(r for r in readers if r != bn.name) or 'graph output'}), so it "
-                             f"cannot be folded; use the normalized value only")
+        foldable = src is not None and src.op in WEIGHT_OPS and src.name != graph.output \
+            and [c.name for c in graph.consumers(src.name)] == [bn.name]
+        if not foldable:  # after the input, a pool or an add, or its producer's output is also used raw
+            nodes[bn.name] = _standalone(bn, graph.shape(bn.inputs[0]))
+            continue
         nodes[src.name] = _folded(src, bn)
         del nodes[bn.name]
         renames[bn.name] = src.name
     return _rebuild(graph, [nodes[n.name] for n in graph.nodes if n.name in nodes], renames)
+
+
+def _standalone(bn: Node, shape: tuple[int, ...]) -> Node:
+    """A batch norm with no conv/linear layer to fold into (pre-activation ResNets, a batch norm on
+    the input or after an add or a pool) as the equivalent 1x1 convolution (linear layer for a flat
+    vector) with a diagonal weight ``gamma / sqrt(var + eps)`` and bias ``beta - mean * weight``.
+
+    The chip's arrays then compute it exactly (per-channel 4-b weight quantisation represents a
+    single non-zero per output channel exactly), at the cost of an array layer of C rows; the node
+    keeps ``lowered_from="batchnorm"`` as a record."""
+    p = {k: bn.params[k].astype(np.float64) for k in ("gamma", "beta", "mean", "var")}
+    scale = p["gamma"] / np.sqrt(p["var"] + float(bn.attrs["eps"]))
+    channels = len(scale)
+    weight = np.diag(scale)
+    attrs = {k: v for k, v in bn.attrs.items() if k == "act_scale"} | {"lowered_from": "batchnorm"}
+    if len(shape) == 3:
+        weight = weight.reshape(channels, channels, 1, 1)
+        attrs |= {"kernel": (1, 1), "stride": (1, 1), "padding": (0, 0)}
+        op = Op.CONV
+    elif len(shape) == 1:
+        op = Op.LINEAR
+    else:
+        raise ModelError(f"{bn.describe()}: batch norm of a {shape} tensor; give an (N, C, H, W) map or (N, C) vector")
+    bias = p["beta"] - p["mean"] * scale
+    return dataclasses.replace(bn, op=op, attrs=attrs,
+                               params={"weight": weight.astype(np.float32), "bias": bias.astype(np.float32)})
 
 
 def _folded(layer: Node, bn: Node) -> Node:
