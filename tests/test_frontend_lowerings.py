@@ -299,3 +299,15 @@ def test_preactivation_network_simulates_bit_true():
     x = np.random.default_rng(2).integers(q.input.min_int, q.input.max_int + 1, size=(4, *q.input.shape))
     for mode in ("ideal", "bit_true"):
         assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), mode
+
+
+def test_inspect_names_lowered_batchnorms(tmp_path, capsys):
+    from imcflow.cli import main
+    path = tmp_path / "preact.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_preact(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False)
+    assert main(["inspect", str(path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("batch norm with no conv/linear layer to fold into: /bn_in/BatchNormalization, ")
+    assert "so the chip needs" in last

@@ -34,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     chip = chip_from_args(args)
     graph = load_graph(args.model)
     stats = graph_stats(graph, chip, args.w_bits)
+    lowered = _lowered_batchnorms(graph, chip, args.w_bits)
     if args.json:
-        print(json.dumps(stats.to_dict(), indent=1))
+        print(json.dumps(stats.to_dict() | {"lowered_batchnorm": lowered}, indent=1))
         return 0
     print(f"{graph.name}: input {graph.input_shape}, chip {chip.name} "
           f"({chip.n_cores} arrays of {chip.array.rows}x{chip.array.cols}), {args.w_bits}-b weights")
@@ -48,4 +49,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"total: {stats.params:,} parameters ({_si(stats.params)}), {stats.macs:,} MACs per image "
           f"({_si(stats.macs)}), {stats.weight_layers} weight layers need {stats.arrays} arrays "
           f"(chip has {stats.chip_arrays})")
+    if lowered["layers"]:
+        print(f"batch norm with no conv/linear layer to fold into: {', '.join(lowered['layers'])}; each runs as a "
+              f"diagonal 1x1 layer, so the chip needs {lowered['arrays']} arrays in all")
     return 0
+
+
+def _lowered_batchnorms(graph, chip, w_bits: int) -> dict:
+    """The batch norms that normalisation turns into their own diagonal layers, and the arrays then needed."""
+    from imcflow.frontend.normalize import normalize
+    from imcflow.frontend.stats import graph_stats
+
+    norm = normalize(graph)
+    names = [n.name for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]
+    return {"layers": names, "arrays": graph_stats(norm, chip, w_bits).arrays if names else None}
