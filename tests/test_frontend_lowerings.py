@@ -311,3 +311,43 @@ def test_inspect_names_lowered_batchnorms(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("batch norm with no conv/linear layer to fold into: /bn_in/BatchNormalization, ")
     assert "so the chip needs" in last
+
+
+class Written(nn.Module):
+    """One small net, its flatten and ReLU written in the ways user code writes them."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 3 * 3, 5)
+        self.form = form
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = {"clamp_method": lambda t: t.clamp(min=0), "clamp_fn": lambda t: torch.clamp(t, 0, 6),
+             "clip": lambda t: torch.clip(t, min=0.0)}.get(self.form, torch.relu)(x)
+        x = F.max_pool2d(x, 2)
+        if self.form == "shape0":
+            return self.fc(x.view(x.shape[0], -1))
+        if self.form == "size_index":
+            return self.fc(x.reshape(x.size()[0], -1))
+        if self.form == "size_dim1":
+            return self.fc(x.view(x.size(1), -1))
+        if self.form == "shape1":
+            return self.fc(x.view(x.shape[1], -1))
+        return self.fc(x.view(x.size(0), -1))
+
+
+@pytest.mark.parametrize("form", ["shape0", "size_index", "clamp_method", "clamp_fn", "clip", "size0"])
+def test_common_spellings_import(form):
+    torch.manual_seed(5)
+    m = Written(form).eval()
+    x = torch.randn(2, 3, 6, 6)
+    graph = load_graph(m, (3, 6, 6))
+    np.testing.assert_allclose(run_graph(graph, x.numpy()), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["size_dim1", "shape1"])
+def test_flatten_by_a_non_batch_size_is_refused(form):
+    with pytest.raises(ModelError, match=r"only reshape to \(N, -1\)"):
+        load_graph(Written(form).eval(), (3, 6, 6))

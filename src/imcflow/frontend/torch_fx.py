@@ -1,12 +1,14 @@
 """PyTorch importer: ``torch.fx`` symbolic tracing of an ``nn.Module`` into a float Graph.
 
-Supported: nn.Conv2d (dilation 1, zero padding; groups > 1 become a dense block-diagonal conv), nn.Linear, nn.BatchNorm1d/2d (running
-statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh, nn.MaxPool2d/AvgPool2d,
-nn.AdaptiveAvgPool2d(1)/AdaptiveMaxPool2d(1) and their functions, mean/amax over dims (2, 3)
-(global pooling), nn.Flatten/torch.flatten/view/reshape to (N, -1), + / torch.add,
-torch.cat(dim=1), nn.Identity and dropout (dropped: inference semantics), and a final softmax or
-log_softmax over the classes (left to the host: the graph ends at the logits, ``meta["host_output"]``). Anything else raises a
-ModelError naming the traced node, its op and the fix.
+Supported: nn.Conv2d (dilation 1, zero padding; groups > 1 become a dense block-diagonal conv),
+nn.Linear, nn.BatchNorm1d/2d (running statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh,
+clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPool2d(1)/
+AdaptiveMaxPool2d(1) and their functions, mean/amax over dims (2, 3) (global pooling),
+nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
+x.size()[0]), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
+semantics), and a final softmax or log_softmax over the classes (left to the host: the graph ends
+at the logits, ``meta["host_output"]``). Anything else raises a ModelError naming the traced node,
+its op and the fix.
 """
 
 from __future__ import annotations
@@ -138,8 +140,11 @@ class _Importer:
             self.reshape(fx, fx.target)
         elif fx.target in ("relu", "relu_"):
             self.add(fx, Op.RELU, [self.tensor(fx, fx.args[0])])
-        elif fx.target == "size":
-            self.alias[fx.name] = ("size", fx.args[0])
+        elif fx.target == "size":  # x.size(0) is the batch; x.size() all sizes (indexed later)
+            dim = _arg(fx, 1, "dim", None)
+            self.alias[fx.name] = ("sizes", fx.args[0]) if dim is None else ("size", fx.args[0], dim)
+        elif fx.target in ("clamp", "clamp_", "clip", "clamp_min"):
+            _clamp_fn(self, fx)
         elif fx.target == "contiguous":
             self.same(fx, fx.args[0])
         elif fx.target == "mean":
@@ -150,7 +155,7 @@ class _Importer:
             _final_softmax(self, fx, fx.target, _arg(fx, 1, "dim", None))
         else:
             raise self.fail(fx, f"unsupported tensor method .{fx.target}()",
-                            "use view/reshape/flatten/relu/mean/amax only")
+                            "use view/reshape/flatten/relu/clamp/mean/amax only")
 
     # --- shape ops ------------------------------------------------------------------------
     def reshape(self, fx: torch.fx.Node, how: str) -> None:
@@ -177,7 +182,9 @@ class _Importer:
         if len(target) != 2:
             return False
         batch, rest = target
-        batch_ok = batch in (-1, 1) or (isinstance(batch, torch.fx.Node) and self.alias.get(batch.name, ("",))[0] == "size")
+        batch_ok = batch in (-1, 1) or (isinstance(batch, torch.fx.Node)
+                                        and self.alias.get(batch.name, ("",))[0] == "size"
+                                        and self.alias[batch.name][2] in (0, -4))
         return batch_ok and rest in (-1, math.prod(shape))
 
 
@@ -342,6 +349,32 @@ def _cat(imp: _Importer, fx: torch.fx.Node) -> None:
     imp.add(fx, Op.CONCAT, inputs, {"axis": 0})
 
 
+def _clamp_fn(imp: _Importer, fx: torch.fx.Node) -> None:
+    """torch.clamp / Tensor.clamp / clip / clamp_min with a lower bound (a ReLU-like clamp)."""
+    lo = _arg(fx, 1, "min", None)
+    hi = None if fx.target == "clamp_min" else _arg(fx, 2, "max", None)
+    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float, type(None))):
+        raise imp.fail(fx, f"clamp(min={lo}, max={hi})", "give a constant lower bound (and optionally a constant "
+                       "upper bound), e.g. clamp(min=0) or clamp(0, 6)")
+    _clamp(imp, fx, lo, math.inf if hi is None else hi)
+
+
+def _getattr(imp: _Importer, fx: torch.fx.Node) -> None:
+    """``x.shape``: the sizes, for ``x.view(x.shape[0], -1)``."""
+    if fx.args[1] != "shape":
+        raise imp.fail(fx, f"attribute .{fx.args[1]} of a tensor", "only x.shape[0] (the batch) is supported")
+    imp.alias[fx.name] = ("sizes", fx.args[0])
+
+
+def _getitem(imp: _Importer, fx: torch.fx.Node) -> None:
+    """``x.shape[0]`` / ``x.size()[0]``: the batch size (for a flatten)."""
+    base, index = fx.args
+    entry = imp.alias.get(base.name) if isinstance(base, torch.fx.Node) else None
+    if not (isinstance(entry, tuple) and entry[0] == "sizes" and isinstance(index, int)):
+        raise imp.fail(fx, "indexing", "only x.shape[0] or x.size()[0] (the batch, for a flatten) is supported")
+    imp.alias[fx.name] = ("size", entry[1], index)
+
+
 def _hardtanh(imp: _Importer, fx: torch.fx.Node) -> None:
     _clamp(imp, fx, _arg(fx, 1, "min_val", -1.0), _arg(fx, 2, "max_val", 1.0))
 
@@ -412,6 +445,10 @@ def _dropout(imp: _Importer, fx: torch.fx.Node) -> None:
 
 _FUNCTIONS: dict[Any, Callable] = {
     operator.add: _add,
+    operator.getitem: _getitem,
+    getattr: _getattr,
+    torch.clamp: _clamp_fn,
+    torch.clip: _clamp_fn,
     operator.iadd: _add,
     torch.add: _add,
     torch.cat: _cat,
