@@ -34,11 +34,11 @@ def fake_cifar(tmp_path, monkeypatch):
     return root
 
 
-@pytest.mark.parametrize("norm", [None, ("0.5,0.4,0.3", "0.25,0.2,0.3")])
-def test_eval_onnx_model_calibrates_on_training_images(tmp_path, fake_cifar, capsys, norm):
+@pytest.mark.parametrize("norm,softmax", [(None, False), (("0.5,0.4,0.3", "0.25,0.2,0.3"), False), (None, True)])
+def test_eval_onnx_model_calibrates_on_training_images(tmp_path, fake_cifar, capsys, norm, softmax):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(),
-                          nn.Linear(8 * 8 * 8, 10)).eval()
+                          nn.Linear(8 * 8 * 8, 10), *([nn.Softmax(dim=1)] if softmax else [])).eval()
     path = tmp_path / "user.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -63,6 +63,7 @@ def test_eval_onnx_model_calibrates_on_training_images(tmp_path, fake_cifar, cap
     assert res["float_executor"].startswith("imcflow.frontend.run_graph")
     assert 0.0 <= res["accuracy_bit_true"] <= 1.0 and "accuracy_ideal" in res
     assert "float executor" in printed and "calibrated on 100 CIFAR-10 training images" in printed
+    assert ("note: the network's final Softmax" in printed) == softmax == ("final Softmax" in res.get("note", ""))
 
 
 @pytest.mark.parametrize("argv,words", [

@@ -79,6 +79,8 @@ def _run(args: argparse.Namespace) -> int:
         lines.append(f"  simulator / float {how} wall time: {res['sim_over_float_time']:.1f}x")
     if "calibration" in res:
         lines.append(f"  post-training quantised, calibrated on {res['calibration']}")
+    if "note" in res:
+        lines.append(f"  note: {res['note']}")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as fh:

@@ -205,6 +205,8 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
     res["wall_s"] = res[f"wall_s_{mode}"]
     if qgraph.meta.get("calibration_data"):
         res["calibration"] = qgraph.meta["calibration_data"]
+    if qgraph.meta.get("note"):
+        res["note"] = qgraph.meta["note"]
     if not norm.is_default:
         res["input_norm"] = {"mean": list(norm.mean), "std": list(norm.std)}
     res.update(_float_accuracy(net, x_u8, labels, batch_size, norm))
