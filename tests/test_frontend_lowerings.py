@@ -54,12 +54,25 @@ class MobileBlock(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+def _to_onnx(model: nn.Module, args: tuple, path, **kw) -> None:
+    """``torch.onnx.export`` (the TorchScript exporter) without its warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, str(path), dynamo=False, **kw)
+
+
+def _randomise_bn(bns, gamma: bool = False) -> None:
+    for bn in bns:
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.5, 2.0)
+        if gamma:
+            bn.weight.data.uniform_(-1.5, 1.5)
+
+
 def _block():
     torch.manual_seed(0)
     m = MobileBlock()
-    for bn in (m.bn1, m.bn2):
-        bn.running_mean.uniform_(-0.3, 0.3)
-        bn.running_var.uniform_(0.5, 2.0)
+    _randomise_bn((m.bn1, m.bn2))
     return m.eval()
 
 
@@ -68,25 +81,28 @@ def test_torch_and_onnx_imports_match_pytorch(tmp_path):
     x = torch.randn(3, 3, 16, 16)
     want = m(x).detach().numpy()
     path = tmp_path / "mobile.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (x[:1],), str(path), dynamo=False, input_names=["x"], output_names=["y"])
+    _to_onnx(m, (x[:1],), str(path), input_names=["x"], output_names=["y"])
     for graph in (load_graph(m, (3, 16, 16)), load_graph(path)):
         dw = [n for n in graph.nodes if n.op is Op.CONV and n.attrs.get("groups") == 8]
         assert len(dw) == 1 and dw[0].params["weight"].shape == (8, 8, 3, 3)
         np.testing.assert_allclose(run_graph(graph, x.numpy()), want, rtol=1e-4, atol=1e-5)
 
 
-def test_depthwise_network_simulates_bit_true():
+def _assert_simulates_bit_true(model: nn.Module, shape: tuple[int, ...], seed: int) -> None:
+    """Compile the post-training-quantised ``model`` for TINY; the simulator equals the integer reference."""
     from imcflow.compiler.pipeline import compile_qgraph
     from imcflow.pipeline import load_qgraph
     from imcflow.quant.reference import run_qgraph
     from imcflow.sim.functional import run_program
-    q = load_qgraph(_block(), TINY, trained=False, input_shape=(3, 16, 16))
+    q = load_qgraph(model, TINY, trained=False, input_shape=shape)
     prog = compile_qgraph(q, TINY)
-    x = np.random.default_rng(0).integers(q.input.min_int, q.input.max_int + 1, size=(3, *q.input.shape))
+    x = np.random.default_rng(seed).integers(q.input.min_int, q.input.max_int + 1, size=(4, *q.input.shape))
     for mode in ("ideal", "bit_true"):
         assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), mode
+
+
+def test_depthwise_network_simulates_bit_true():
+    _assert_simulates_bit_true(_block(), (3, 16, 16), 0)
 
 
 class SpatialMean(nn.Module):
@@ -113,9 +129,7 @@ def test_spatial_mean_imports_as_global_average_pool(tmp_path, keepdim, method, 
     x = torch.randn(2, 3, 6, 6)
     want = m(x).detach().numpy()
     path = tmp_path / "mean.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (x[:1],), str(path), dynamo=False, opset_version=opset)
+    _to_onnx(m, (x[:1],), str(path), opset_version=opset)
     graphs = [load_graph(path)] + ([load_graph(m, (3, 6, 6))] if opset == 13 else [])
     for graph in graphs:
         assert Op.GLOBAL_AVGPOOL in [n.op for n in graph.nodes]
@@ -131,9 +145,7 @@ def test_mean_over_channels_is_refused_by_name(tmp_path):
     with pytest.raises(ModelError, match=r"mean over dims \[1\].*spatial dims \(2, 3\)"):
         load_graph(ChannelMean(), (3, 4, 4))
     path = tmp_path / "cmean.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(ChannelMean(), (torch.randn(1, 3, 4, 4),), str(path), dynamo=False)
+    _to_onnx(ChannelMean(), (torch.randn(1, 3, 4, 4),), str(path))
     with pytest.raises(ModelError, match=r"ReduceMean over axes \[1\].*spatial axes \(2, 3\)"):
         load_graph(path)
 
@@ -169,9 +181,7 @@ def test_global_max_pool_imports_as_whole_map_max_pool(tmp_path, form, opset):
     x = torch.randn(2, 3, 6, 6)
     want = m(x).detach().numpy()
     path = tmp_path / "gmax.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (x[:1],), str(path), dynamo=False, opset_version=opset)
+    _to_onnx(m, (x[:1],), str(path), opset_version=opset)
     for graph in [load_graph(path)] + ([load_graph(m, (3, 6, 6))] if opset == 13 else []):
         pools = [n for n in graph.nodes if n.op is Op.MAXPOOL]
         assert len(pools) == 1 and pools[0].attrs["kernel"] == (6, 6) and pools[0].out_shape == (8, 1, 1)
@@ -179,16 +189,8 @@ def test_global_max_pool_imports_as_whole_map_max_pool(tmp_path, form, opset):
 
 
 def test_global_max_pool_network_simulates_bit_true():
-    from imcflow.compiler.pipeline import compile_qgraph
-    from imcflow.pipeline import load_qgraph
-    from imcflow.quant.reference import run_qgraph
-    from imcflow.sim.functional import run_program
     torch.manual_seed(2)
-    q = load_qgraph(GlobalMax("method").eval(), TINY, trained=False, input_shape=(3, 8, 8))
-    prog = compile_qgraph(q, TINY)
-    x = np.random.default_rng(1).integers(q.input.min_int, q.input.max_int + 1, size=(4, *q.input.shape))
-    for mode in ("ideal", "bit_true"):
-        assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), mode
+    _assert_simulates_bit_true(GlobalMax("method").eval(), (3, 8, 8), 1)
 
 
 class WithSoftmax(nn.Module):
@@ -216,9 +218,7 @@ def test_final_softmax_is_left_to_the_host_and_said(tmp_path, log):
     x = torch.randn(4, 3, 6, 6)
     logits = m.fc(torch.relu(m.conv(x)).mean((2, 3))).detach().numpy()
     path = tmp_path / "soft.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (x[:1],), str(path), dynamo=False)
+    _to_onnx(m, (x[:1],), str(path))
     op = "LogSoftmax" if log else "Softmax"
     for graph in (load_graph(path), load_graph(m, (3, 6, 6))):
         np.testing.assert_allclose(run_graph(graph, x.numpy()), logits, rtol=1e-5, atol=1e-6)
@@ -233,9 +233,7 @@ def test_softmax_elsewhere_is_refused_by_name(tmp_path, where, match):
     with pytest.raises(ModelError, match=match):
         load_graph(m, (3, 6, 6))
     path = tmp_path / "soft.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (torch.randn(1, 3, 6, 6),), str(path), dynamo=False)
+    _to_onnx(m, (torch.randn(1, 3, 6, 6),), str(path))
     with pytest.raises(ModelError, match=match):
         load_graph(path)
 
@@ -263,10 +261,7 @@ class PreActBlock(nn.Module):
 def _preact():
     torch.manual_seed(4)
     m = PreActBlock()
-    for bn in (m.bn_in, m.bn1, m.bn2, m.bn_out, m.bn_vec):
-        bn.running_mean.uniform_(-0.3, 0.3)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.data.uniform_(-1.5, 1.5)
+    _randomise_bn((m.bn_in, m.bn1, m.bn2, m.bn_out, m.bn_vec), gamma=True)
     return m.eval()
 
 
@@ -276,9 +271,7 @@ def test_unfoldable_batchnorm_becomes_a_diagonal_layer(tmp_path):
     x = torch.randn(3, 3, 8, 8)
     want = m(x).detach().numpy()
     path = tmp_path / "preact.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (x[:1],), str(path), dynamo=False)
+    _to_onnx(m, (x[:1],), str(path))
     for graph in (load_graph(m, (3, 8, 8)), load_graph(path)):
         norm = normalize(graph)
         lowered = [n for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]
@@ -290,23 +283,13 @@ def test_unfoldable_batchnorm_becomes_a_diagonal_layer(tmp_path):
 
 
 def test_preactivation_network_simulates_bit_true():
-    from imcflow.compiler.pipeline import compile_qgraph
-    from imcflow.pipeline import load_qgraph
-    from imcflow.quant.reference import run_qgraph
-    from imcflow.sim.functional import run_program
-    q = load_qgraph(_preact(), TINY, trained=False, input_shape=(3, 8, 8))
-    prog = compile_qgraph(q, TINY)
-    x = np.random.default_rng(2).integers(q.input.min_int, q.input.max_int + 1, size=(4, *q.input.shape))
-    for mode in ("ideal", "bit_true"):
-        assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), mode
+    _assert_simulates_bit_true(_preact(), (3, 8, 8), 2)
 
 
 def test_inspect_names_lowered_batchnorms(tmp_path, capsys):
     from imcflow.cli import main
     path = tmp_path / "preact.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_preact(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False)
+    _to_onnx(_preact(), (torch.randn(1, 3, 8, 8),), str(path))
     assert main(["inspect", str(path)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("batch norm with no conv/linear layer to fold into: /bn_in/BatchNormalization, ")
