@@ -227,6 +227,15 @@ def test_final_softmax_is_left_to_the_host_and_said(tmp_path, log):
     assert f"final {op}" in describe_source(load_qgraph(str(path), TINY))
 
 
+def test_run_report_says_the_softmax_is_left_to_the_host(tmp_path, capsys):
+    from imcflow.cli import main
+    path = tmp_path / "soft.onnx"
+    _to_onnx(WithSoftmax("end").eval(), (torch.randn(1, 3, 6, 6),), path)
+    assert main(["run", str(path), "--chip", "tiny", "--images", "2"]) == 0
+    assert "QGraph: trained float weights, post-training quantised (synthetic calibration); the network's final " \
+           "Softmax" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("where,match", [("middle", "feeds"), ("channels", "over")])
 def test_softmax_elsewhere_is_refused_by_name(tmp_path, where, match):
     m = WithSoftmax(where).eval()

@@ -27,6 +27,8 @@ def load_qgraph(net: str, chip: ChipConfig, trained: bool = True) -> tuple[QGrap
     ``imcflow compile`` builds (:func:`imcflow.pipeline.load_qgraph`)."""
     from imcflow import pipeline
     q = pipeline.load_qgraph(net, chip=chip, trained=trained)
+    if q.meta.get("trained", True) is True:  # a float network quantised here: how, and any note
+        return q, pipeline.describe_source(q)
     if q.meta.get("trained", True):
         return q, "trained weights"
     return q, "untrained (random-init) weights, calibrated on synthetic inputs: timing and energy only"
@@ -97,7 +99,8 @@ def model_report(model: str, chip: ChipConfig, images: int | None = None, traine
     if data is not None and origin.startswith("trained"):
         calibrated = calibrated_on_cifar10(q, model, chip, data)
         if calibrated is not q:
-            q, origin = calibrated, f"trained float weights, post-training quantised on {calibrated.meta['calibration_data']}"
+            q, origin = calibrated, f"trained float weights, post-training quantised on {calibrated.meta['calibration_data']}" \
+                + (f"; {calibrated.meta['note']}" if calibrated.meta.get("note") else "")
     prog = compile_program(q, chip)
     accuracy, stats, notes = None, None, [f"QGraph: {origin}"]
     if data is not None:
