@@ -111,6 +111,7 @@ class _Importer:
         self.meta: dict[str, Any] = {"source": "onnx"}
         self.onnx_shapes = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
         self.host_output: tuple[str, str] | None = None  # (node name, output) of a final Softmax
+        self.batch: int | None = None
 
     # --- driver ---------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -153,6 +154,7 @@ class _Importer:
             raise ModelError(f"ONNX input {vi.name!r} is not float32; export the model with a float input")
         self.values[vi.name] = _Tensor(vi.name)
         self.shapes[vi.name] = tuple(shape[1:])
+        self.batch = shape[0]  # a fixed export batch (torch.onnx.export's default) or None
         return vi.name, tuple(shape[1:])
 
     # --- helpers --------------------------------------------------------------------------
@@ -420,7 +422,8 @@ def _reshape(imp: _Importer, node: onnx.NodeProto) -> None:
         return
     x = imp.tensor(node, 0)
     shape = imp.shapes[x]
-    if len(target) != 2 or target[0] not in (-1, 0, 1) or target[1] not in (-1, math.prod(shape)):
+    batches = (-1, 0, 1) if imp.batch is None else (-1, 0, 1, imp.batch)  # a fixed batch is baked into flattens
+    if len(target) != 2 or target[0] not in batches or target[1] not in (-1, math.prod(shape)):
         raise _fail(node, f"reshape of a {shape} tensor (batch excluded) to {target}",
                     "only reshape to (N, -1), a flatten, is supported")
     if len(shape) == 1:
