@@ -234,6 +234,9 @@ def test_run_report_says_the_softmax_is_left_to_the_host(tmp_path, capsys):
     assert main(["run", str(path), "--chip", "tiny", "--images", "2"]) == 0
     assert "QGraph: trained float weights, post-training quantised (synthetic calibration); the network's final " \
            "Softmax" in capsys.readouterr().out
+    assert main(["compile", str(path), "--chip", "tiny"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("weights: trained float weights, "
+                                                                          "post-training quantised")
 
 
 @pytest.mark.parametrize("where,match", [("middle", "feeds"), ("channels", "over")])

@@ -251,4 +251,6 @@ def describe_source(qgraph: QGraph) -> str:
         note = qgraph.meta.get("note")
         return (f"trained float weights, post-training quantised ({qgraph.meta.get('calibration_data', '?')} "
                 f"calibration)" + (f"; {note}" if note else ""))
+    if trained == "qat":
+        return "4-b weights from quantisation-aware training with the chip's ADC (a QAT export)"
     return f"{trained} weights" if trained else "weights of the given quantised graph"

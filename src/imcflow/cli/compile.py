@@ -7,7 +7,7 @@ import argparse
 from imcflow.cli.common import add_chip_args, chip_from_args
 from imcflow.compiler import compile_qgraph
 from imcflow.compiler.placement import OBJECTIVES
-from imcflow.pipeline import load_qgraph
+from imcflow.pipeline import describe_source, load_qgraph
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         program.save(args.output)
     print(program)
+    print(f"weights: {describe_source(qgraph)}")
     if args.output:
         print(f"wrote {args.output}")
     return 0
