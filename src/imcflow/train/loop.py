@@ -30,7 +30,7 @@ from imcflow.models import get_model
 from imcflow.quant.calibrate import ADC_FULL_SCALES
 from imcflow.train.augment import cutout, random_crop_flip
 from imcflow.train.checkpoint import FORMAT, TrainError, is_full_checkpoint, load_checkpoint, save_atomic
-from imcflow.train.distill import distill_loss
+from imcflow.train.distill import Teachers, distill_loss
 
 PHASES = ("float", "qat")
 LAST = "last.ckpt"
@@ -280,11 +280,7 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
     sched = _scheduler(opt, cfg, phase, steps)
     gen = torch.Generator().manual_seed(cfg.seed * 2 + PHASES.index(phase))
     start = 0
-    teachers = None
-    if cfg.distill_from:
-        from imcflow.train.distill import Teachers
-
-        teachers = Teachers(cfg.model, tuple(cfg.distill_from), cfg.device, cfg.bf16)
+    teachers = Teachers(cfg.model, tuple(cfg.distill_from), cfg.device, cfg.bf16) if cfg.distill_from else None
     if resume is not None:
         _check_resume(resume, cfg, phase, steps)
         model.load_state_dict(resume["model"])
