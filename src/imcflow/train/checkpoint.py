@@ -39,3 +39,15 @@ def load_checkpoint(path: Path) -> dict:
 def is_full_checkpoint(ckpt: dict) -> bool:
     """True for a checkpoint of the training loop, False for a bare ``state_dict``."""
     return ckpt.get("format") == FORMAT
+
+
+def float_weights(path: Path, option: str) -> dict:
+    """The float state_dict in ``path``: a bare state_dict, or a checkpoint's float weights (its
+    finished float phase, or the float phase it holds); TrainError naming ``option`` if there are none."""
+    ckpt = load_checkpoint(path)
+    if not is_full_checkpoint(ckpt):
+        return ckpt.get("model", ckpt)
+    state = ckpt.get("float_model") or (ckpt["model"] if ckpt["phase"] == "float" else None)
+    if state is None:
+        raise TrainError(f"{option} {path}: the checkpoint holds no float weights")
+    return state

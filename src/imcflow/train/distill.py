@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from imcflow.models import get_model
-from imcflow.train.checkpoint import TrainError, is_full_checkpoint, load_checkpoint
+from imcflow.train.checkpoint import TrainError, float_weights
 
 
 class Teachers:
@@ -46,13 +46,7 @@ class Teachers:
 def _load_teacher(model: str, path: Path) -> nn.Module:
     if not path.is_file():
         raise TrainError(f"--distill-from {path}: no such file")
-    ckpt = load_checkpoint(path)
-    if is_full_checkpoint(ckpt):
-        state = ckpt.get("float_model") or (ckpt["model"] if ckpt["phase"] == "float" else None)
-        if state is None:
-            raise TrainError(f"--distill-from {path}: the checkpoint holds no float weights (a teacher is a float network)")
-    else:
-        state = ckpt.get("model", ckpt)
+    state = float_weights(path, "--distill-from")
     net = get_model(model)
     try:
         net.load_state_dict(state)

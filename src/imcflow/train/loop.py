@@ -29,7 +29,8 @@ from imcflow.data import load_cifar10
 from imcflow.models import get_model
 from imcflow.quant.calibrate import ADC_FULL_SCALES
 from imcflow.train.augment import cutout, random_crop_flip
-from imcflow.train.checkpoint import FORMAT, TrainError, is_full_checkpoint, load_checkpoint, save_atomic
+from imcflow.train.checkpoint import (FORMAT, TrainError, float_weights, is_full_checkpoint, load_checkpoint,
+                                     save_atomic)
 from imcflow.train.distill import Teachers, distill_loss
 
 PHASES = ("float", "qat")
@@ -270,7 +271,7 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
     torch.manual_seed(cfg.seed)  # initial weights; a resumed run restores its RNG state below
     init = float_state
     if phase == "float" and resume is None and cfg.init_from is not None:
-        init = _init_weights(Path(cfg.init_from))
+        init = float_weights(Path(cfg.init_from), "--init-from")
     model = _build_model(phase, cfg, init, data).to(cfg.device)
     if phase == "float":
         model = model.to(memory_format=torch.channels_last)
@@ -324,16 +325,6 @@ def _save_weights(phase: str, model: nn.Module, out: Path, stem: str) -> None:
         from imcflow.train.qat_glue import save_qgraph
 
         save_qgraph(model, out / f"{stem}.qgraph.json")
-
-
-def _init_weights(path: Path) -> dict:
-    ckpt = load_checkpoint(path)
-    if not is_full_checkpoint(ckpt):
-        return ckpt.get("model", ckpt)
-    state = ckpt.get("float_model") or (ckpt["model"] if ckpt["phase"] == "float" else None)
-    if state is None:
-        raise TrainError(f"--init-from {path}: the checkpoint holds no float weights")
-    return state
 
 
 def _cpu_state(model: nn.Module) -> dict:
