@@ -61,6 +61,12 @@ def _to_onnx(model: nn.Module, args: tuple, path, **kw) -> None:
         torch.onnx.export(model, args, str(path), dynamo=False, **kw)
 
 
+def _both_imports(model: nn.Module, x: torch.Tensor, path, **kw) -> tuple:
+    """``model`` imported by the PyTorch importer and, exported to ``path``, by the ONNX importer."""
+    _to_onnx(model, (x[:1],), path, **kw)
+    return load_graph(model, tuple(x.shape[1:])), load_graph(path)
+
+
 def _randomise_bn(bns, gamma: bool = False) -> None:
     for bn in bns:
         bn.running_mean.uniform_(-0.3, 0.3)
@@ -80,9 +86,7 @@ def test_torch_and_onnx_imports_match_pytorch(tmp_path):
     m = _block()
     x = torch.randn(3, 3, 16, 16)
     want = m(x).detach().numpy()
-    path = tmp_path / "mobile.onnx"
-    _to_onnx(m, (x[:1],), str(path), input_names=["x"], output_names=["y"])
-    for graph in (load_graph(m, (3, 16, 16)), load_graph(path)):
+    for graph in _both_imports(m, x, tmp_path / "mobile.onnx", input_names=["x"], output_names=["y"]):
         dw = [n for n in graph.nodes if n.op is Op.CONV and n.attrs.get("groups") == 8]
         assert len(dw) == 1 and dw[0].params["weight"].shape == (8, 8, 3, 3)
         np.testing.assert_allclose(run_graph(graph, x.numpy()), want, rtol=1e-4, atol=1e-5)
@@ -218,9 +222,8 @@ def test_final_softmax_is_left_to_the_host_and_said(tmp_path, log):
     x = torch.randn(4, 3, 6, 6)
     logits = m.fc(torch.relu(m.conv(x)).mean((2, 3))).detach().numpy()
     path = tmp_path / "soft.onnx"
-    _to_onnx(m, (x[:1],), str(path))
     op = "LogSoftmax" if log else "Softmax"
-    for graph in (load_graph(path), load_graph(m, (3, 6, 6))):
+    for graph in _both_imports(m, x, path):
         np.testing.assert_allclose(run_graph(graph, x.numpy()), logits, rtol=1e-5, atol=1e-6)
         assert "not a chip op" in graph.meta["host_output"]
     from imcflow.pipeline import describe_source, load_qgraph
@@ -282,9 +285,7 @@ def test_unfoldable_batchnorm_becomes_a_diagonal_layer(tmp_path):
     m = _preact()
     x = torch.randn(3, 3, 8, 8)
     want = m(x).detach().numpy()
-    path = tmp_path / "preact.onnx"
-    _to_onnx(m, (x[:1],), str(path))
-    for graph in (load_graph(m, (3, 8, 8)), load_graph(path)):
+    for graph in _both_imports(m, x, tmp_path / "preact.onnx"):
         norm = normalize(graph)
         lowered = [n for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]
         assert [n.op for n in lowered] == [Op.CONV] * 3 + [Op.LINEAR]  # bn2 folds into conv1
