@@ -152,7 +152,9 @@ class _BpbsSte(torch.autograd.Function):
     def forward(ctx, x, w, kw):
         ctx.save_for_backward(x, w)
         ctx.kw = kw
-        return bpbs_conv2d(x.detach(), w.detach(), mode="bit_true", **kw)
+        # The bit-true kernel runs on the CPU: tensors on another device (a GPU in QAT) make the trip.
+        out = bpbs_conv2d(x.detach().cpu(), w.detach().cpu(), mode="bit_true", **kw)
+        return out.to(x.device)
 
     @staticmethod
     def backward(ctx, grad):

@@ -203,7 +203,7 @@ class QatNet(nn.Module):
         if self.mode == "int":
             qg = self._int_qgraph
             y = run_qgraph_fast(qg, quantize_input(qg, x.detach().cpu().numpy()), "bit_true", self.chip)
-            return torch.from_numpy(dequantize_output(qg, y)).to(torch.float32)
+            return torch.from_numpy(dequantize_output(qg, y)).to(device=x.device, dtype=torch.float32)
         return self._forward_qat(x)
 
     def _forward_float(self, x: torch.Tensor) -> torch.Tensor:
@@ -308,6 +308,11 @@ def prepare_qat(graph: Graph, chip: str | ChipConfig = "jssc2022", w_bits: int =
     return QatNet(graph, chip, spec, ranges, full_scales)
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A detached tensor on any device as a numpy array."""
+    return t.detach().cpu().numpy()
+
+
 def export_qgraph(net: QatNet) -> QGraph:
     """The QGraph of ``net``'s current parameters: the integer weights its forward uses, its
     learned scales, and the requant derived from them (see :mod:`imcflow.quant.calibrate`)."""
@@ -316,8 +321,8 @@ def export_qgraph(net: QatNet) -> QGraph:
         for s in net.plan.steps:
             if s.node.op in (Op.CONV, Op.LINEAR):
                 w_int, s_w = net.weight_int(s.name)
-                weights[s.name] = (net.weight[_key(s.name)].numpy().copy(), net.bias[_key(s.name)].numpy().copy(),
-                                   s_w.numpy().astype(np.float64), w_int.numpy().astype(np.int8))
+                weights[s.name] = (_np(net.weight[_key(s.name)]).copy(), _np(net.bias[_key(s.name)]).copy(),
+                                   _np(s_w).astype(np.float64), _np(w_int).astype(np.int8))
         scales = {t: net.fixed_scale(t) if net.groups[t] in net._fixed else float(net.tensor_scale(t))
                   for t in net.specs}
     return build_qgraph(net.plan, net.ranges, net.chip, net.spec, weights=weights, scales=scales,

@@ -144,6 +144,8 @@ def train(cfg: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None = Non
     each batch. Raises TrainError on inconsistent options or checkpoints, DataError on bad data.
     """
     _check_config(cfg)
+    if cfg.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     ckpt = _starting_checkpoint(cfg)
     data = _load_data(cfg)
     history = [EpochRecord(**r) for r in ckpt["history"]] if ckpt else []
