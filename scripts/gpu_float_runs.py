@@ -5,14 +5,14 @@ so this driver runs a few variants of the float phase side by side (``imcflow tr
 cuda``), each with the most epochs that end before the deadline:
 
 1. decode CIFAR-10 once into the cache the runs share;
-2. trial: every variant trains 2 epochs alongside the others (and, with ``--smoke``, a tiny float +
+2. trial: every variant trains 3 epochs alongside the others (and, with ``--smoke``, a tiny float +
    distillation + QAT run checks the whole ``--device cuda`` path, the bit-true ADC epoch included);
-   the second epoch's seconds and each run's start-up time size the real runs;
+   the fastest epoch after the first and each run's start-up time size the real runs;
 3. the real runs, concurrently, each ``--epochs-float E`` with its own E (at most ``--max-epochs``);
 4. each run's float weights (or, at the deadline, its last checkpoint), a summary with the exact
    commands, and a tarball of the logs go to ``--out``.
 
-Used for session 6's float weights (docs/cnn11.md). Runs on the CPU as well (``--device cpu
+Used for session 6's float runs (docs/cnn11.md, "Sixth session"). Runs on the CPU as well (``--device cpu
 --limit-train N``), which is how it is checked before a GPU session.
 """
 
@@ -31,18 +31,24 @@ from pathlib import Path
 
 CLI = [sys.executable, "-c", "import sys; from imcflow.cli import main; sys.exit(main())"]
 MODEL = "cifar10-cnn11"
-TRIAL_EPOCHS = 2
+TRIAL_EPOCHS = 3
 SAFETY = 1.08   # margin on the measured seconds per epoch (the full test set is evaluated, not 1,000)
+# The fastest trial epoch after the first sizes the runs: on an H200 (session 6) the second epoch of
+# three concurrent runs still took 5.3 s against 2.5 s from the third on (kernel autotuning), and
+# sizing by it left half the budget unused.
 
 
-def variants(teachers: list[str]) -> dict[str, list[str]]:
-    """Run name -> its own ``imcflow train`` options: plain runs and distillation runs, distinct seeds."""
+def variants(teachers: list[str], given: list[str]) -> dict[str, list[str]]:
+    """Run name -> its own ``imcflow train`` options (model name first). ``given`` entries read
+    ``NAME=MODEL OPTIONS...``; without any, plain runs and distillation runs of cnn11, distinct seeds."""
+    if given:
+        return {g.split("=", 1)[0]: shlex.split(g.split("=", 1)[1]) for g in given}
     kd = ["--distill-from", *teachers] if teachers else []
     return {
-        "a": ["--cutout", "8", "--seed", "10"],
-        "b": ["--cutout", "8", "--seed", "11", *kd],
-        "c": ["--cutout", "8", "--seed", "12"],
-        "d": ["--cutout", "8", "--seed", "13", *kd],
+        "a": [MODEL, "--cutout", "8", "--seed", "10"],
+        "b": [MODEL, "--cutout", "8", "--seed", "11", *kd],
+        "c": [MODEL, "--cutout", "8", "--seed", "12"],
+        "d": [MODEL, "--cutout", "8", "--seed", "13", *kd],
     }
 
 
@@ -56,11 +62,11 @@ def main() -> int:
     summary: dict = {"device": _device_info(args.device), "budget_s": args.budget_s, "runs": {}}
     _decode(args)
     summary["decode_s"] = round(time.monotonic() - t0, 1)
-    common = ["train", MODEL, "--data", args.data, "--device", args.device, "--bf16", "--threads",
+    common = ["train", "--data", args.data, "--device", args.device, "--bf16", "--threads",
               str(args.threads), "--cache-dir", args.cache_dir, "--epochs-qat", "0"]
     if args.limit_train:
         common += ["--limit-train", str(args.limit_train)]
-    runs = variants(args.teachers)
+    runs = variants(args.teachers, args.variant)
     smoke = _start_smoke(args, work) if args.smoke else None
     trial_t = time.monotonic()
     trials = {v: _start(common + opts + ["--epochs-float", str(TRIAL_EPOCHS), "--limit-test", "1000"],
@@ -75,12 +81,16 @@ def main() -> int:
         if "error" in summary["runs"].get(v, {}):
             continue
         hist = _history(work / f"trial-{v}")
-        per_epoch = hist[-1]["seconds"]
+        per_epoch = min(r["seconds"] for r in hist[1:])
         startup = max(0.0, trial_wall - sum(r["seconds"] for r in hist))
         left = deadline - time.monotonic() - startup - args.reserve_s
         plan[v] = max(1, min(args.max_epochs, math.floor(left / (per_epoch * SAFETY))))
         summary["runs"][v] = {"trial_s_per_epoch": round(per_epoch, 2), "startup_s": round(startup, 1),
                               "epochs_float": plan[v]}
+    if args.same_epochs and plan:
+        plan = {v: min(plan.values()) for v in plan}
+        for v in plan:
+            summary["runs"][v]["epochs_float"] = plan[v]
     print(f"plan (epochs per run): {plan}", flush=True)
     procs = {}
     for v, epochs in plan.items():
@@ -103,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teachers", nargs="*", default=[])
     p.add_argument("--threads", type=int, default=3)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=MODEL OPTS",
+                   help="a run: name, zoo model and its own train options (repeatable)")
+    p.add_argument("--same-epochs", action="store_true", help="every run gets the smallest run's epoch count")
     p.add_argument("--limit-train", type=int, default=0, help="CPU check only: train on N images")
     p.add_argument("--smoke", action="store_true", help="also check float + distillation + QAT on the device")
     return p

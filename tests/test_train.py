@@ -235,3 +235,64 @@ def test_init_from_warm_restart(fake_cifar: Path, tmp_path: Path) -> None:
     record = export_run(out, tmp_path / "w")
     assert "--init-from" in record["command"]
     assert len(record["init_run"]["history"]) == 2 and "--epochs-float 2" in record["init_run"]["command"]
+
+
+def test_average_parameters_is_the_running_mean() -> None:
+    from imcflow.train.loop import average_parameters
+
+    net = torch.nn.Linear(3, 2)
+    states, swa = [], None
+    for k in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.randn_like(p))
+        states.append({n: p.detach().clone() for n, p in net.named_parameters()})
+        swa = average_parameters(swa, net)
+    assert swa["count"] == 3
+    for name in states[0]:
+        assert torch.allclose(swa["mean"][name], sum(s[name] for s in states) / 3, atol=1e-6)
+
+
+def test_recompute_batchnorm_gives_plain_averages() -> None:
+    from imcflow.train.loop import recompute_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1, bias=False), torch.nn.BatchNorm2d(4))
+    images = torch.randint(0, 256, (20, 3, 6, 6), dtype=torch.uint8)
+    recompute_batchnorm(net, images, "cpu", seed=1, batch_size=10)
+    assert not net.training and net[1].momentum == 0.1  # eval mode, momentum restored
+    # the same crops: the running mean is the mean of the two batches' means
+    from imcflow.train.augment import random_crop_flip
+    from imcflow.train.loop import PAD_PX, to_model_input
+
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        means = [net[0](to_model_input(random_crop_flip(images[i:i + 10], PAD_PX, gen), "cpu")).mean((0, 2, 3))
+                 for i in (0, 10)]
+    assert torch.allclose(net[1].running_mean, (means[0] + means[1]) / 2, atol=1e-5)
+
+
+def test_swa_float_phase_averages_resumes_and_records(fake_cifar: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    train(_cfg(fake_cifar, tmp_path / "a", cache, epochs_float=2))
+    init = str(tmp_path / "a" / "float.pt")
+    cfg = dict(init_from=init, swa=True, epochs_float=3, lr_float=0.01)
+    straight = train(_cfg(fake_cifar, tmp_path / "s", cache, **cfg))
+    assert all(r.lr == pytest.approx(0.01) for r in straight.history)  # constant rate
+    assert "float_swa" in straight.best_acc
+    last = torch.load(tmp_path / "s" / "last.ckpt", weights_only=False)
+    assert last["swa"]["count"] == 3
+    final = torch.load(tmp_path / "s" / "float.pt")
+    assert torch.equal(final["c1.0.weight"], last["swa"]["mean"]["c1.0.weight"])  # the mean is the result
+    out = tmp_path / "r"
+    with pytest.raises(_Stop):
+        train(_cfg(fake_cifar, out, cache, **cfg), on_epoch=lambda r: (_ for _ in ()).throw(_Stop()))
+    resumed = train(_cfg(fake_cifar, out, cache, **cfg))
+    assert resumed.best_acc["float_swa"] == straight.best_acc["float_swa"]
+    b = torch.load(out / "float.pt")
+    assert all(torch.equal(final[k], b[k]) for k in final)
+    with pytest.raises(_Stop):
+        train(_cfg(fake_cifar, tmp_path / "r2", cache, **cfg), on_epoch=lambda r: (_ for _ in ()).throw(_Stop()))
+    with pytest.raises(TrainError, match="--swa"):  # a checkpoint of an SWA run continues only as one
+        train(_cfg(fake_cifar, tmp_path / "r2", cache, init_from=init, epochs_float=3, lr_float=0.01))
+    record = export_run(out, tmp_path / "w")
+    assert "--swa" in record["command"]

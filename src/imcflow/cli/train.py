@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--swa", action="store_true",
+                   help="float phase: stochastic weight averaging at the constant --lr (the result is the mean of "
+                        "the weights after every epoch, batch norms re-estimated); use with --init-from")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast in the float phase (fast on AVX512-BF16)")
     p.add_argument("--limit-train", type=int, default=None, help="train on N images only (smoke tests)")
     p.add_argument("--limit-test", type=int, default=None, help="evaluate on N test images only (smoke tests)")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         epochs_qat=args.epochs_qat, qat_ideal_epochs=args.qat_ideal_epochs, batch_size=args.batch_size,
         lr_float=args.lr, lr_qat=args.lr_qat,
         seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test, cache_dir=args.cache_dir,
-        resume_from=args.resume_from, init_from=args.init_from, device=args.device, bf16=args.bf16, chip=args.chip,
+        resume_from=args.resume_from, init_from=args.init_from, device=args.device, bf16=args.bf16, swa=args.swa, chip=args.chip,
         adc_full_scale=args.adc_full_scale, cutout_px=args.cutout, distill_from=tuple(args.distill_from),
         distill_weight=args.distill_weight, distill_temp=args.distill_temp)
     print(f"imcflow train {args.model}: out={args.out} threads={torch.get_num_threads()} "

@@ -72,10 +72,13 @@ def _block(in_ch: int, out_ch: int, kernel: int, pool: str | None) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
-def cnn11(num_classes: int = NUM_CLASSES) -> nn.Sequential:
-    """A fresh (untrained) ``cifar10-cnn11``: input (N, 3, 32, 32) in [0, 1], output (N, num_classes) logits."""
-    blocks = [(name, _block(i, o, k, p)) for name, i, o, k, p in LAYERS]
-    return nn.Sequential(OrderedDict(blocks + [("fc", nn.Linear(LAYERS[-1][2], num_classes))]))
+def cnn11(num_classes: int = NUM_CLASSES, layers: tuple = LAYERS) -> nn.Sequential:
+    """A fresh (untrained) ``cifar10-cnn11``: input (N, 3, 32, 32) in [0, 1], output (N, num_classes) logits.
+
+    ``layers`` (rows like :data:`LAYERS`) builds a variant of the topology, for design studies
+    (``benchmarks/cnn11_variants.py``)."""
+    blocks = [(name, _block(i, o, k, p)) for name, i, o, k, p in layers]
+    return nn.Sequential(OrderedDict(blocks + [("fc", nn.Linear(layers[-1][2], num_classes))]))
 
 
 def load_trained(weights: str | Path | None = None) -> nn.Sequential:

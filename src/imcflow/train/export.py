@@ -47,8 +47,9 @@ def command_from_config(cfg: dict) -> str:
         parts += ["--distill-from", *cfg["distill_from"]]
         for key, flag in (("distill_weight", "--distill-weight"), ("distill_temp", "--distill-temp")):
             parts += [flag, str(cfg.get(key, getattr(default, key)))]
-    if cfg.get("bf16"):
-        parts.append("--bf16")
+    for key, flag in (("bf16", "--bf16"), ("swa", "--swa")):
+        if cfg.get(key):
+            parts.append(flag)
     return " ".join(parts)
 
 

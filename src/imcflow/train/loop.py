@@ -3,7 +3,9 @@
 Recipe (chosen for few epochs on a CPU): SGD with Nesterov momentum 0.9, weight decay 5e-4 on
 conv/linear weights, label smoothing 0.1, batch 256, a one-cycle learning rate per batch in the float
 phase and a cosine decay in the QAT phase; augmentation is a random crop of the 4-px zero-padded image
-and a horizontal flip, done on uint8 tensors in memory (:mod:`imcflow.train.augment`).
+and a horizontal flip, done on uint8 tensors in memory (:mod:`imcflow.train.augment`). With ``swa``
+the float phase is stochastic weight averaging instead: a constant rate, and the mean of the
+per-epoch weights (batch norms re-estimated) as its result.
 
 After every epoch the loop writes ``<out>/last.ckpt`` atomically (model, optimiser, scheduler, phase,
 epoch, RNG states, best accuracy, history) and, when the test accuracy improved, ``best-<phase>.pt``
@@ -74,6 +76,11 @@ class TrainConfig:
     """Float phase: start from these weights (a state_dict or checkpoint) instead of a random init,
     with a fresh schedule (a warm restart that continues an earlier float run)."""
     device: str = "cpu"
+    swa: bool = False
+    """Float phase: stochastic weight averaging (Izmailov et al., 2018): every epoch runs at the
+    constant learning rate ``lr_float``, and the phase's result (``float.pt``, and the QAT phase's
+    start) is the mean of the weights after each epoch, with batch-norm statistics re-estimated on
+    the training images. Meant to continue trained weights (``init_from``)."""
     bf16: bool = False
     """Float phase only: bfloat16 autocast (2x faster on CPUs with AVX512-BF16); evaluation stays float32."""
     chip: str = "jssc2022"
@@ -235,11 +242,12 @@ def _starting_checkpoint(cfg: TrainConfig) -> dict | None:
     return {"format": FORMAT, "phase": "float", "float_model": state, "history": [], "best_acc": {}}
 
 
-def _checkpoint(cfg, phase, epoch, steps, model, opt, sched, gen, float_state, history, best) -> dict:
-    return {
+def _checkpoint(cfg, phase, epoch, steps, model, opt, sched, gen, float_state, history, best, swa=None) -> dict:
+    return {"swa": swa,
         "format": FORMAT, "config": asdict(cfg), "phase": phase, "epoch": epoch,
         "schedule": {"epochs": cfg.epochs(phase), "steps_per_epoch": steps, "batch_size": cfg.batch_size,
-                     **({"ideal_epochs": cfg.qat_ideal_epochs} if phase == "qat" else {})},
+                     **({"ideal_epochs": cfg.qat_ideal_epochs} if phase == "qat" else {}),
+                     **({"swa": True} if phase == "float" and cfg.swa else {})},
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state()},
         "float_model": float_state, "history": [asdict(r) for r in history], "best_acc": dict(best),
@@ -261,10 +269,13 @@ def _check_resume(resume: dict, cfg: TrainConfig, phase: str, steps: int) -> Non
     if phase == "qat":
         want["ideal_epochs"] = cfg.qat_ideal_epochs
         have.setdefault("ideal_epochs", 0)
+    if phase == "float" and (cfg.swa or have.get("swa")):
+        want["swa"] = cfg.swa
+        have.setdefault("swa", False)
     if have != want:
         raise TrainError(f"checkpoint in {cfg.out_dir} was made for {phase} phase {have}, this run asks {want}: "
                          f"rerun with the same --epochs-{phase}, --batch-size and --limit-train"
-                         f"{' and --qat-ideal-epochs' if phase == 'qat' else ''}, or a new --out")
+                         f"{' and --qat-ideal-epochs' if phase == 'qat' else ' (and --swa)'}, or a new --out")
 
 
 # ---------------------------------------------------------------- one phase
@@ -283,6 +294,7 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
     sched = _scheduler(opt, cfg, phase, steps)
     gen = torch.Generator().manual_seed(cfg.seed * 2 + PHASES.index(phase))
     start = 0
+    swa = None  # stochastic weight averaging: {"mean": parameters' running mean, "count": epochs averaged}
     teachers = Teachers(cfg.model, tuple(cfg.distill_from), cfg.device, cfg.bf16) if cfg.distill_from else None
     if resume is not None:
         _check_resume(resume, cfg, phase, steps)
@@ -292,6 +304,7 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
         torch.set_rng_state(resume["rng"]["torch"])
         gen.set_state(resume["rng"]["generator"])
         start = resume["epoch"]
+        swa = resume.get("swa")
     out = Path(cfg.out_dir)
     if phase == "qat" and resume is None:  # the calibrated starting point = post-training quantisation
         best["qat_init"] = evaluate(model, data.test_x, data.test_y, cfg.device)
@@ -300,12 +313,16 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
             model.set_adc("ideal" if epoch < cfg.qat_ideal_epochs else "bit_true")
         rec = _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch, teachers)
         history.append(rec)
+        if phase == "float" and cfg.swa:
+            swa = average_parameters(swa, model)
         key = "qat_ideal" if rec.adc == "ideal" else phase   # best-qat.pt: the best epoch with the chip's ADC
         if rec.test_acc > best.get(key, -1.0):
             best[key] = rec.test_acc
             if key == phase:
                 _save_weights(phase, model, out, f"best-{phase}")
         done = epoch + 1 == cfg.epochs(phase)
+        if done and swa is not None:  # the phase's result is the averaged network
+            best["float_swa"] = _load_swa(model, swa, data, cfg)
         final_state = _cpu_state(model)
         if done:
             _save_weights(phase, model, out, phase)
@@ -314,10 +331,50 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
 
                 best["qat_int"] = int_accuracy(model, data.test_x, data.test_y)
         fs = final_state if (phase == "float" and done) else float_state
-        save_atomic(_checkpoint(cfg, phase, epoch + 1, steps, model, opt, sched, gen, fs, history, best), out / LAST)
+        save_atomic(_checkpoint(cfg, phase, epoch + 1, steps, model, opt, sched, gen, fs, history, best, swa),
+                    out / LAST)
         if on_epoch:
             on_epoch(rec)
     return _cpu_state(model)
+
+
+def average_parameters(swa: dict | None, model: nn.Module) -> dict:
+    """``swa`` (``{"mean": {name: tensor}, "count": n}`` or None) with ``model``'s current parameters
+    added to the running mean: ``mean += (p - mean) / (n + 1)``, on the CPU in float32."""
+    count = swa["count"] if swa else 0
+    mean = {}
+    for name, p in model.named_parameters():
+        value = p.detach().to("cpu", torch.float32)
+        mean[name] = value.clone() if swa is None else swa["mean"][name] + (value - swa["mean"][name]) / (count + 1)
+    return {"mean": mean, "count": count + 1}
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, images: torch.Tensor, device: str, seed: int, batch_size: int = 500) -> None:
+    """Re-estimate every batch norm's running mean and variance of ``model`` as plain averages over
+    ``images`` (uint8 NCHW training images, cropped and flipped as in training, seeded); the
+    averaged weights of SWA need statistics of their own."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(0, len(images), batch_size):
+        model(to_model_input(random_crop_flip(images[i:i + batch_size], PAD_PX, gen), device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+def _load_swa(model: nn.Module, swa: dict, data: _Data, cfg: TrainConfig) -> float:
+    """Put the SWA mean into ``model``, re-estimate its batch norms, and return its test accuracy."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(swa["mean"][name].to(p.device))
+    recompute_batchnorm(model, data.train_x, cfg.device, cfg.seed + 7)
+    return evaluate(model, data.test_x, data.test_y, cfg.device)
 
 
 def _save_weights(phase: str, model: nn.Module, out: Path, stem: str) -> None:
@@ -357,7 +414,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, phase: str) -> torch.optim.Op
 
 def _scheduler(opt, cfg: TrainConfig, phase: str, steps: int):
     total = max(1, cfg.epochs(phase) * steps)
-    if phase == "float" and total < 4:  # too short for a warm-up and a decay: constant rate
+    if phase == "float" and (total < 4 or cfg.swa):  # SWA, or too short for a warm-up and a decay: constant rate
         return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     if phase == "float":  # warm-up over 25 % of the steps (at least 2), then cosine decay
         pct = min(0.5, max(0.25, 2.0 / total))

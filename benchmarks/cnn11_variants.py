@@ -1,0 +1,72 @@
+"""How cifar10-cnn11's topology moves the chip's figures: variants compiled and simulated on jssc2022.
+
+    python benchmarks/cnn11_variants.py
+
+The paper does not publish its 11-layer CIFAR-10 network, so the CIFAR-10 img/s the simulator
+gives depends on the topology imcflow assumes. This prints, for cnn11 and variants of it that keep
+the same 16 arrays in one weight phase, the compiler's mapping (copies of the first layers, cell
+use), the event simulation's img/s and img/s/W, and their ratios to the published 7,815 img/s and
+51.5 k img/s/W and to cnn11. Weights are random (seed 0): timing and energy do not depend on them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from imcflow import pipeline
+from imcflow.config.presets import JSSC2022
+from imcflow.models.cnn11 import LAYERS, cnn11
+from imcflow.report.flow import compile_program, simulate_report
+from imcflow.report.reproduce import PUBLISHED
+
+
+def _late_pool(layers):
+    """The third max pool after c7 instead of c6 (c6 and c7 at 8x8, not 4x4)."""
+    return tuple((n, i, o, k, {"c6": None, "c7": "max"}.get(n, p)) for n, i, o, k, p in layers)
+
+
+def _wide_c1(layers, width: int = 64):
+    """c1 with ``width`` output channels (and c2's input to match)."""
+    return tuple((n, i if n != "c2" else width, o if n != "c1" else width, k, p) for n, i, o, k, p in layers)
+
+
+VARIANTS = {
+    "cnn11 (shipped)": LAYERS,
+    "late pool (c7)": _late_pool(LAYERS),
+    "c1 64 channels": _wide_c1(LAYERS),
+    "late pool + c1 64 ch": _wide_c1(_late_pool(LAYERS)),
+}
+
+
+def measure(layers) -> dict:
+    """Compile a random-weight network of ``layers`` for jssc2022 and simulate it."""
+    torch.manual_seed(0)
+    net = cnn11(layers=layers).eval()
+    q = pipeline.load_qgraph(net, JSSC2022, input_shape=(3, 32, 32))
+    prog = compile_program(q, JSSC2022)
+    r = simulate_report(prog)
+    copies = {c.layer: c.n_copies for ph in prog.phases for c in ph.copies if c.copy == 0}
+    weights = sum(p.numel() for n, p in net.named_parameters() if n.endswith("0.weight") or n == "fc.weight")
+    return {"img_s": r.throughput_img_s, "img_s_w": r.img_per_s_per_w, "phases": len(prog.phases),
+            "copies": f"c1 x{copies.get('c1.0', 1)}, c2 x{copies.get('c2.0', 1)}", "weights": weights}
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    rows = {name: measure(layers) for name, layers in VARIANTS.items()}
+    base = rows["cnn11 (shipped)"]
+    print(f"{'variant':22} {'weights':>9} {'ph':>2} {'copies':>12} {'img/s':>8} {'/7815':>6} {'/cnn11':>6} "
+          f"{'img/s/W':>8} {'/51.5k':>6} {'/cnn11':>6}")
+    for name, r in rows.items():
+        print(f"{name:22} {r['weights']:9,} {r['phases']:2} {r['copies']:>12} {r['img_s']:8,.0f} "
+              f"{r['img_s'] / PUBLISHED['cifar10_img_s']:6.3f} {r['img_s'] / base['img_s']:6.3f} "
+              f"{r['img_s_w']:8,.0f} {r['img_s_w'] / PUBLISHED['cifar10_img_s_w']:6.3f} "
+              f"{r['img_s_w'] / base['img_s_w']:6.3f}")
+    print(f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
