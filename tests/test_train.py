@@ -296,3 +296,14 @@ def test_swa_float_phase_averages_resumes_and_records(fake_cifar: Path, tmp_path
         train(_cfg(fake_cifar, tmp_path / "r2", cache, init_from=init, epochs_float=3, lr_float=0.01))
     record = export_run(out, tmp_path / "w")
     assert "--swa" in record["command"]
+
+
+def test_source_run_reads_the_gpu_driver_summary(tmp_path: Path) -> None:
+    from imcflow.train.export import _source_run
+
+    (tmp_path / "summary.json").write_text(json.dumps({"device": {"gpu": "X"}, "runs": {
+        "a": {"command": "imcflow train cifar10-cnn11 --device cuda --seed 10", "history": [{"epoch": 1}],
+              "final_test_acc": 0.9}}}))
+    run = _source_run(tmp_path / "a.float.pt")
+    assert run["command"].endswith("--seed 10") and run["device"] == {"gpu": "X"} and run["history"] == [{"epoch": 1}]
+    assert "unknown" in _source_run(tmp_path / "b.float.pt")["run"]

@@ -128,6 +128,13 @@ def _source_run(init: Path, depth: int = 0) -> dict:
         rec = json.loads(soup.read_text())
         return {"weights": str(init), "command": rec.get("command", ""),
                 "soup": [_source_run(Path(m), depth + 1) for m in rec.get("members", [])]}
+    driver = init.parent / "summary.json"
+    if not sibling.is_file() and driver.is_file():  # <run>.float.pt of scripts/gpu_float_runs.py
+        summary = json.loads(driver.read_text())
+        run = summary.get("runs", {}).get(init.name.split(".")[0])
+        if run and "command" in run:
+            return {"weights": str(init), "command": run["command"], "device": summary.get("device"),
+                    "history": run.get("history", []), "best_test_acc": {"float": run.get("final_test_acc")}}
     if not sibling.is_file():
         return {"weights": str(init), "run": "unknown (no last.ckpt beside the weights)"}
     ckpt = load_checkpoint(sibling)
