@@ -242,6 +242,58 @@ def test_run_report_says_the_softmax_is_left_to_the_host(tmp_path, capsys):
                                                                           "post-training quantised")
 
 
+class WithSigmoid(nn.Module):
+    """A multi-label style head: a final sigmoid, as a module, a function or a method (or mid-network)."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+        self.fc2 = nn.Linear(5, 5)
+        self.sig = nn.Sigmoid()
+        self.form = form
+
+    def logits(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    def forward(self, x):
+        x = self.logits(x)
+        if self.form == "middle":
+            return self.fc2(torch.sigmoid(x))
+        return {"module": self.sig, "function": torch.sigmoid, "method": lambda t: t.sigmoid()}[self.form](x)
+
+
+@pytest.mark.parametrize("form", ["module", "function", "method"])
+def test_final_sigmoid_is_left_to_the_host(tmp_path, form):
+    torch.manual_seed(4)
+    m = WithSigmoid(form).eval()
+    x = torch.randn(4, 3, 6, 6)
+    for graph in _both_imports(m, x, tmp_path / "sig.onnx"):
+        np.testing.assert_allclose(run_graph(graph, x.numpy()), m.logits(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert "final" in graph.meta["host_output"] and "igmoid" in graph.meta["host_output"]
+
+
+def test_sigmoid_in_the_middle_is_refused_by_name(tmp_path):
+    m = WithSigmoid("middle").eval()
+    with pytest.raises(ModelError, match="sigmoid feeds other layers"):
+        load_graph(m, (3, 6, 6))
+    path = tmp_path / "sig.onnx"
+    _to_onnx(m, (torch.randn(1, 3, 6, 6),), str(path))
+    with pytest.raises(ModelError, match=r"\(Sigmoid\) feeds node .*the chip has no Sigmoid"):
+        load_graph(path)
+
+
+def test_silu_inside_the_network_is_refused_with_the_fix(tmp_path):
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).eval()
+    path = tmp_path / "silu.onnx"
+    _to_onnx(m, (torch.randn(1, 3, 6, 6),), str(path))
+    with pytest.raises(ModelError, match=r"Sigmoid on a rank-4 tensor inside the network.*use ReLU"):
+        load_graph(path)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sigmoid(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).eval()
+    with pytest.raises(ModelError, match=r"sigmoid on a rank-4 tensor inside the network.*use ReLU"):
+        load_graph(m, (3, 6, 6))
+
+
 @pytest.mark.parametrize("where,match", [("middle", "feeds"), ("channels", "over")])
 def test_softmax_elsewhere_is_refused_by_name(tmp_path, where, match):
     m = WithSoftmax(where).eval()

@@ -159,6 +159,6 @@ def _rebuild(graph: Graph, nodes: list[Node], renames: dict[str, str]) -> Graph:
 
 
 def host_output_note(op: str, node: str) -> str:
-    """What a report says about a network whose final softmax is left to the host."""
+    """What a report says about a network whose final softmax (or sigmoid) is left to the host."""
     return (f"the network's final {op} (node {node!r}) is not a chip op: outputs are its input logits "
             f"(same top-1); apply it on the host")

@@ -2,8 +2,8 @@
 
 Supported ops: Conv (dilation 1, symmetric pads; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
 BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool,
-ReduceMean and ReduceMax over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax (left to the
-host: the graph ends at the logits and ``meta["host_output"]`` says so),
+ReduceMean and ReduceMax over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax/Sigmoid (left
+to the host: the graph ends at the logits and ``meta["host_output"]`` says so),
 Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
 for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast on constants).
 
@@ -110,7 +110,7 @@ class _Importer:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.meta: dict[str, Any] = {"source": "onnx"}
         self.onnx_shapes = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
-        self.host_output: tuple[str, str] | None = None  # (node name, output) of a final Softmax
+        self.host_output: tuple[str, str, str] | None = None  # (node name, output, op) of a final Softmax
         self.batch: int | None = None
 
     # --- driver ---------------------------------------------------------------------------
@@ -124,9 +124,10 @@ class _Importer:
                                  f"{', '.join(sorted(_HANDLERS))} (domain '') and Quant (domains "
                                  f"{', '.join(_QONNX_DOMAINS)}): replace it or export without it")
             if self.host_output and self.host_output[1] in node.input:
-                raise ModelError(f"node {self.host_output[0]!r} (Softmax/LogSoftmax) feeds node {_nname(node)!r}: the "
-                                 f"chip has no softmax, only a final one is taken (it runs on the host); remove it "
-                                 f"from the middle of the network")
+                op = self.host_output[2]
+                raise ModelError(f"node {self.host_output[0]!r} ({op}) feeds node {_nname(node)!r}: the chip has no "
+                                 f"{op}, only a final one is taken (it runs on the host); remove it from the middle "
+                                 f"of the network")
             handler(self, node)
         if len(self.g.output) != 1:
             raise ModelError(f"ONNX model {self.name!r} has {len(self.g.output)} outputs; give a model with exactly one")
@@ -608,15 +609,20 @@ def _unsqueeze(args: list[np.ndarray], a: dict) -> np.ndarray:
 
 
 def _final_softmax(imp: _Importer, node: onnx.NodeProto) -> None:
-    """Softmax / LogSoftmax over the classes as the last op: not a chip op; the graph ends at its input
-    (the logits, same top-1) and ``meta["host_output"]`` says so. A later node that reads it is refused."""
+    """Softmax / LogSoftmax / Sigmoid over the classes as the last op: not a chip op; the graph ends at
+    its input (the logits: each of these keeps their order, so the same top-1) and
+    ``meta["host_output"]`` says so. A later node that reads it is refused."""
     x = imp.tensor(node, 0)
     axis = int(_attrs(node).get("axis", -1))
+    if node.op_type == "Sigmoid" and len(imp.shapes[x]) != 1:
+        raise _fail(node, f"Sigmoid on a rank-{len(imp.shapes[x]) + 1} tensor inside the network (SiLU/swish?)",
+                    "the chip's activations are ReLU and clip: use ReLU; a sigmoid is taken only as the final op "
+                    "over (N, classes) logits (it runs on the host)")
     if len(imp.shapes[x]) != 1 or axis not in (1, -1):
         raise _fail(node, f"{node.op_type} over axis {axis} of a rank-{len(imp.shapes[x]) + 1} tensor",
-                    "only a final softmax over the classes of (N, classes) logits is taken (it runs on the host)")
+                    f"only a final {node.op_type} over the classes of (N, classes) logits is taken (it runs on the host)")
     imp.alias(node)
-    imp.host_output = (_nname(node), node.output[0])
+    imp.host_output = (_nname(node), node.output[0], node.op_type)
     imp.meta["host_output"] = host_output_note(node.op_type, _nname(node))
 
 
@@ -644,6 +650,7 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "Identity": _identity,
     "Softmax": _final_softmax,
     "LogSoftmax": _final_softmax,
+    "Sigmoid": _final_softmax,
     "Dropout": _identity,
     "QuantizeLinear": _quantize,
     "DequantizeLinear": _dequantize,

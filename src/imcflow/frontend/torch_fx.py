@@ -6,8 +6,8 @@ clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPo
 AdaptiveMaxPool2d(1) and their functions, mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
-semantics), and a final softmax or log_softmax over the classes (left to the host: the graph ends
-at the logits, ``meta["host_output"]``). Anything else raises a ModelError naming the traced node,
+semantics), and a final softmax, log_softmax or sigmoid over the classes (left to the host: the
+graph ends at the logits, ``meta["host_output"]``). Anything else raises a ModelError naming the traced node,
 its op and the fix.
 """
 
@@ -153,6 +153,8 @@ class _Importer:
             _amax(self, fx)
         elif fx.target in ("softmax", "log_softmax"):
             _final_softmax(self, fx, fx.target, _arg(fx, 1, "dim", None))
+        elif fx.target == "sigmoid":
+            _final_softmax(self, fx, "sigmoid", 1)
         else:
             raise self.fail(fx, f"unsupported tensor method .{fx.target}()",
                             "use view/reshape/flatten/relu/clamp/mean/amax only")
@@ -321,6 +323,7 @@ _MODULES: dict[type, Callable] = {
     nn.Dropout: lambda imp, fx, m: imp.same(fx, fx.args[0]),
     nn.Softmax: lambda imp, fx, m: _final_softmax(imp, fx, "softmax", m.dim),
     nn.LogSoftmax: lambda imp, fx, m: _final_softmax(imp, fx, "log_softmax", m.dim),
+    nn.Sigmoid: lambda imp, fx, m: _final_softmax(imp, fx, "sigmoid", 1),
     nn.Dropout2d: lambda imp, fx, m: imp.same(fx, fx.args[0]),
 }
 
@@ -426,14 +429,19 @@ _amax = _spatial_reduce("max")
 
 
 def _final_softmax(imp: _Importer, fx: torch.fx.Node, what: str, dim: Any) -> None:
-    """A softmax over the classes as the network's last op: not a chip op; the graph ends at its input
-    (the logits, same top-1) and ``meta["host_output"]`` says so (see :func:`host_output_note`)."""
+    """A softmax, log_softmax or sigmoid over the classes as the network's last op: not a chip op; the
+    graph ends at its input (the logits: their order is kept, so the same top-1) and
+    ``meta["host_output"]`` says so (see :func:`host_output_note`)."""
     src = imp.tensor(fx, fx.args[0])
+    if what == "sigmoid" and len(imp.shapes[src]) != 1:
+        raise imp.fail(fx, f"sigmoid on a rank-{len(imp.shapes[src]) + 1} tensor inside the network (SiLU/swish?)",
+                       "the chip's activations are ReLU and clip: use ReLU; a sigmoid is taken only as the final "
+                       "op over (N, classes) logits (it runs on the host)")
     if len(imp.shapes[src]) != 1 or dim not in (1, -1):
         raise imp.fail(fx, f"{what} over dim {dim} of a rank-{len(imp.shapes[src]) + 1} tensor",
-                       "only a final softmax over the classes of (N, classes) logits is taken (it runs on the host)")
+                       f"only a final {what} over the classes of (N, classes) logits is taken (it runs on the host)")
     if [u.op for u in fx.users] != ["output"]:
-        raise imp.fail(fx, f"{what} feeds other layers", "the chip has no softmax: only a final one is taken "
+        raise imp.fail(fx, f"{what} feeds other layers", f"the chip has no {what}: only a final one is taken "
                        "(it runs on the host); remove it from the middle of the network")
     imp.same(fx, fx.args[0])
     imp.meta["host_output"] = host_output_note(what, fx.name)
@@ -470,4 +478,6 @@ _FUNCTIONS: dict[Any, Callable] = {
     torch.softmax: lambda imp, fx: _final_softmax(imp, fx, "softmax", _arg(fx, 1, "dim", None)),
     F.log_softmax: lambda imp, fx: _final_softmax(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
     torch.log_softmax: lambda imp, fx: _final_softmax(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
+    torch.sigmoid: lambda imp, fx: _final_softmax(imp, fx, "sigmoid", 1),
+    F.sigmoid: lambda imp, fx: _final_softmax(imp, fx, "sigmoid", 1),
 }
