@@ -33,7 +33,7 @@ def _conv(inp="x", out="y", w="w", name="conv", **attrs):
 
 
 def unsupported_op():
-    return _model([_conv(out="c"), helper.make_node("Sigmoid", ["c"], ["y"], name="gate")], {"w": _w(4, 3, 3, 3)})
+    return _model([_conv(out="c"), helper.make_node("Tanh", ["c"], ["y"], name="gate")], {"w": _w(4, 3, 3, 3)})
 
 
 def dynamic_shape():
@@ -99,7 +99,7 @@ def reshape_not_flatten():
 
 ONNX_CASES = {
     # builder: words the message must contain
-    unsupported_op: ["'gate'", "Sigmoid", "unsupported op", "supported ops are"],
+    unsupported_op: ["'gate'", "Tanh", "unsupported op", "supported ops are"],
     dynamic_shape: ["'x'", "dynamic", "fixed"],
     grouped_conv: ["'conv'", "Conv", "3 output channels", "2 groups", "divides"],
     dilated_conv: ["'conv'", "Conv", "dilations", "dilation 1"],
@@ -177,11 +177,11 @@ def test_unknown_zoo_name(capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-class Sigmoid(nn.Module):
+class Tanh(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(4, 4)
-        self.act = nn.Sigmoid()
+        self.act = nn.Tanh()
 
     def forward(self, x):
         return self.act(self.fc(x))
@@ -202,11 +202,11 @@ class AddConstant(nn.Module):
 
 
 @pytest.mark.parametrize("module,shape,words", [
-    (Sigmoid(), (4,), ["'act'", "Sigmoid", "unsupported module"]),
+    (Tanh(), (4,), ["'act'", "Tanh", "unsupported module"]),
     (Branchy(), (4,), ["cannot trace", "Branchy", "control flow"]),
     (AddConstant(), (4,), ["'add'", "not a tensor", "constants"]),
     (nn.Sequential(nn.Conv2d(3, 4, 3)), (12,), ["conv", "(12,)", "(C, H, W)"]),
-], ids=["sigmoid", "control_flow", "add_constant", "conv_flat_input"])
+], ids=["tanh", "control_flow", "add_constant", "conv_flat_input"])
 def test_bad_torch_modules(module, shape, words):
     with pytest.raises(ModelError) as info:
         load_graph(module.eval(), shape)

@@ -242,6 +242,50 @@ def test_run_report_says_the_softmax_is_left_to_the_host(tmp_path, capsys):
                                                                           "post-training quantised")
 
 
+class Squeezed(nn.Module):
+    """Global pooling then the classifier on ``x.squeeze(...)``: as a flatten, or refused by name."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+        self.form = form
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1)
+        if self.form == "steps":
+            x = x.squeeze(-1).squeeze(-1)
+        elif self.form == "no dims":
+            x = torch.squeeze(x)
+        elif self.form == "dim 1":
+            x = x.squeeze(1)
+        elif self.form == "part-way":
+            x = x.squeeze(3)
+        return self.fc(x)
+
+
+def test_squeeze_to_n_c_is_a_flatten_and_simulates_bit_true(tmp_path):
+    torch.manual_seed(5)
+    m = Squeezed("steps").eval()
+    x = torch.randn(4, 3, 6, 6)
+    for graph in _both_imports(m, x, tmp_path / "sq.onnx"):
+        np.testing.assert_allclose(run_graph(graph, x.numpy()), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+    _assert_simulates_bit_true(m, (3, 6, 6), 5)
+    assert load_graph(Squeezed("no dims").eval(), (3, 6, 6)).output  # fx: the non-batch axes of size 1
+
+
+@pytest.mark.parametrize("form,match", [("dim 1", r"squeeze of axes \[1\] of a \(8, 1, 1\) tensor"),
+                                        ("part-way", r"squeezed only to \(1, 8, 1\)")])
+def test_other_squeezes_are_refused_by_name(tmp_path, form, match):
+    m = Squeezed(form).eval()
+    with pytest.raises(ModelError, match=match):
+        load_graph(m, (3, 6, 6))
+    path = tmp_path / "sq.onnx"
+    _to_onnx(Squeezed("no dims").eval(), (torch.randn(1, 3, 6, 6),), str(path))
+    with pytest.raises(ModelError, match="Squeeze without axes.*removes the batch axis"):
+        load_graph(path)
+
+
 class WithSigmoid(nn.Module):
     """A multi-label style head: a final sigmoid, as a module, a function or a method (or mid-network)."""
 

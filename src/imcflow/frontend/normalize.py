@@ -158,6 +158,20 @@ def _rebuild(graph: Graph, nodes: list[Node], renames: dict[str, str]) -> Graph:
     return dataclasses.replace(graph, nodes=tuple(nodes), output=output)
 
 
+def squeeze_shape(shape: tuple[int, ...], dims: list[int] | None) -> tuple[tuple[int, ...], str | None]:
+    """(per-sample shape after squeezing ``dims``, None) of a tensor whose per-sample shape is
+    ``shape`` (``dims`` None: every size-1 axis but the batch), or ``((), why)`` when it is not a step
+    of the one squeeze the chip's graph takes: an (N, C, 1, 1) map to (N, C), a flatten, written after
+    global pooling as ``x.squeeze((2, 3))`` or in steps, ``x.squeeze(-1).squeeze(-1)``."""
+    rank = len(shape) + 1
+    axes = [a for a in range(1, rank) if shape[a - 1] == 1] if dims is None else [d % rank for d in dims]
+    if 0 in axes:
+        return (), "squeeze of the batch axis"
+    if not axes or any(shape[a - 1] != 1 for a in axes) or shape[0] != math.prod(shape):
+        return (), f"squeeze of axes {dims} of a {shape} tensor (batch excluded)"
+    return tuple(s for a, s in enumerate(shape, start=1) if a not in axes), None
+
+
 def host_output_note(op: str, node: str) -> str:
     """What a report says about a network whose final softmax (or sigmoid) is left to the host."""
     return (f"the network's final {op} (node {node!r}) is not a chip op: outputs are its input logits "

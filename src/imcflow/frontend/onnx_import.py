@@ -5,7 +5,8 @@ BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAverageP
 ReduceMean and ReduceMax over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax/Sigmoid (left
 to the host: the graph ends at the logits and ``meta["host_output"]`` says so),
 Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
-for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast on constants).
+for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast on constants); Squeeze of an
+(N, C, 1, 1) map to (N, C) is a flatten.
 
 Quantised QCDQ models: QuantizeLinear -> [Clip] -> DequantizeLinear on a constant weight is folded
 into the float weight it represents (``w_bits`` attr from the integer type or the clip range); the
@@ -31,7 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import dense_grouped_weight, host_output_note
+from imcflow.frontend.normalize import dense_grouped_weight, host_output_note, squeeze_shape
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -74,6 +75,14 @@ class _Tensor:
     """A value computed from the graph input: the Graph tensor ``name``."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class _Squeezed:
+    """Graph tensor ``source`` (an (N, C, 1, 1) map) part-way squeezed: its ONNX shape is ``shape``."""
+
+    source: str
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,9 @@ class _Importer:
     # --- helpers --------------------------------------------------------------------------
     def tensor(self, node: onnx.NodeProto, i: int) -> str:
         v = self.values.get(node.input[i]) if i < len(node.input) else None
+        if isinstance(v, _Squeezed):
+            raise _fail(node, f"input {i} is an (N, C, 1, 1) map squeezed only to {(1, *v.shape)}",
+                        "squeeze it to (N, C), e.g. x.squeeze((2, 3)), or flatten it")
         if not isinstance(v, _Tensor):
             raise _fail(node, f"input {i} must be a tensor computed from the graph input (got "
                               f"{'a constant' if isinstance(v, _Const) else 'nothing usable'})",
@@ -608,6 +620,33 @@ def _unsqueeze(args: list[np.ndarray], a: dict) -> np.ndarray:
     return out
 
 
+def _squeeze(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Squeeze: on constants (shape arithmetic), or an (N, C, 1, 1) map to (N, C), which is a flatten."""
+    if imp.is_const(node):
+        args = [imp.values[i].value for i in node.input if i]
+        imp.values[node.output[0]] = _Const(np.squeeze(args[0], axis=_axes(args, _attrs(node)) or None))
+        return
+    v = imp.values.get(node.input[0])
+    x, shape = (v.source, v.shape) if isinstance(v, _Squeezed) else (imp.tensor(node, 0), None)
+    a = _attrs(node)
+    if "axes" in a:
+        dims = [int(d) for d in a["axes"]]
+    elif len(node.input) > 1 and node.input[1]:
+        dims = [int(d) for d in imp.const(node, 1).value.reshape(-1)]
+    else:
+        raise _fail(node, "Squeeze without axes (torch.squeeze(x)): at an exported batch of 1 it removes the "
+                          "batch axis too", "squeeze the spatial axes by number, x.squeeze(-1).squeeze(-1), or flatten")
+    out, problem = squeeze_shape(shape or imp.shapes[x], dims)
+    if problem:
+        raise _fail(node, problem, "only squeezing an (N, C, 1, 1) map to (N, C) (a flatten) is supported")
+    if len(out) > 1:
+        imp.values[node.output[0]] = _Squeezed(x, out)
+    elif len(imp.shapes[x]) == 1:
+        imp.values[node.output[0]] = _Tensor(x)
+    else:
+        imp.add(node, Op.FLATTEN, [x])
+
+
 def _final_softmax(imp: _Importer, node: onnx.NodeProto) -> None:
     """Softmax / LogSoftmax / Sigmoid over the classes as the last op: not a chip op; the graph ends at
     its input (the logits: each of these keeps their order, so the same top-1) and
@@ -658,7 +697,7 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "Shape": _shape,
     "Gather": _const_op(lambda args, a: np.take(args[0], args[1], axis=a.get("axis", 0))),
     "Unsqueeze": _const_op(_unsqueeze),
-    "Squeeze": _const_op(lambda args, a: np.squeeze(args[0], axis=_axes(args, a) or None)),
+    "Squeeze": _squeeze,
     "Cast": _const_op(lambda args, a: args[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))),
 }
 

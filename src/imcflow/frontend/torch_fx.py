@@ -5,7 +5,7 @@ nn.Linear, nn.BatchNorm1d/2d (running statistics), nn.ReLU/ReLU6/Hardtanh, F.rel
 clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPool2d(1)/
 AdaptiveMaxPool2d(1) and their functions, mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
-x.size()[0]), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
+x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
 semantics), and a final softmax, log_softmax or sigmoid over the classes (left to the host: the
 graph ends at the logits, ``meta["host_output"]``). Anything else raises a ModelError naming the traced node,
 its op and the fix.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import dense_grouped_weight, host_output_note
+from imcflow.frontend.normalize import dense_grouped_weight, host_output_note, squeeze_shape
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -72,6 +72,10 @@ class _Importer:
 
     # --- helpers --------------------------------------------------------------------------
     def tensor(self, fx: torch.fx.Node, arg: Any) -> str:
+        partial = self.alias.get(arg.name) if isinstance(arg, torch.fx.Node) else None
+        if isinstance(partial, tuple) and partial[0] == "squeezed":
+            raise self.fail(fx, f"argument {arg.name!r} is an (N, C, 1, 1) map squeezed only to {(1, *partial[2])}",
+                            "squeeze it to (N, C), e.g. x.squeeze(-1).squeeze(-1), or flatten it")
         if not isinstance(arg, torch.fx.Node) or not isinstance(self.alias.get(arg.name), str):
             raise ModelError(f"node {fx.name!r} ({_op_name(self, fx)}): argument {arg!r} is not a tensor computed "
                              f"from the input; constants and shape arithmetic are not supported")
@@ -155,9 +159,11 @@ class _Importer:
             _final_softmax(self, fx, fx.target, _arg(fx, 1, "dim", None))
         elif fx.target == "sigmoid":
             _final_softmax(self, fx, "sigmoid", 1)
+        elif fx.target == "squeeze":
+            _squeeze(self, fx)
         else:
             raise self.fail(fx, f"unsupported tensor method .{fx.target}()",
-                            "use view/reshape/flatten/relu/clamp/mean/amax only")
+                            "use view/reshape/flatten/squeeze/relu/clamp/mean/amax only")
 
     # --- shape ops ------------------------------------------------------------------------
     def reshape(self, fx: torch.fx.Node, how: str) -> None:
@@ -424,6 +430,28 @@ def _spatial_reduce(kind: str) -> Callable:
     return handler
 
 
+def _squeeze(imp: _Importer, fx: torch.fx.Node) -> None:
+    """``x.squeeze(...)`` / ``torch.squeeze``: only an (N, C, 1, 1) map to (N, C), i.e. a flatten."""
+    arg = fx.args[0]
+    partial = imp.alias.get(arg.name) if isinstance(arg, torch.fx.Node) else None
+    if isinstance(partial, tuple) and partial[0] == "squeezed":
+        src, shape = partial[1], partial[2]
+    else:
+        src = imp.tensor(fx, arg)
+        shape = imp.shapes[src]
+    dims = _arg(fx, 1, "dim", None)
+    dims = [dims] if isinstance(dims, int) else (None if dims is None else list(dims))
+    out, problem = squeeze_shape(shape, dims)
+    if problem:
+        raise imp.fail(fx, problem, "only squeezing an (N, C, 1, 1) map to (N, C) (a flatten) is supported")
+    if len(out) > 1:  # part-way, as x.squeeze(-1).squeeze(-1) goes: the next squeeze finishes it
+        imp.alias[fx.name] = ("squeezed", src, out)
+    elif len(imp.shapes[src]) == 1:
+        imp.alias[fx.name] = src
+    else:
+        imp.add(fx, Op.FLATTEN, [src])
+
+
 _mean = _spatial_reduce("average")
 _amax = _spatial_reduce("max")
 
@@ -479,5 +507,6 @@ _FUNCTIONS: dict[Any, Callable] = {
     F.log_softmax: lambda imp, fx: _final_softmax(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
     torch.log_softmax: lambda imp, fx: _final_softmax(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
     torch.sigmoid: lambda imp, fx: _final_softmax(imp, fx, "sigmoid", 1),
+    torch.squeeze: _squeeze,
     F.sigmoid: lambda imp, fx: _final_softmax(imp, fx, "sigmoid", 1),
 }
