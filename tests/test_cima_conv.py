@@ -171,3 +171,22 @@ def test_lut_route_threads_follow_inference_mode(monkeypatch):
     from imcflow.cima import mvm
     want = bpbs_conv2d_reference(x, w, mvm_fn=mvm, **kw)
     assert (got.numpy() == want).all()
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("mode", ["ideal", "bit_true"])
+@pytest.mark.parametrize("x_signed", [False, True])
+def test_planes_conv2d_equals_bpbs_conv2d(layer, mode, x_signed):
+    """The device-agnostic route (conv2d over bit-planes: what QAT runs on a GPU) gives the same codes."""
+    from imcflow.cima.conv import planes_conv2d
+
+    n, c, h, w_, c_out, kh, kw, stride, padding, rows, xb, wb = layer
+    g = torch.Generator().manual_seed(hash((layer, mode, x_signed, "planes")) % 2**31)
+    x, w = _rand(g, (n, c, h, w_), xb, x_signed), _rand(g, (c_out, c, kh, kw), wb, True)
+    kw_ = dict(x_bits=xb, w_bits=wb, x_signed=x_signed, stride=stride, padding=padding, full_scale=min(rows, 18),
+               mode=mode, adc_bits=8, array_rows=rows)
+    got = planes_conv2d(x, w, **kw_)
+    assert got.dtype == torch.float64
+    assert torch.equal(got, bpbs_conv2d(x, w, **kw_))
+    with pytest.raises(CimaError, match="ideal and bit_true"):
+        planes_conv2d(x, w, **(kw_ | {"mode": "analog"}))

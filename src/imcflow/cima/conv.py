@@ -145,6 +145,35 @@ def bpbs_linear(x_int: torch.Tensor, w_int: torch.Tensor, **kw) -> torch.Tensor:
     return bpbs_conv2d(x_int[:, :, None, None], w_int[:, :, None, None], **kw)[:, :, 0, 0]
 
 
+def planes_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits: int, x_signed: bool,
+                  stride=1, padding=0, full_scale: int, mode: str = "bit_true", adc_bits: int, array_rows: int,
+                  w_signed: bool = True) -> torch.Tensor:
+    """:func:`bpbs_conv2d` (ideal and bit_true modes) from plain ``conv2d`` calls on whatever device
+    the tensors are on (a GPU in QAT): per row tile, input bit-plane i and weight bit j, the column
+    counts are ``conv2d`` of 0/1 float32 planes (exact: counts stay below 2**24), looked up in
+    :func:`adc_lut` and summed. Equal to :func:`bpbs_conv2d` bit for bit (tested); float64 result."""
+    mode_ = parse_mode(mode)
+    if mode_ not in (Mode.IDEAL, Mode.BIT_TRUE):
+        raise CimaError(f"planes_conv2d runs ideal and bit_true modes, not {mode!r}")
+    _check_args(x_int, w_int, x_bits, w_bits, x_signed, w_signed, full_scale, mode, None)
+    c_out, c_in, kh, kw = w_int.shape
+    rows = max(c1 - c0 for c0, c1 in row_tiles(c_in, kh, kw, array_rows)) * kh * kw
+    lut = adc_lut(mode_, rows, int(full_scale), int(adc_bits), x_bits, x_signed, w_bits, w_signed,
+                  torch.float64).to(x_int.device).view(x_bits, w_bits, rows + 1)
+    xp = fast.bit_planes(x_int.detach().to(torch.int32), x_bits, dim=0).to(torch.float32)  # (xb, N, C, H, W)
+    wp = fast.bit_planes(w_int.detach().to(torch.int32), w_bits, dim=0).to(torch.float32)  # (wb, O, C, kh, kw)
+    acc = None
+    for c0, c1 in row_tiles(c_in, kh, kw, array_rows):
+        for i in range(x_bits):
+            counts = F.conv2d(xp[i, :, c0:c1], wp[:, :, c0:c1].reshape(w_bits * c_out, c1 - c0, kh, kw),
+                              stride=stride, padding=padding)                  # (N, wb * O, Ho, Wo)
+            counts = counts.round().to(torch.int64).view(counts.shape[0], w_bits, c_out, *counts.shape[2:])
+            for j in range(w_bits):
+                codes = lut[i, j][counts[:, j]]
+                acc = codes if acc is None else acc + codes
+    return acc
+
+
 class _BpbsSte(torch.autograd.Function):
     """Forward: bpbs_conv2d (bit_true). Backward: gradient of conv2d(x, w) * 2**adc_bits / full_scale."""
 
@@ -152,9 +181,10 @@ class _BpbsSte(torch.autograd.Function):
     def forward(ctx, x, w, kw):
         ctx.save_for_backward(x, w)
         ctx.kw = kw
-        # The bit-true kernel runs on the CPU: tensors on another device (a GPU in QAT) make the trip.
-        out = bpbs_conv2d(x.detach().cpu(), w.detach().cpu(), mode="bit_true", **kw)
-        return out.to(x.device)
+        if x.device.type != "cpu":  # a GPU in QAT: the same codes from conv2d over bit-planes there
+            return planes_conv2d(x.detach(), w.detach(), mode="bit_true",
+                                 **{k: v for k, v in kw.items() if k != "out_dtype"}).to(kw.get("out_dtype", x.dtype))
+        return bpbs_conv2d(x.detach(), w.detach(), mode="bit_true", **kw)
 
     @staticmethod
     def backward(ctx, grad):
