@@ -1,6 +1,7 @@
 """How cifar10-cnn11's topology moves the chip's figures: variants compiled and simulated on jssc2022.
 
-    python benchmarks/cnn11_variants.py
+    python benchmarks/cnn11_variants.py              # cnn11 and variants of it
+    python benchmarks/cnn11_variants.py --resnets    # also CIFAR ResNet-20 and -32 (He et al. 2016)
 
 The paper does not publish its 11-layer CIFAR-10 network, so the CIFAR-10 img/s the simulator
 gives depends on the topology imcflow assumes. This prints, for cnn11 and variants of it that keep
@@ -11,9 +12,12 @@ use), the event simulation's img/s and img/s/W, and their ratios to the publishe
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from imcflow import pipeline
 from imcflow.config.presets import JSSC2022
@@ -40,22 +44,62 @@ VARIANTS = {
 }
 
 
+class _Basic(nn.Module):
+    """ResNet basic block: two 3x3 convs with BN, identity or 1x1-conv shortcut, ReLU after the add."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.c2, self.b2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.short = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        return F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))) + self.short(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al. 2016's CIFAR ResNet-(6n+2): 16/32/64 channels, n blocks per stage, global average pool."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        blocks, c_in = [], 16
+        for stage, c_out in enumerate((16, 32, 64)):
+            for b in range(n):
+                blocks.append(_Basic(c_in, c_out, 2 if stage and not b else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
 def measure(layers) -> dict:
-    """Compile a random-weight network of ``layers`` for jssc2022 and simulate it."""
+    """Compile a random-weight network (cnn11 with ``layers``, or a module) for jssc2022 and simulate it."""
     torch.manual_seed(0)
-    net = cnn11(layers=layers).eval()
+    net = (cnn11(layers=layers) if isinstance(layers, tuple) else layers).eval()
     q = pipeline.load_qgraph(net, JSSC2022, input_shape=(3, 32, 32))
     prog = compile_program(q, JSSC2022)
     r = simulate_report(prog)
     copies = {c.layer: c.n_copies for ph in prog.phases for c in ph.copies if c.copy == 0}
-    weights = sum(p.numel() for n, p in net.named_parameters() if n.endswith("0.weight") or n == "fc.weight")
+    weights = sum(p.numel() for p in net.parameters() if p.dim() > 1)
     return {"img_s": r.throughput_img_s, "img_s_w": r.img_per_s_per_w, "phases": len(prog.phases),
-            "copies": f"c1 x{copies.get('c1.0', 1)}, c2 x{copies.get('c2.0', 1)}", "weights": weights}
+            "copies": (f"c1 x{copies['c1.0']}, c2 x{copies.get('c2.0', 1)}" if "c1.0" in copies
+                       else f"at most x{max(copies.values())}"), "weights": weights}
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--resnets", action="store_true", help="also CIFAR ResNet-20 and ResNet-32")
+    args = ap.parse_args()
     t0 = time.perf_counter()
-    rows = {name: measure(layers) for name, layers in VARIANTS.items()}
+    nets = dict(VARIANTS)
+    if args.resnets:
+        nets |= {"ResNet-20 (CIFAR)": CifarResNet(3), "ResNet-32 (CIFAR)": CifarResNet(5)}
+    rows = {name: measure(layers) for name, layers in nets.items()}
     base = rows["cnn11 (shipped)"]
     print(f"{'variant':22} {'weights':>9} {'ph':>2} {'copies':>12} {'img/s':>8} {'/7815':>6} {'/cnn11':>6} "
           f"{'img/s/W':>8} {'/51.5k':>6} {'/cnn11':>6}")
