@@ -147,11 +147,11 @@ def bpbs_linear(x_int: torch.Tensor, w_int: torch.Tensor, **kw) -> torch.Tensor:
 
 def planes_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits: int, x_signed: bool,
                   stride=1, padding=0, full_scale: int, mode: str = "bit_true", adc_bits: int, array_rows: int,
-                  w_signed: bool = True) -> torch.Tensor:
+                  w_signed: bool = True, out_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """:func:`bpbs_conv2d` (ideal and bit_true modes) from plain ``conv2d`` calls on whatever device
     the tensors are on (a GPU in QAT): per row tile, input bit-plane i and weight bit j, the column
     counts are ``conv2d`` of 0/1 float32 planes (exact: counts stay below 2**24), looked up in
-    :func:`adc_lut` and summed. Equal to :func:`bpbs_conv2d` bit for bit (tested); float64 result."""
+    :func:`adc_lut` and summed. Equal to :func:`bpbs_conv2d` bit for bit (tested), as ``out_dtype``."""
     mode_ = parse_mode(mode)
     if mode_ not in (Mode.IDEAL, Mode.BIT_TRUE):
         raise CimaError(f"planes_conv2d runs ideal and bit_true modes, not {mode!r}")
@@ -171,7 +171,7 @@ def planes_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bi
             for j in range(w_bits):
                 codes = lut[i, j][counts[:, j]]
                 acc = codes if acc is None else acc + codes
-    return acc
+    return acc.to(out_dtype)
 
 
 class _BpbsSte(torch.autograd.Function):
@@ -182,8 +182,7 @@ class _BpbsSte(torch.autograd.Function):
         ctx.save_for_backward(x, w)
         ctx.kw = kw
         if x.device.type != "cpu":  # a GPU in QAT: the same codes from conv2d over bit-planes there
-            return planes_conv2d(x.detach(), w.detach(), mode="bit_true",
-                                 **{k: v for k, v in kw.items() if k != "out_dtype"}).to(kw.get("out_dtype", x.dtype))
+            return planes_conv2d(x.detach(), w.detach(), mode="bit_true", **kw)
         return bpbs_conv2d(x.detach(), w.detach(), mode="bit_true", **kw)
 
     @staticmethod

@@ -172,7 +172,7 @@ class _Importer:
         v = self.values.get(node.input[i]) if i < len(node.input) else None
         if isinstance(v, _Squeezed):
             raise _fail(node, f"input {i} is an (N, C, 1, 1) map squeezed only to {(1, *v.shape)}",
-                        "squeeze it to (N, C), e.g. x.squeeze((2, 3)), or flatten it")
+                        "squeeze it to (N, C), e.g. x.squeeze(-1).squeeze(-1), or flatten it")
         if not isinstance(v, _Tensor):
             raise _fail(node, f"input {i} must be a tensor computed from the graph input (got "
                               f"{'a constant' if isinstance(v, _Const) else 'nothing usable'})",
@@ -402,12 +402,7 @@ def _reduce_spatial(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
     def handler(imp: _Importer, node: onnx.NodeProto) -> None:
         a = _attrs(node)
         x = imp.tensor(node, 0)
-        if "axes" in a:
-            axes = [int(v) for v in a["axes"]]
-        elif len(node.input) > 1 and node.input[1]:
-            axes = [int(v) for v in imp.const(node, 1).value.reshape(-1)]
-        else:
-            axes = []
+        axes = _node_axes(imp, node) or []
         rank = len(imp.shapes[x]) + 1
         if rank != 4 or sorted(ax % rank for ax in axes) != [2, 3]:
             raise _fail(node, f"{node.op_type} over axes {axes} of a rank-{rank} tensor",
@@ -418,6 +413,17 @@ def _reduce_spatial(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
         if not keep:
             imp.add(node, Op.FLATTEN, [pooled])
     return handler
+
+
+def _node_axes(imp: _Importer, node: onnx.NodeProto) -> list[int] | None:
+    """The ``axes`` of a Reduce*/Squeeze node: its attribute (older opsets) or constant input 1 (newer);
+    None when it has neither."""
+    a = _attrs(node)
+    if "axes" in a:
+        return [int(v) for v in a["axes"]]
+    if len(node.input) > 1 and node.input[1]:
+        return [int(v) for v in imp.const(node, 1).value.reshape(-1)]
+    return None
 
 
 def _global_max(imp: _Importer, node: onnx.NodeProto) -> None:
@@ -628,12 +634,8 @@ def _squeeze(imp: _Importer, node: onnx.NodeProto) -> None:
         return
     v = imp.values.get(node.input[0])
     x, shape = (v.source, v.shape) if isinstance(v, _Squeezed) else (imp.tensor(node, 0), None)
-    a = _attrs(node)
-    if "axes" in a:
-        dims = [int(d) for d in a["axes"]]
-    elif len(node.input) > 1 and node.input[1]:
-        dims = [int(d) for d in imp.const(node, 1).value.reshape(-1)]
-    else:
+    dims = _node_axes(imp, node)
+    if dims is None:
         raise _fail(node, "Squeeze without axes (torch.squeeze(x)): at an exported batch of 1 it removes the "
                           "batch axis too", "squeeze the spatial axes by number, x.squeeze(-1).squeeze(-1), or flatten")
     out, problem = squeeze_shape(shape or imp.shapes[x], dims)
@@ -647,7 +649,7 @@ def _squeeze(imp: _Importer, node: onnx.NodeProto) -> None:
         imp.add(node, Op.FLATTEN, [x])
 
 
-def _final_softmax(imp: _Importer, node: onnx.NodeProto) -> None:
+def _final_host_op(imp: _Importer, node: onnx.NodeProto) -> None:
     """Softmax / LogSoftmax / Sigmoid over the classes as the last op: not a chip op; the graph ends at
     its input (the logits: each of these keeps their order, so the same top-1) and
     ``meta["host_output"]`` says so. A later node that reads it is refused."""
@@ -687,9 +689,9 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "Reshape": _reshape,
     "Concat": _concat,
     "Identity": _identity,
-    "Softmax": _final_softmax,
-    "LogSoftmax": _final_softmax,
-    "Sigmoid": _final_softmax,
+    "Softmax": _final_host_op,
+    "LogSoftmax": _final_host_op,
+    "Sigmoid": _final_host_op,
     "Dropout": _identity,
     "QuantizeLinear": _quantize,
     "DequantizeLinear": _dequantize,

@@ -71,9 +71,14 @@ class _Importer:
         return Graph(self.name, self.input_name, self.input_shape, tuple(self.nodes), self.output, meta=self.meta)
 
     # --- helpers --------------------------------------------------------------------------
-    def tensor(self, fx: torch.fx.Node, arg: Any) -> str:
+    def squeezed(self, arg: Any) -> tuple | None:
+        """("squeezed", source tensor, shape) when ``arg`` is an (N, C, 1, 1) map squeezed part-way."""
         partial = self.alias.get(arg.name) if isinstance(arg, torch.fx.Node) else None
-        if isinstance(partial, tuple) and partial[0] == "squeezed":
+        return partial if isinstance(partial, tuple) and partial[0] == "squeezed" else None
+
+    def tensor(self, fx: torch.fx.Node, arg: Any) -> str:
+        partial = self.squeezed(arg)
+        if partial:
             raise self.fail(fx, f"argument {arg.name!r} is an (N, C, 1, 1) map squeezed only to {(1, *partial[2])}",
                             "squeeze it to (N, C), e.g. x.squeeze(-1).squeeze(-1), or flatten it")
         if not isinstance(arg, torch.fx.Node) or not isinstance(self.alias.get(arg.name), str):
@@ -156,9 +161,9 @@ class _Importer:
         elif fx.target == "amax":
             _amax(self, fx)
         elif fx.target in ("softmax", "log_softmax"):
-            _final_softmax(self, fx, fx.target, _arg(fx, 1, "dim", None))
+            _final_host_op(self, fx, fx.target, _arg(fx, 1, "dim", None))
         elif fx.target == "sigmoid":
-            _final_softmax(self, fx, "sigmoid", 1)
+            _final_host_op(self, fx, "sigmoid", 1)
         elif fx.target == "squeeze":
             _squeeze(self, fx)
         else:
@@ -327,9 +332,9 @@ _MODULES: dict[type, Callable] = {
     nn.Flatten: _flatten_module,
     nn.Identity: lambda imp, fx, m: imp.same(fx, fx.args[0]),
     nn.Dropout: lambda imp, fx, m: imp.same(fx, fx.args[0]),
-    nn.Softmax: lambda imp, fx, m: _final_softmax(imp, fx, "softmax", m.dim),
-    nn.LogSoftmax: lambda imp, fx, m: _final_softmax(imp, fx, "log_softmax", m.dim),
-    nn.Sigmoid: lambda imp, fx, m: _final_softmax(imp, fx, "sigmoid", 1),
+    nn.Softmax: lambda imp, fx, m: _final_host_op(imp, fx, "softmax", m.dim),
+    nn.LogSoftmax: lambda imp, fx, m: _final_host_op(imp, fx, "log_softmax", m.dim),
+    nn.Sigmoid: lambda imp, fx, m: _final_host_op(imp, fx, "sigmoid", 1),
     nn.Dropout2d: lambda imp, fx, m: imp.same(fx, fx.args[0]),
 }
 
@@ -432,12 +437,11 @@ def _spatial_reduce(kind: str) -> Callable:
 
 def _squeeze(imp: _Importer, fx: torch.fx.Node) -> None:
     """``x.squeeze(...)`` / ``torch.squeeze``: only an (N, C, 1, 1) map to (N, C), i.e. a flatten."""
-    arg = fx.args[0]
-    partial = imp.alias.get(arg.name) if isinstance(arg, torch.fx.Node) else None
-    if isinstance(partial, tuple) and partial[0] == "squeezed":
+    partial = imp.squeezed(fx.args[0])
+    if partial:
         src, shape = partial[1], partial[2]
     else:
-        src = imp.tensor(fx, arg)
+        src = imp.tensor(fx, fx.args[0])
         shape = imp.shapes[src]
     dims = _arg(fx, 1, "dim", None)
     dims = [dims] if isinstance(dims, int) else (None if dims is None else list(dims))
@@ -456,7 +460,7 @@ _mean = _spatial_reduce("average")
 _amax = _spatial_reduce("max")
 
 
-def _final_softmax(imp: _Importer, fx: torch.fx.Node, what: str, dim: Any) -> None:
+def _final_host_op(imp: _Importer, fx: torch.fx.Node, what: str, dim: Any) -> None:
     """A softmax, log_softmax or sigmoid over the classes as the network's last op: not a chip op; the
     graph ends at its input (the logits: their order is kept, so the same top-1) and
     ``meta["host_output"]`` says so (see :func:`host_output_note`)."""
@@ -502,11 +506,11 @@ _FUNCTIONS: dict[Any, Callable] = {
     F.adaptive_max_pool2d: _adaptive_fn(nn.AdaptiveMaxPool2d),
     torch.mean: _mean,
     torch.amax: _amax,
-    F.softmax: lambda imp, fx: _final_softmax(imp, fx, "softmax", _arg(fx, 1, "dim", None)),
-    torch.softmax: lambda imp, fx: _final_softmax(imp, fx, "softmax", _arg(fx, 1, "dim", None)),
-    F.log_softmax: lambda imp, fx: _final_softmax(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
-    torch.log_softmax: lambda imp, fx: _final_softmax(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
-    torch.sigmoid: lambda imp, fx: _final_softmax(imp, fx, "sigmoid", 1),
+    F.softmax: lambda imp, fx: _final_host_op(imp, fx, "softmax", _arg(fx, 1, "dim", None)),
+    torch.softmax: lambda imp, fx: _final_host_op(imp, fx, "softmax", _arg(fx, 1, "dim", None)),
+    F.log_softmax: lambda imp, fx: _final_host_op(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
+    torch.log_softmax: lambda imp, fx: _final_host_op(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
+    torch.sigmoid: lambda imp, fx: _final_host_op(imp, fx, "sigmoid", 1),
     torch.squeeze: _squeeze,
-    F.sigmoid: lambda imp, fx: _final_softmax(imp, fx, "sigmoid", 1),
+    F.sigmoid: lambda imp, fx: _final_host_op(imp, fx, "sigmoid", 1),
 }

@@ -243,14 +243,14 @@ def _starting_checkpoint(cfg: TrainConfig) -> dict | None:
 
 
 def _checkpoint(cfg, phase, epoch, steps, model, opt, sched, gen, float_state, history, best, swa=None) -> dict:
-    return {"swa": swa,
+    return {
         "format": FORMAT, "config": asdict(cfg), "phase": phase, "epoch": epoch,
         "schedule": {"epochs": cfg.epochs(phase), "steps_per_epoch": steps, "batch_size": cfg.batch_size,
                      **({"ideal_epochs": cfg.qat_ideal_epochs} if phase == "qat" else {}),
                      **({"swa": True} if phase == "float" and cfg.swa else {})},
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state()},
-        "float_model": float_state, "history": [asdict(r) for r in history], "best_acc": dict(best),
+        "float_model": float_state, "swa": swa, "history": [asdict(r) for r in history], "best_acc": dict(best),
         "threads": torch.get_num_threads(),
     }
 
