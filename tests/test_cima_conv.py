@@ -190,3 +190,18 @@ def test_planes_conv2d_equals_bpbs_conv2d(layer, mode, x_signed):
     assert torch.equal(got, bpbs_conv2d(x, w, **kw_))
     with pytest.raises(CimaError, match="ideal and bit_true"):
         planes_conv2d(x, w, **(kw_ | {"mode": "analog"}))
+
+
+def test_planes_conv2d_stays_on_the_inputs_device(monkeypatch):
+    """Every tensor planes_conv2d makes is on its inputs' device (the meta device stands in for a GPU:
+    a CPU tensor mixed in raises there too). Session 7's first GPU QAT failed on a CPU shift tensor."""
+    import imcflow.cima.conv as conv
+    from imcflow.cima.fast import bit_planes
+
+    monkeypatch.setattr(conv, "_check_args", lambda *a: None)  # its range check reads values: not on meta
+    x = torch.zeros((2, 8, 5, 5), dtype=torch.int32, device="meta")
+    w = torch.zeros((4, 8, 3, 3), dtype=torch.int32, device="meta")
+    got = conv.planes_conv2d(x, w, x_bits=4, w_bits=4, x_signed=False, padding=1, full_scale=64, adc_bits=8,
+                             array_rows=1152)
+    assert got.device.type == "meta" and got.shape == (2, 4, 5, 5)
+    assert bit_planes(x, 4, dim=0).device.type == "meta"

@@ -46,7 +46,7 @@ def bit_planes(a: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
         a = a.to(torch.int32)  # values are range-checked, so this never wraps
     shape = [1] * (a.dim() + 1)
     shape[dim] = bits
-    shifts = torch.arange(bits, dtype=a.dtype).view(shape)
+    shifts = torch.arange(bits, dtype=a.dtype, device=a.device).view(shape)
     planes = (a.unsqueeze(dim) >> shifts).bitwise_and_(1)
     return planes.view(torch.int8) if planes.dtype == torch.uint8 else planes.to(torch.int8)
 

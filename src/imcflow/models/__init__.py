@@ -14,6 +14,8 @@ from imcflow.errors import ModelError
 # name -> (module, builder function, input shape C,H,W)
 ZOO: dict[str, tuple[str, str, tuple[int, int, int]]] = {
     "cifar10-cnn11": ("imcflow.models.cnn11", "cnn11", (3, 32, 32)),
+    "cifar10-cnn11-np3": ("imcflow.models.cnn11", "cnn11_np3", (3, 32, 32)),
+    "cifar10-cnn11-np3c64": ("imcflow.models.cnn11", "cnn11_np3c64", (3, 32, 32)),
     "resnet50": ("imcflow.models.resnet", "resnet50", (3, 224, 224)),
     "resnet18": ("imcflow.models.resnet", "resnet18", (3, 224, 224)),
     "mlp-tiny": ("imcflow.models.small", "mlp_tiny", (1, 8, 8)),

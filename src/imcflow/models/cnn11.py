@@ -59,6 +59,14 @@ LAYERS: tuple[tuple[str, int, int, int, str | None], ...] = (
 )
 
 
+# Design-study variants (docs/cnn11.md, "Seventh session"): the same ten convolutions and weights per
+# layer, spread differently. "np3": no third max pool, so c5..c10 run at 8x8 (the chip's bottleneck is
+# the 32x32 layers, so this costs no throughput); "np3c64": that, with c1 at 64 channels.
+LAYERS_NP3: tuple[tuple[str, int, int, int, str | None], ...] = tuple(
+    (n, i, o, k, None if n == "c6" else p) for n, i, o, k, p in LAYERS)
+LAYERS_NP3C64: tuple[tuple[str, int, int, int, str | None], ...] = tuple(
+    (n, 64 if n == "c2" else i, 64 if n == "c1" else o, k, p) for n, i, o, k, p in LAYERS_NP3)
+
 def _block(in_ch: int, out_ch: int, kernel: int, pool: str | None) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
@@ -79,6 +87,16 @@ def cnn11(num_classes: int = NUM_CLASSES, layers: tuple = LAYERS) -> nn.Sequenti
     (``benchmarks/cnn11_variants.py``)."""
     blocks = [(name, _block(i, o, k, p)) for name, i, o, k, p in layers]
     return nn.Sequential(OrderedDict(blocks + [("fc", nn.Linear(layers[-1][2], num_classes))]))
+
+
+def cnn11_np3(num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """Design study: cnn11 without the third max pool (c5..c10 at 8x8)."""
+    return cnn11(num_classes, LAYERS_NP3)
+
+
+def cnn11_np3c64(num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """Design study: :func:`cnn11_np3` with c1 at 64 channels."""
+    return cnn11(num_classes, LAYERS_NP3C64)
 
 
 def load_trained(weights: str | Path | None = None) -> nn.Sequential:
