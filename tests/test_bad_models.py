@@ -5,6 +5,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+import torch
 from torch import nn
 
 from imcflow.cli import main
@@ -193,18 +194,21 @@ class Branchy(nn.Module):
 
 
 class AddConstant(nn.Module):
+    """A constant that matches no axis of the activation (3 values against 4 features)."""
+
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(4, 4)
+        self.register_buffer("offset", torch.ones(3))
 
     def forward(self, x):
-        return self.fc(x) + 1.0
+        return self.fc(x) + self.offset
 
 
 @pytest.mark.parametrize("module,shape,words", [
     (Tanh(), (4,), ["'act'", "Tanh", "unsupported module"]),
     (Branchy(), (4,), ["cannot trace", "Branchy", "control flow"]),
-    (AddConstant(), (4,), ["'add'", "not a tensor", "constants"]),
+    (AddConstant(), (4,), ["'add'", "does not broadcast", "one value per channel"]),
     (nn.Sequential(nn.Conv2d(3, 4, 3)), (12,), ["conv", "(12,)", "(C, H, W)"]),
 ], ids=["tanh", "control_flow", "add_constant", "conv_flat_input"])
 def test_bad_torch_modules(module, shape, words):

@@ -401,7 +401,8 @@ def test_inspect_names_lowered_batchnorms(tmp_path, capsys):
     _to_onnx(_preact(), (torch.randn(1, 3, 8, 8),), str(path))
     assert main(["inspect", str(path)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("batch norm with no conv/linear layer to fold into: /bn_in/BatchNormalization, ")
+    assert last.startswith("batch norm or per-channel constant arithmetic with no conv/linear layer to fold into: "
+                           "/bn_in/BatchNormalization, ")
     assert "so the chip needs" in last
 
 
@@ -461,3 +462,95 @@ def test_default_exporter_with_a_fixed_batch_imports(tmp_path):
     assert reshapes, "the exporter no longer writes a Reshape: this test lost its subject"
     graph = load_graph(path)
     np.testing.assert_allclose(run_graph(graph, x.numpy()), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+class Normalised(nn.Module):
+    """Input normalisation inside the network, written four ways, then a small conv net."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.register_buffer("mean", torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1))
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        if self.form == "mean_std":
+            x = (x - self.mean) / self.std
+        elif self.form == "scale":  # pixels in 0..255 scaled in the network
+            x = x / 255.0
+        elif self.form == "methods":
+            x = x.sub(self.mean).mul(2.0)
+        elif self.form == "reverse":
+            x = 1.0 - x
+        x = torch.relu(self.conv(x) * 0.5)
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("form,lowered", [("mean_std", 1), ("scale", 0), ("methods", 1), ("reverse", 1)])
+def test_per_channel_constant_arithmetic_imports_exactly(tmp_path, form, lowered):
+    """``(x - mean) / std`` and the like become one diagonal layer; a pure scale before a conv (and
+    one after it) folds into the conv's weights; both importers compute the PyTorch outputs."""
+    from imcflow.frontend.normalize import normalize
+    torch.manual_seed(5)
+    m = Normalised(form).eval()
+    x = torch.rand(3, 3, 8, 8) * (255.0 if form == "scale" else 1.0)
+    want = m(x).detach().numpy()
+    for graph in _both_imports(m, x, tmp_path / f"{form}.onnx"):
+        norm = normalize(graph)
+        diag = [n for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]
+        assert len(diag) == lowered and len([n for n in norm.nodes if n.op is Op.CONV]) == 1 + lowered
+        for n in diag:
+            w = n.params["weight"].reshape(3, 3)
+            assert np.array_equal(w, np.diag(np.diag(w))) and "source_op" in n.attrs
+        np.testing.assert_allclose(run_graph(norm, x.numpy()), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["mean_std", "scale"])
+def test_normalised_input_network_simulates_bit_true(form):
+    _assert_simulates_bit_true(Normalised(form).eval(), (3, 8, 8), 3)
+
+
+class BadArith(nn.Module):
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.register_buffer("pixels", torch.rand(1, 1, 8, 8))
+        self.register_buffer("zeros", torch.zeros(1, 4, 1, 1))
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.form == "per_pixel":
+            y = y - self.pixels
+        elif self.form == "product":
+            y = y * y
+        elif self.form == "reciprocal":
+            y = 1.0 / y
+        elif self.form == "zero":
+            y = y / self.zeros
+        return y.mean((2, 3))
+
+
+@pytest.mark.parametrize("form,match", [("per_pixel", "varies over the pixels.*one value per channel"),
+                                        ("product", "of two activations.*only by weights"),
+                                        ("reciprocal", "divides a constant by an activation"),
+                                        ("zero", "divides by zero")])
+def test_unsupported_arithmetic_is_refused_by_name(tmp_path, form, match):
+    m = BadArith(form).eval()
+    with pytest.raises(ModelError, match=match):
+        load_graph(m, (3, 8, 8))
+    path = tmp_path / f"{form}.onnx"
+    _to_onnx(m, (torch.rand(1, 3, 8, 8),), path)
+    with pytest.raises(ModelError, match="Reciprocal.*unsupported op" if form == "reciprocal" else match):
+        load_graph(path)
+
+
+def test_inspect_names_lowered_arithmetic(tmp_path, capsys):
+    from imcflow.cli import main
+    path = tmp_path / "norm.onnx"
+    _to_onnx(Normalised("mean_std").eval(), (torch.rand(1, 3, 8, 8),), path)
+    assert main(["inspect", str(path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "to fold into: /Sub (Sub);" in last and "so the chip needs 3 arrays" in last

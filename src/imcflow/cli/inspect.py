@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
           f"({_si(stats.macs)}), {stats.weight_layers} weight layers need {stats.arrays} arrays "
           f"(chip has {stats.chip_arrays})")
     if lowered["layers"]:
-        print(f"batch norm with no conv/linear layer to fold into: {', '.join(lowered['layers'])}; each runs as a "
-              f"diagonal 1x1 layer, so the chip needs {lowered['arrays']} arrays in all")
+        print(f"batch norm or per-channel constant arithmetic with no conv/linear layer to fold into: "
+              f"{', '.join(lowered['layers'])}; each runs as a diagonal 1x1 layer, so the chip needs "
+              f"{lowered['arrays']} arrays in all")
     return 0
 
 
@@ -61,5 +62,6 @@ def _lowered_batchnorms(graph, chip, w_bits: int) -> dict:
     from imcflow.frontend.stats import graph_stats
 
     norm = normalize(graph)
-    names = [n.name for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]
+    names = [n.name + (f" ({n.attrs['source_op']})" if "source_op" in n.attrs else "")
+             for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]
     return {"layers": names, "arrays": graph_stats(norm, chip, w_bits).arrays if names else None}

@@ -5,7 +5,10 @@ Passes, in order (each a small function from Graph to Graph):
 1. :func:`fold_batchnorm` - batch norm folded into the conv/linear layer that feeds it:
    ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``;
    one with no such layer (pre-activation blocks, after the input, an add or a pool) becomes a 1x1
-   convolution (linear for vectors) with a diagonal weight.
+   convolution (linear for vectors) with a diagonal weight, unless it is a pure per-channel scale
+   read only by a conv/linear layer, which then takes the scale into its input channels (exact:
+   zero padding stays zero). The importers give per-channel constant arithmetic (``x - mean``,
+   ``x / std``, ``x * 2``) as such batch norms (:func:`affine_params`).
 2. :func:`remove_identities` - ops that do nothing dropped: 1x1 stride-1 unpadded pooling, global
    pooling of a 1x1 map, flatten of a flat tensor (consecutive flattens fused), a ReLU of a ReLU,
    single-input concat; ``clamp(0, inf)`` becomes ``relu``.
@@ -64,12 +67,70 @@ def fold_batchnorm(graph: Graph) -> Graph:
         foldable = src is not None and src.op in WEIGHT_OPS and src.name != graph.output \
             and [c.name for c in graph.consumers(src.name)] == [bn.name]
         if not foldable:  # after the input, a pool or an add, or its producer's output is also used raw
-            nodes[bn.name] = _standalone(bn, graph.shape(bn.inputs[0]))
+            dst = _scale_target(bn, graph, nodes)
+            if dst is not None:
+                nodes[dst.name] = _prescaled(dst, _bn_scale(bn))
+                del nodes[bn.name]
+                renames[bn.name] = bn.inputs[0]
+            else:
+                nodes[bn.name] = _standalone(bn, graph.shape(bn.inputs[0]))
             continue
         nodes[src.name] = _folded(src, bn)
         del nodes[bn.name]
         renames[bn.name] = src.name
     return _rebuild(graph, [nodes[n.name] for n in graph.nodes if n.name in nodes], renames)
+
+
+def affine_params(scale: np.ndarray, shift: np.ndarray) -> dict[str, np.ndarray]:
+    """Batch-norm parameters (with ``eps`` 0) that compute ``x * scale + shift`` per channel."""
+    c = len(scale)
+    return {"gamma": scale.astype(np.float32), "beta": shift.astype(np.float32),
+            "mean": np.zeros(c, np.float32), "var": np.ones(c, np.float32)}
+
+
+def channel_constant(value: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """The per-channel vector (length C) of a constant broadcast against an activation of
+    ``shape`` ((C, H, W) or (C,), batch excluded), under numpy's broadcasting rules; a constant that
+    varies over the pixels, or does not broadcast, is refused by name (``where``)."""
+    full_shape = (1, *shape)
+    try:
+        full = np.broadcast_to(np.asarray(value, dtype=np.float64), full_shape)
+    except ValueError:
+        raise ModelError(f"{where}: a constant of shape {tuple(np.shape(value))} does not broadcast to the "
+                         f"activation's shape {full_shape}; give a scalar or one value per channel, "
+                         f"shaped (1, C, 1, 1)") from None
+    if np.ndim(value) > len(full_shape):
+        raise ModelError(f"{where}: a constant of shape {tuple(np.shape(value))} would change the activation's "
+                         f"rank {len(full_shape)}; give a scalar or one value per channel")
+    per_channel = full[(0, slice(None)) + (slice(0, 1),) * (len(shape) - 1)]
+    if not np.array_equal(full, np.broadcast_to(per_channel[None], full_shape)):
+        raise ModelError(f"{where}: the constant varies over the pixels (shape {tuple(np.shape(value))} against "
+                         f"{full_shape}); only a scalar or one value per channel maps to the chip: shape it "
+                         f"(1, C, 1, 1), or move the arithmetic into the data pipeline")
+    return per_channel.reshape(-1)
+
+
+def _bn_scale(bn: Node) -> np.ndarray:
+    p = {k: bn.params[k].astype(np.float64) for k in ("gamma", "var")}
+    return p["gamma"] / np.sqrt(p["var"] + float(bn.attrs["eps"]))
+
+
+def _scale_target(bn: Node, graph: Graph, nodes: dict[str, Node]) -> Node | None:
+    """The conv/linear layer that can take ``bn`` into its input channels: ``bn`` is a pure scale
+    (no shift) and that layer is its only reader."""
+    shift = bn.params["beta"].astype(np.float64) - bn.params["mean"].astype(np.float64) * _bn_scale(bn)
+    readers = graph.consumers(bn.name)
+    if np.any(shift != 0) or bn.name == graph.output or len(readers) != 1 or readers[0].op not in WEIGHT_OPS:
+        return None
+    dst = nodes[readers[0].name]
+    return dst if dst.params["weight"].shape[1] == len(bn.params["gamma"]) else None
+
+
+def _prescaled(layer: Node, scale: np.ndarray) -> Node:
+    """``layer`` reading ``x * scale`` (per input channel) from ``x``: its weight scaled along axis 1."""
+    w = layer.params["weight"].astype(np.float64)
+    w = w * scale.reshape((1, -1) + (1,) * (w.ndim - 2))
+    return dataclasses.replace(layer, params={**layer.params, "weight": w.astype(np.float32)})
 
 
 def _standalone(bn: Node, shape: tuple[int, ...]) -> Node:
@@ -85,6 +146,8 @@ def _standalone(bn: Node, shape: tuple[int, ...]) -> Node:
     channels = len(scale)
     weight = np.diag(scale)
     attrs = {k: v for k, v in bn.attrs.items() if k == "act_scale"} | {"lowered_from": "batchnorm"}
+    if "source_op" in bn.attrs:  # per-channel constant arithmetic given as a batch norm by an importer
+        attrs["source_op"] = bn.attrs["source_op"]
     if len(shape) == 3:
         weight = weight.reshape(channels, channels, 1, 1)
         attrs |= {"kernel": (1, 1), "stride": (1, 1), "padding": (0, 0)}

@@ -32,7 +32,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import dense_grouped_weight, host_output_note, squeeze_shape
+from imcflow.frontend.normalize import (affine_params, channel_constant, dense_grouped_weight,
+                                        host_output_note, squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -334,8 +335,41 @@ def _add(imp: _Importer, node: onnx.NodeProto) -> None:
                              {**prod.params, "bias": c.value.reshape(-1)}, prod.out_shape)
         imp.values[node.output[0]] = t
         return
-    raise _fail(node, "adds a constant to an activation", "only residual adds of two tensors and MatMul+bias "
-                "are supported; fold the constant into the preceding layer's bias")
+    _affine(imp, node)
+
+
+_ARITH = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+
+
+def _arith(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Sub, Mul, Div: of constants, folded; of an activation and a constant, a per-channel affine."""
+    vals = [imp.values.get(i) for i in node.input]
+    if all(isinstance(v, _Const) for v in vals):
+        imp.values[node.output[0]] = _Const(_ARITH[node.op_type](vals[0].value, vals[1].value))
+    elif all(isinstance(v, _Tensor) for v in vals):
+        raise _fail(node, f"{node.op_type} of two activations", "the chip multiplies activations only by weights; "
+                    "use a layer, or an Add for residual connections")
+    else:
+        _affine(imp, node)
+
+
+def _affine(imp: _Importer, node: onnx.NodeProto) -> None:
+    """``x op c`` or ``c op x`` for a constant ``c`` that is a scalar or one value per channel (input
+    normalisation, ``x / 255``, a scale): a batch norm computing ``x * scale + shift``, which
+    normalisation folds into a neighbouring layer or lowers to a diagonal one."""
+    i = 0 if isinstance(imp.values.get(node.input[0]), _Tensor) else 1
+    x = imp.tensor(node, i)
+    where = f"node {_nname(node)!r} ({node.op_type})"
+    c = channel_constant(imp.const(node, 1 - i).value, imp.shapes[x], where)
+    op = node.op_type
+    if op == "Div" and i == 1:
+        raise _fail(node, "divides a constant by an activation", "the chip has no reciprocal; move it to the host")
+    if op == "Div" and np.any(c == 0):
+        raise _fail(node, "divides by zero in some channel", "give a non-zero divisor")
+    one, zero = np.ones_like(c), np.zeros_like(c)
+    scale, shift = {"Add": (one, c), "Sub": (-one if i else one, c if i else -c), "Mul": (c, zero),
+                    "Div": (1.0 / c, zero)}[op]
+    imp.add(node, Op.BATCHNORM, [x], {"eps": 0.0, "source_op": op}, affine_params(scale, shift))
 
 
 def _batchnorm(imp: _Importer, node: onnx.NodeProto) -> None:
@@ -676,6 +710,9 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "Gemm": _gemm,
     "MatMul": _matmul,
     "Add": _add,
+    "Sub": _arith,
+    "Mul": _arith,
+    "Div": _arith,
     "BatchNormalization": _batchnorm,
     "Relu": lambda imp, node: imp.add(node, Op.RELU, [imp.tensor(node, 0)]),
     "Clip": _clip,

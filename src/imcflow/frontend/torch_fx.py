@@ -6,7 +6,8 @@ clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPo
 AdaptiveMaxPool2d(1) and their functions, mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
-semantics), and a final softmax, log_softmax or sigmoid over the classes (left to the host: the
+semantics), + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
+or one value per channel (input normalisation ``(x - mean) / std``: a per-channel affine), and a final softmax, log_softmax or sigmoid over the classes (left to the host: the
 graph ends at the logits, ``meta["host_output"]``). Anything else raises a ModelError naming the traced node,
 its op and the fix.
 """
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import dense_grouped_weight, host_output_note, squeeze_shape
+from imcflow.frontend.normalize import (affine_params, channel_constant, dense_grouped_weight,
+                                        host_output_note, squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -128,6 +130,11 @@ class _Importer:
             self.visit_function(fx)
         elif fx.op == "call_method":
             self.visit_method(fx)
+        elif fx.op == "get_attr":  # a buffer or parameter used in arithmetic (e.g. a normalisation mean)
+            value = self.gm
+            for part in str(fx.target).split("."):
+                value = getattr(value, part)
+            self.alias[fx.name] = ("const", value.detach().cpu().numpy().astype(np.float64))
         else:
             raise self.fail(fx, f"{fx.op} nodes are not supported",
                             "use parameters only through nn.Conv2d/nn.Linear/nn.BatchNorm modules")
@@ -154,6 +161,8 @@ class _Importer:
             self.alias[fx.name] = ("sizes", fx.args[0]) if dim is None else ("size", fx.args[0], dim)
         elif fx.target in ("clamp", "clamp_", "clip", "clamp_min"):
             _clamp_fn(self, fx)
+        elif fx.target in _METHOD_ARITH:
+            _arith(self, fx, _METHOD_ARITH[fx.target])
         elif fx.target == "contiguous":
             self.same(fx, fx.args[0])
         elif fx.target == "mean":
@@ -349,7 +358,53 @@ def _add(imp: _Importer, fx: torch.fx.Node) -> None:
     if _arg(fx, 2, "alpha", 1) != 1:
         raise imp.fail(fx, "add with alpha != 1", "scale the operand with a layer instead")
     a, b = fx.args[0], _arg(fx, 1, "other", None)
+    if _constant(imp, a) is not None or _constant(imp, b) is not None:
+        _arith(imp, fx, "add")
+        return
     imp.add(fx, Op.ADD, [imp.tensor(fx, a), imp.tensor(fx, b)])
+
+
+def _constant(imp: _Importer, arg: Any) -> np.ndarray | None:
+    """``arg`` as an array when it is a number or a buffer/parameter (or arithmetic of them)."""
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        return np.asarray(float(arg))
+    entry = imp.alias.get(arg.name) if isinstance(arg, torch.fx.Node) else None
+    return entry[1] if isinstance(entry, tuple) and entry[0] == "const" else None
+
+
+_NUMPY_ARITH = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+_METHOD_ARITH = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul",
+                 "div": "div", "div_": "div"}
+
+
+def _arith(imp: _Importer, fx: torch.fx.Node, kind: str) -> None:
+    """``a (+ - * /) b`` where one side is a constant: a per-channel affine (a batch norm that
+    normalisation folds or lowers); both constant: a constant; both activations: only + is a layer."""
+    if kind == "div" and _arg(fx, 2, "rounding_mode", None) is not None:
+        raise imp.fail(fx, "division with a rounding mode", "use true division")
+    if kind in ("add", "sub") and _arg(fx, 2, "alpha", 1) != 1:
+        raise imp.fail(fx, f"{kind} with alpha != 1", "scale the operand with a layer instead")
+    a, b = fx.args[0], _arg(fx, 1, "other", None)
+    ca, cb = _constant(imp, a), _constant(imp, b)
+    if ca is not None and cb is not None:
+        imp.alias[fx.name] = ("const", _NUMPY_ARITH[kind](ca, cb))
+        return
+    if ca is None and cb is None:
+        if kind == "add":
+            imp.add(fx, Op.ADD, [imp.tensor(fx, a), imp.tensor(fx, b)])
+            return
+        raise imp.fail(fx, f"{kind} of two activations", "the chip multiplies activations only by weights; use a "
+                       "layer, or + for residual connections")
+    x = imp.tensor(fx, b if ca is not None else a)
+    c = channel_constant(ca if ca is not None else cb, imp.shapes[x], f"node {fx.name!r} ({_op_name(imp, fx)})")
+    if kind == "div" and ca is not None:
+        raise imp.fail(fx, "divides a constant by an activation", "the chip has no reciprocal; move it to the host")
+    if kind == "div" and np.any(c == 0):
+        raise imp.fail(fx, "divides by zero in some channel", "give a non-zero divisor")
+    one, zero = np.ones_like(c), np.zeros_like(c)
+    scale, shift = {"add": (one, c), "sub": (-one if ca is not None else one, c if ca is not None else -c),
+                    "mul": (c, zero), "div": (1.0 / c, zero)}[kind]
+    imp.add(fx, Op.BATCHNORM, [x], {"eps": 0.0, "source_op": kind}, affine_params(scale, shift))
 
 
 def _cat(imp: _Importer, fx: torch.fx.Node) -> None:
@@ -485,6 +540,15 @@ def _dropout(imp: _Importer, fx: torch.fx.Node) -> None:
 
 _FUNCTIONS: dict[Any, Callable] = {
     operator.add: _add,
+    operator.sub: lambda imp, fx: _arith(imp, fx, "sub"),
+    operator.isub: lambda imp, fx: _arith(imp, fx, "sub"),
+    torch.sub: lambda imp, fx: _arith(imp, fx, "sub"),
+    operator.mul: lambda imp, fx: _arith(imp, fx, "mul"),
+    operator.imul: lambda imp, fx: _arith(imp, fx, "mul"),
+    torch.mul: lambda imp, fx: _arith(imp, fx, "mul"),
+    operator.truediv: lambda imp, fx: _arith(imp, fx, "div"),
+    operator.itruediv: lambda imp, fx: _arith(imp, fx, "div"),
+    torch.div: lambda imp, fx: _arith(imp, fx, "div"),
     operator.getitem: _getitem,
     getattr: _getattr,
     torch.clamp: _clamp_fn,
