@@ -554,3 +554,4 @@ def test_inspect_names_lowered_arithmetic(tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "to fold into: /Sub (Sub);" in last and "so the chip needs 3 arrays" in last
+    assert "the one on the input also turns the 8-b input into 4-b activations" in last

@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     if lowered["layers"]:
         print(f"batch norm or per-channel constant arithmetic with no conv/linear layer to fold into: "
               f"{', '.join(lowered['layers'])}; each runs as a diagonal 1x1 layer, so the chip needs "
-              f"{lowered['arrays']} arrays in all")
+              f"{lowered['arrays']} arrays in all"
+              + ("; the one on the input also turns the 8-b input into 4-b activations for the first layer: "
+                 "normalise in the data pipeline instead (the first layer's batch norm absorbs it)"
+                 if lowered["on_input"] else ""))
     return 0
 
 
@@ -62,6 +65,7 @@ def _lowered_batchnorms(graph, chip, w_bits: int) -> dict:
     from imcflow.frontend.stats import graph_stats
 
     norm = normalize(graph)
-    names = [n.name + (f" ({n.attrs['source_op']})" if "source_op" in n.attrs else "")
-             for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]
-    return {"layers": names, "arrays": graph_stats(norm, chip, w_bits).arrays if names else None}
+    lowered = [n for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]
+    names = [n.name + (f" ({n.attrs['source_op']})" if "source_op" in n.attrs else "") for n in lowered]
+    return {"layers": names, "arrays": graph_stats(norm, chip, w_bits).arrays if names else None,
+            "on_input": any(n.inputs[0] == norm.input_name for n in lowered)}
