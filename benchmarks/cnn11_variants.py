@@ -21,7 +21,7 @@ from torch import nn
 
 from imcflow import pipeline
 from imcflow.config.presets import JSSC2022
-from imcflow.models.cnn11 import LAYERS, cnn11
+from imcflow.models.cnn11 import LAYERS, LAYERS_NP3, LAYERS_NP3C64, cnn11
 from imcflow.report.flow import compile_program, simulate_report
 from imcflow.report.reproduce import PUBLISHED
 
@@ -41,6 +41,8 @@ VARIANTS = {
     "late pool (c7)": _late_pool(LAYERS),
     "c1 64 channels": _wide_c1(LAYERS),
     "late pool + c1 64 ch": _wide_c1(_late_pool(LAYERS)),
+    "no third pool (np3)": LAYERS_NP3,
+    "np3 + c1 64 ch": LAYERS_NP3C64,
 }
 
 
