@@ -555,3 +555,133 @@ def test_inspect_names_lowered_arithmetic(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "to fold into: /Sub (Sub);" in last and "so the chip needs 3 arrays" in last
     assert "the one on the input also turns the 8-b input into 4-b activations" in last
+
+
+class OptionA(nn.Module):
+    """A CIFAR ResNet stage change with the parameter-free "option A" shortcut (He et al. 2016):
+    subsample by 2 and pad the channels with zeros, written as such networks usually write it."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.c1, self.b1 = nn.Conv2d(c, 2 * c, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * c)
+        self.c2, self.b2 = nn.Conv2d(2 * c, 2 * c, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * c)
+        self.fc = nn.Linear(2 * c, 10)
+        self.pad = c // 2
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = self.b2(self.c2(F.relu(self.b1(self.c1(x)))))
+        short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad), "constant", 0)
+        out = F.relu(out + short)
+        out = F.avg_pool2d(out, out.size()[3])
+        return self.fc(out.view(out.size(0), -1))
+
+
+def _option_a():
+    torch.manual_seed(8)
+    m = OptionA()
+    _randomise_bn((m.stem[1], m.b1, m.b2), gamma=True)
+    return m.eval()
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_option_a_shortcut_is_one_strided_selection_layer(tmp_path, dynamo):
+    """x[:, :, ::2, ::2] then F.pad of the channels: one 1x1 stride-2 layer with a 0/1 weight, from
+    PyTorch and from both ONNX exporters' files (Slice + Pad; the TorchScript one computes the pads
+    with ConstantOfShape, Transpose and Slice on constants), computing the PyTorch outputs."""
+    from imcflow.frontend.normalize import normalize
+    m = _option_a()
+    x = torch.rand(2, 3, 8, 8)
+    path = tmp_path / "option_a.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x if dynamo else x[:1],), str(path), dynamo=dynamo, verbose=False)
+    for graph in (load_graph(m, (3, 8, 8)), load_graph(path)):
+        norm = normalize(graph)
+        moves = [n for n in norm.nodes if n.attrs.get("lowered_from") in ("slice", "pad")]
+        assert len(moves) == 1 and moves[0].attrs["stride"] == (2, 2)
+        w = moves[0].params["weight"][:, :, 0, 0]
+        assert w.shape == (8, 4) and np.array_equal(w, np.eye(8, 4, -2))
+        np.testing.assert_allclose(run_graph(norm, x.numpy()), m(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_option_a_resnet_simulates_bit_true():
+    _assert_simulates_bit_true(_option_a(), (3, 8, 8), 5)
+
+
+class Moves(nn.Module):
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = {"crop": lambda: y[:, :, 1:, 1:], "offset": lambda: y[:, :, 1::2, 1::2], "int": lambda: y[:, 0],
+             "spatial_pad": lambda: F.pad(y, (1, 1, 1, 1)), "reflect": lambda: F.pad(y, (0, 0, 0, 0, 1, 1), "reflect"),
+             "channels": lambda: y[:, 1:3], "batch": lambda: y[:1]}[self.form]()
+        return torch.relu(y)
+
+
+@pytest.mark.parametrize("form,match", [
+    ("crop", "slicing axis 2 .* only subsampling from index 0"),
+    ("offset", "slicing axis 2 .* only subsampling from index 0"),
+    ("int", "integer index or None changes the rank"),
+    ("spatial_pad", "explicit padding .* give spatial padding to the conv or pool"),
+    ("reflect", "reflect padding"),
+    ("batch", "slices the batch axis")])
+def test_unsupported_slices_and_pads_are_refused_by_name(form, match):
+    with pytest.raises(ModelError, match=match):
+        load_graph(Moves(form).eval(), (3, 8, 8))
+
+
+def test_channel_slice_is_a_selection_layer():
+    from imcflow.frontend.normalize import normalize
+    torch.manual_seed(9)
+    m = Moves("channels").eval()
+    x = torch.rand(2, 3, 8, 8)
+    norm = normalize(load_graph(m, (3, 8, 8)))
+    sel = [n for n in norm.nodes if n.attrs.get("lowered_from") == "slice"]
+    assert len(sel) == 1 and np.array_equal(sel[0].params["weight"][:, :, 0, 0], np.eye(4)[1:3])
+    np.testing.assert_allclose(run_graph(norm, x.numpy()), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,start,end,step", [
+    (7, 0, 2**62, 2), (7, 1, -1, 1), (7, -3, 100, 1), (7, -1, -2**62, -1), (7, 5, 1, -2), (7, 10, -10, -3),
+    (7, -100, 3, 1), (8, 0, 8, 3), (5, 4, 4, 1)])
+def test_slice_indices_follow_onnxruntime(size, start, end, step):
+    """The importer's reading of ONNX Slice bounds (clamping, negative steps) against onnxruntime."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from imcflow.frontend.onnx_import import slice_indices
+
+    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v])
+              for n, v in (("starts", start), ("ends", end), ("axes", 0), ("steps", step))]
+    graph = helper.make_graph([helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])], "s",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": np.arange(size, dtype=np.float32)})[0].astype(int).tolist()
+    assert slice_indices(size, start, end, step) == want
+
+
+def test_onnx_slice_of_the_batch_and_spatial_pad_are_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])  # a dynamic batch
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 3, 1, 1], [1.0] * 6)
+    for op, extra, match in [
+            ("Slice", [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in
+                       (("starts", 0), ("ends", 1), ("axes", 0))], "slices the batch axis"),
+            ("Pad", [helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 1, 0, 0, 1, 1])],
+             "explicit padding .* give spatial padding")]:
+        names = [t.name for t in extra]
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node(op, ["c", *names], ["y"])]
+        graph = helper.make_graph(nodes, "g", [x], [y], [w, *extra])
+        path = tmp_path / f"{op}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+        with pytest.raises(ModelError, match=match):
+            load_graph(path)

@@ -9,7 +9,11 @@ Passes, in order (each a small function from Graph to Graph):
    read only by a conv/linear layer, which then takes the scale into its input channels (exact:
    zero padding stays zero). The importers give per-channel constant arithmetic (``x - mean``,
    ``x / std``, ``x * 2``) as such batch norms (:func:`affine_params`).
-2. :func:`remove_identities` - ops that do nothing dropped: 1x1 stride-1 unpadded pooling, global
+2. :func:`fuse_lowered_convs` - the 1x1 convolutions the importers make for tensor slicing and
+   channel padding (:func:`slice_layer`, :func:`channel_pad_layer`; e.g. the option-A shortcut of
+   CIFAR ResNets, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))``) fused when one feeds the other:
+   one 1x1 layer with a 0/1 weight.
+3. :func:`remove_identities` - ops that do nothing dropped: 1x1 stride-1 unpadded pooling, global
    pooling of a 1x1 map, flatten of a flat tensor (consecutive flattens fused), a ReLU of a ReLU,
    single-input concat; ``clamp(0, inf)`` becomes ``relu``.
 
@@ -31,7 +35,7 @@ from imcflow.ir.graph import Graph, Node, Op, WEIGHT_OPS
 def normalize(graph: Graph) -> Graph:
     """``graph`` with batch norm folded and identity ops removed; verified."""
     graph.verify()
-    out = remove_identities(fold_batchnorm(graph))
+    out = remove_identities(fuse_lowered_convs(fold_batchnorm(graph)))
     out = dataclasses.replace(out, meta={**out.meta, "normalized": True})
     out.verify()
     return out
@@ -78,6 +82,83 @@ def fold_batchnorm(graph: Graph) -> Graph:
         nodes[src.name] = _folded(src, bn)
         del nodes[bn.name]
         renames[bn.name] = src.name
+    return _rebuild(graph, [nodes[n.name] for n in graph.nodes if n.name in nodes], renames)
+
+
+LOWERED_MOVES = ("slice", "pad")
+"""``lowered_from`` of the 1x1 layers that only move values (selection / embedding weights)."""
+
+
+def slice_layer(shape: tuple[int, ...], index: list[list[int]], where: str) -> tuple[dict, dict] | None:
+    """A slice of an activation of ``shape`` ((C, H, W), batch excluded) that keeps ``index[a]``
+    along each axis, as the attrs and params of a 1x1 conv: any channel selection is a 0/1 weight,
+    a spatial slice must be a subsample (``range(0, size, step)``: a stride). None for the identity;
+    a crop or an offset subsample is refused by name (``where``)."""
+    if len(shape) != 3:
+        raise ModelError(f"{where}: slicing a {shape} tensor (batch excluded); only (N, C, H, W) maps are sliced")
+    strides = []
+    for axis, (size, keep) in enumerate(zip(shape[1:], index[1:]), start=2):
+        step = keep[1] - keep[0] if len(keep) > 1 else size
+        if not keep or keep != list(range(0, size, step)):
+            raise ModelError(f"{where}: slicing axis {axis} (size {size}) to indices {_brief(keep)}; only "
+                             f"subsampling from index 0 (x[:, :, ::s, ::s]) maps to the chip (a strided 1x1 "
+                             f"layer): crop in the data pipeline or use a strided conv/pool")
+        strides.append(max(step, 1))
+    channels = index[0]
+    if channels == list(range(shape[0])) and strides == [1, 1]:
+        return None
+    weight = np.zeros((len(channels), shape[0], 1, 1), np.float32)
+    weight[np.arange(len(channels)), channels] = 1.0
+    attrs = {"kernel": (1, 1), "stride": tuple(strides), "padding": (0, 0), "lowered_from": "slice"}
+    return attrs, {"weight": weight}
+
+
+def channel_pad_layer(shape: tuple[int, ...], pads: list[tuple[int, int]], value: float, mode: str,
+                      where: str) -> tuple[dict, dict] | None:
+    """Constant padding of an activation of ``shape`` ((C, H, W) or (C,), batch excluded) by
+    ``pads[a] = (before, after)`` per axis (batch first), as a 1x1 layer that embeds the channels
+    among zero channels. Only zero padding of the channel axis maps to the chip this way; None when
+    nothing is padded."""
+    if mode != "constant" or value != 0:
+        raise ModelError(f"{where}: {mode} padding with value {value}; only zero padding maps to the chip")
+    if any(p < 0 for pair in pads for p in pair):
+        raise ModelError(f"{where}: negative padding (a crop) {pads}; crop in the data pipeline")
+    if pads[0] != (0, 0):
+        raise ModelError(f"{where}: padding the batch axis; pad only channels")
+    if len(shape) != 3 or any(pads[a] != (0, 0) for a in (2, 3)):
+        raise ModelError(f"{where}: explicit padding {pads[1:]} of a {shape} tensor; only channel padding "
+                         f"(F.pad(x, (0, 0, 0, 0, before, after))) maps to the chip: give spatial padding "
+                         f"to the conv or pool that follows (padding=...)")
+    before, after = pads[1]
+    if before == after == 0:
+        return None
+    weight = np.zeros((before + shape[0] + after, shape[0], 1, 1), np.float32)
+    weight[before + np.arange(shape[0]), np.arange(shape[0])] = 1.0
+    return {"kernel": (1, 1), "stride": (1, 1), "padding": (0, 0), "lowered_from": "pad"}, {"weight": weight}
+
+
+def _brief(keep: list[int]) -> str:
+    return str(keep) if len(keep) <= 6 else f"[{keep[0]}, {keep[1]}, ..., {keep[-1]}] ({len(keep)})"
+
+
+def fuse_lowered_convs(graph: Graph) -> Graph:
+    """A slice or channel-pad layer (:data:`LOWERED_MOVES`) that is the only reader of another one
+    becomes one 1x1 layer: weight ``W2 @ W1``, strides multiplied (both only move values, so the
+    product is exact)."""
+    nodes = {n.name: n for n in graph.nodes}
+    renames: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.attrs.get("lowered_from") not in LOWERED_MOVES:
+            continue
+        src = nodes.get(n.inputs[0])
+        if (src is None or src.attrs.get("lowered_from") not in LOWERED_MOVES or src.name == graph.output
+                or len(graph.consumers(src.name)) != 1):
+            continue
+        w = n.params["weight"][:, :, 0, 0] @ src.params["weight"][:, :, 0, 0]
+        stride = tuple(a * b for a, b in zip(src.attrs["stride"], n.attrs["stride"]))
+        nodes[n.name] = dataclasses.replace(n, inputs=src.inputs, attrs={**n.attrs, "stride": stride},
+                                            params={"weight": w[:, :, None, None].astype(np.float32)})
+        del nodes[src.name]
     return _rebuild(graph, [nodes[n.name] for n in graph.nodes if n.name in nodes], renames)
 
 

@@ -5,8 +5,11 @@ BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAverageP
 ReduceMean and ReduceMax over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax/Sigmoid (left
 to the host: the graph ends at the logits and ``meta["host_output"]`` says so),
 Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
-for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast on constants); Squeeze of an
-(N, C, 1, 1) map to (N, C) is a flatten.
+for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Slice, Transpose,
+ConstantOfShape on constants); Squeeze of an (N, C, 1, 1) map to (N, C) is a flatten. Add, Sub,
+Mul, Div of a map and a per-channel constant become a batch norm (``x * scale + shift``); Slice of a
+map (channel selection, subsampling ``::s`` of H and W) and Pad of its channels with zeros become 1x1
+layers with 0/1 weights (:mod:`imcflow.frontend.normalize`).
 
 Quantised QCDQ models: QuantizeLinear -> [Clip] -> DequantizeLinear on a constant weight is folded
 into the float weight it represents (``w_bits`` attr from the integer type or the clip range); the
@@ -32,8 +35,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (affine_params, channel_constant, dense_grouped_weight,
-                                        host_output_note, squeeze_shape)
+from imcflow.frontend.normalize import (affine_params, channel_constant, channel_pad_layer, dense_grouped_weight,
+                                        host_output_note, slice_layer, squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -496,6 +499,77 @@ def _concat(imp: _Importer, node: onnx.NodeProto) -> None:
     imp.add(node, Op.CONCAT, inputs, {"axis": 0})
 
 
+def slice_indices(size: int, start: int, end: int, step: int) -> list[int]:
+    """The indices ONNX Slice keeps along an axis of ``size`` (negative and out-of-range bounds
+    clamped as the operator's specification says)."""
+    if step == 0:
+        raise ModelError("Slice with step 0")
+    start, end = (v + size if v < 0 else v for v in (start, end))
+    lo, hi = (0, size) if step > 0 else (-1, size - 1)
+    start = min(max(start, 0 if step > 0 else 0), size if step > 0 else size - 1)
+    end = min(max(end, lo), hi)
+    return list(range(start, end, step))
+
+
+def _slice(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Slice (opset 10+: starts, ends, axes, steps as inputs; opset 1-9: attributes). Of a constant,
+    evaluated; of a map, a subsample and/or channel selection as a 1x1 layer (:func:`slice_layer`)."""
+    a = _attrs(node)
+    if len(node.input) > 1:
+        starts, ends = (imp.const(node, i).value.reshape(-1) for i in (1, 2))
+        axes = imp.const(node, 3, required=False)
+        steps = imp.const(node, 4, required=False)
+        axes = axes.value.reshape(-1) if axes is not None else np.arange(len(starts))
+        steps = steps.value.reshape(-1) if steps is not None else np.ones(len(starts), np.int64)
+    else:
+        starts, ends = np.asarray(a["starts"]), np.asarray(a["ends"])
+        axes = np.asarray(a.get("axes", range(len(starts))))
+        steps = np.ones(len(starts), np.int64)
+    v = imp.values.get(node.input[0])
+    full = v.value.shape if isinstance(v, _Const) else (1, *imp.shapes[imp.tensor(node, 0)])
+    index = [list(range(size)) for size in full]
+    for ax, st, en, sp in zip(axes, starts, ends, steps):
+        ax = int(ax) + len(full) if ax < 0 else int(ax)
+        if ax == 0 and not isinstance(v, _Const) and ((st, sp) != (0, 1) or en < (imp.batch or 2**31)):
+            raise _fail(node, "slices the batch axis", "slice only channels or subsample H and W")
+        index[ax] = slice_indices(full[ax], int(st), int(en), int(sp))
+    if isinstance(v, _Const):
+        imp.values[node.output[0]] = _Const(v.value[np.ix_(*index)], v.bits)
+        return
+    where = f"node {_nname(node)!r} (Slice)"
+    _move_layer(imp, node, slice_layer(full[1:], index[1:], where))
+
+
+def _pad(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Pad (opset 11+: pads, constant_value, axes as inputs; earlier: attributes) of a map by zero
+    channels, as a 1x1 embedding layer (:func:`channel_pad_layer`)."""
+    a = _attrs(node)
+    x = imp.tensor(node, 0)
+    rank = len(imp.shapes[x]) + 1
+    if len(node.input) > 1:
+        pads = imp.const(node, 1).value.reshape(-1)
+        value = imp.const(node, 2, required=False) if len(node.input) > 2 and node.input[2] else None
+        value = float(value.value.reshape(-1)[0]) if value is not None else 0.0
+        axes = imp.const(node, 3, required=False) if len(node.input) > 3 and node.input[3] else None
+        axes = [int(ax) % rank for ax in axes.value.reshape(-1)] if axes is not None else list(range(rank))
+    else:
+        pads, value, axes = np.asarray(a["pads"]), float(a.get("value", 0.0)), list(range(rank))
+    per_axis = [(0, 0)] * rank
+    for k, ax in enumerate(axes):
+        per_axis[ax] = (int(pads[k]), int(pads[k + len(axes)]))
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    where = f"node {_nname(node)!r} (Pad)"
+    _move_layer(imp, node, channel_pad_layer(imp.shapes[x], per_axis, value, mode, where))
+
+
+def _move_layer(imp: _Importer, node: onnx.NodeProto, layer: tuple[dict, dict] | None) -> None:
+    if layer is None:
+        imp.alias(node)
+    else:
+        imp.add(node, Op.CONV, [imp.tensor(node, 0)], *layer)
+
+
 # --- quantisation (QCDQ) ----------------------------------------------------------------------
 
 def _qparams(imp: _Importer, node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -737,6 +811,12 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "Gather": _const_op(lambda args, a: np.take(args[0], args[1], axis=a.get("axis", 0))),
     "Unsqueeze": _const_op(_unsqueeze),
     "Squeeze": _squeeze,
+    "Slice": _slice,
+    "Pad": _pad,
+    "ConstantOfShape": _const_op(lambda args, a: np.full(
+        [int(d) for d in args[0].reshape(-1)],
+        numpy_helper.to_array(a["value"]).reshape(-1)[0] if "value" in a else np.float32(0))),
+    "Transpose": _const_op(lambda args, a: np.transpose(args[0], a.get("perm"))),
     "Cast": _const_op(lambda args, a: args[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))),
 }
 

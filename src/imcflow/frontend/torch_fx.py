@@ -6,7 +6,8 @@ clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPo
 AdaptiveMaxPool2d(1) and their functions, mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
-semantics), + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
+semantics), slicing ``x[:, c0:c1, ::s, ::s]`` and ``F.pad`` by zero channels (1x1 layers with 0/1
+weights, as in the option-A shortcut of CIFAR ResNets), + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
 or one value per channel (input normalisation ``(x - mean) / std``: a per-channel affine), and a final softmax, log_softmax or sigmoid over the classes (left to the host: the
 graph ends at the logits, ``meta["host_output"]``). Anything else raises a ModelError naming the traced node,
 its op and the fix.
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (affine_params, channel_constant, dense_grouped_weight,
-                                        host_output_note, squeeze_shape)
+from imcflow.frontend.normalize import (affine_params, channel_constant, channel_pad_layer, dense_grouped_weight,
+                                        host_output_note, slice_layer, squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -436,13 +437,57 @@ def _getattr(imp: _Importer, fx: torch.fx.Node) -> None:
 
 
 def _getitem(imp: _Importer, fx: torch.fx.Node) -> None:
-    """``x.shape[0]`` / ``x.size()[0]``: the batch size (for a flatten)."""
+    """``x.shape[0]`` / ``x.size()[0]``: the batch size (for a flatten); ``x[:, c0:c1, ::s, ::s]``:
+    a channel selection and/or subsample, as a 1x1 layer (:func:`slice_layer`)."""
     base, index = fx.args
     entry = imp.alias.get(base.name) if isinstance(base, torch.fx.Node) else None
+    if isinstance(entry, str):
+        _slice_tensor(imp, fx, entry, index if isinstance(index, tuple) else (index,))
+        return
     if not (isinstance(entry, tuple) and entry[0] == "sizes" and isinstance(index, int)):
         raise imp.fail(fx, "indexing", "only x.shape[0] or x.size()[0] (the batch, for a flatten) is supported")
     imp.alias[fx.name] = ("size", entry[1], index)
 
+
+
+def _slice_tensor(imp: _Importer, fx: torch.fx.Node, x: str, index: tuple) -> None:
+    full = (1, *imp.shapes[x])
+    if any(i is Ellipsis for i in index):
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (len(full) - len(index) + 1) + index[k + 1:]
+    if len(index) > len(full) or not all(isinstance(i, slice) for i in index):
+        raise imp.fail(fx, f"indexing a {full} tensor with {index}", "only slices (x[:, c0:c1, ::s, ::s]) map to the "
+                       "chip: an integer index or None changes the rank")
+    index = index + (slice(None),) * (len(full) - len(index))
+    if (index[0].start, index[0].stop, index[0].step) not in ((None, None, None), (0, None, None), (0, None, 1)):
+        raise imp.fail(fx, "slices the batch axis", "slice only channels or subsample H and W")
+    keep = [list(range(*i.indices(size))) for i, size in zip(index, full)]
+    _move_layer(imp, fx, x, slice_layer(full[1:], keep[1:], f"node {fx.name!r} ({_op_name(imp, fx)})"))
+
+
+def _pad_fn(imp: _Importer, fx: torch.fx.Node) -> None:
+    """``F.pad(x, (0, 0, 0, 0, before, after))``: zero channels around a map (the option-A shortcut of
+    CIFAR ResNets), as a 1x1 embedding layer (:func:`channel_pad_layer`)."""
+    x = imp.tensor(fx, fx.args[0])
+    pad = tuple(_arg(fx, 1, "pad", ()))
+    full = (1, *imp.shapes[x])
+    if len(pad) % 2 or len(pad) > 2 * len(full) or not all(isinstance(v, int) for v in pad):
+        raise imp.fail(fx, f"pad {pad}", "give integer (before, after) pairs, last axis first")
+    per_axis = [(0, 0)] * len(full)
+    for k in range(len(pad) // 2):
+        per_axis[len(full) - 1 - k] = (pad[2 * k], pad[2 * k + 1])
+    value = _arg(fx, 3, "value", None)
+    where = f"node {fx.name!r} ({_op_name(imp, fx)})"
+    layer = channel_pad_layer(imp.shapes[x], per_axis, 0.0 if value is None else float(value),
+                              _arg(fx, 2, "mode", "constant"), where)
+    _move_layer(imp, fx, x, layer)
+
+
+def _move_layer(imp: _Importer, fx: torch.fx.Node, x: str, layer: tuple[dict, dict] | None) -> None:
+    if layer is None:
+        imp.alias[fx.name] = x
+    else:
+        imp.add(fx, Op.CONV, [x], *layer)
 
 def _hardtanh(imp: _Importer, fx: torch.fx.Node) -> None:
     _clamp(imp, fx, _arg(fx, 1, "min_val", -1.0), _arg(fx, 2, "max_val", 1.0))
@@ -455,8 +500,8 @@ def _relu(imp: _Importer, fx: torch.fx.Node) -> None:
 def _pool_fn(op: Op) -> Callable:
     """F.max_pool2d / F.avg_pool2d, checked like the modules."""
     def handler(imp: _Importer, fx: torch.fx.Node) -> None:
-        kernel = _arg(fx, 1, "kernel_size", None)
-        stride = _arg(fx, 2, "stride", None)
+        kernel = _static_size(imp, fx, _arg(fx, 1, "kernel_size", None))
+        stride = _static_size(imp, fx, _arg(fx, 2, "stride", None))
         cls = nn.MaxPool2d if op is Op.MAXPOOL else nn.AvgPool2d
         kwargs = {k: v for k, v in fx.kwargs.items() if k not in ("input", "kernel_size", "stride")}
         names = ("padding", "dilation", "ceil_mode", "return_indices") if op is Op.MAXPOOL else \
@@ -464,6 +509,22 @@ def _pool_fn(op: Op) -> Callable:
         kwargs.update(dict(zip(names, fx.args[3:])))
         _pool(imp, fx, cls(kernel, stride or None, **kwargs))
     return handler
+
+
+def _static_size(imp: _Importer, fx: torch.fx.Node, arg: Any) -> Any:
+    """``arg`` with ``x.size(k)`` / ``x.shape[k]`` / ``x.size()[k]`` of a feature axis (k > 0) replaced
+    by its static size (the input shape is fixed), as in ``F.avg_pool2d(x, x.size()[3])``."""
+    if isinstance(arg, (tuple, list)):
+        return type(arg)(_static_size(imp, fx, a) for a in arg)
+    entry = imp.alias.get(arg.name) if isinstance(arg, torch.fx.Node) else None
+    if not (isinstance(entry, tuple) and entry[0] == "size"):
+        return arg
+    full = (None, *imp.shapes[imp.tensor(fx, entry[1])])
+    dim = entry[2] + len(full) if entry[2] < 0 else entry[2]
+    if not 0 < dim < len(full):
+        raise imp.fail(fx, f"a window size given by {'the batch size' if dim == 0 else f'axis {entry[2]}'}",
+                       "give the pooling window a feature-map size (x.size(2) or x.size(3)) or a number")
+    return full[dim]
 
 
 def _adaptive_fn(cls: type) -> Callable:
@@ -576,5 +637,6 @@ _FUNCTIONS: dict[Any, Callable] = {
     torch.log_softmax: lambda imp, fx: _final_host_op(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
     torch.sigmoid: lambda imp, fx: _final_host_op(imp, fx, "sigmoid", 1),
     torch.squeeze: _squeeze,
+    F.pad: _pad_fn,
     F.sigmoid: lambda imp, fx: _final_host_op(imp, fx, "sigmoid", 1),
 }
