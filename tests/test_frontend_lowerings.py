@@ -685,3 +685,29 @@ def test_onnx_slice_of_the_batch_and_spatial_pad_are_refused(tmp_path):
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
         with pytest.raises(ModelError, match=match):
             load_graph(path)
+
+
+class AdaptiveTo(nn.Module):
+    def __init__(self, size, kind: str = "avg"):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = (nn.AdaptiveAvgPool2d if kind == "avg" else nn.AdaptiveMaxPool2d)(size)
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+@pytest.mark.parametrize("size,kind,window", [(2, "avg", (4, 4)), ((4, None), "max", (2, 1)), ((8, 8), "avg", None)])
+def test_adaptive_pooling_with_equal_windows_is_a_fixed_pool(size, kind, window):
+    torch.manual_seed(10)
+    m = AdaptiveTo(size, kind).eval()
+    x = torch.rand(2, 3, 8, 8)
+    graph = load_graph(m, (3, 8, 8))
+    pools = [n for n in graph.nodes if n.op in (Op.AVGPOOL, Op.MAXPOOL)]
+    assert [tuple(n.attrs["kernel"]) for n in pools] == ([window] if window else [])
+    np.testing.assert_allclose(run_graph(graph, x.numpy()), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_pooling_with_unequal_windows_is_refused():
+    with pytest.raises(ModelError, match=r"adaptive average pooling of a \(8, 8\) map to \(3, 3\).*divides the map"):
+        load_graph(AdaptiveTo(3).eval(), (3, 8, 8))

@@ -2,8 +2,8 @@
 
 Supported: nn.Conv2d (dilation 1, zero padding; groups > 1 become a dense block-diagonal conv),
 nn.Linear, nn.BatchNorm1d/2d (running statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh,
-clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPool2d(1)/
-AdaptiveMaxPool2d(1) and their functions, mean/amax over dims (2, 3) (global pooling),
+clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPool2d/
+AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), and their functions, mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
 semantics), slicing ``x[:, c0:c1, ::s, ::s]`` and ``F.pad`` by zero channels (1x1 layers with 0/1
@@ -310,12 +310,20 @@ def _adaptive(imp: _Importer, fx: torch.fx.Node, m: nn.AdaptiveAvgPool2d | nn.Ad
     src = imp.tensor(fx, fx.args[0])
     size = m.output_size
     size = (size, size) if isinstance(size, int) else tuple(size)
+    hw = imp.shapes[src][1:]
+    size = tuple(h if s is None else s for s, h in zip(size, hw))
     if size == (1, 1):
         _global_pool(imp, fx, src, kind)
-    elif size == imp.shapes[src][1:]:
+    elif size == hw:
         imp.same(fx, fx.args[0])
+    elif all(h % s == 0 for h, s in zip(hw, size)):  # equal windows: a fixed pool, exactly
+        window = tuple(h // s for h, s in zip(hw, size))
+        imp.add(fx, Op.MAXPOOL if kind == "max" else Op.AVGPOOL, [src],
+                {"kernel": window, "stride": window, "padding": (0, 0)})
     else:
-        raise imp.fail(fx, f"adaptive {kind} pooling to {size}", f"use output size (1, 1) or a fixed {'Max' if kind == 'max' else 'Avg'}Pool2d")
+        raise imp.fail(fx, f"adaptive {kind} pooling of a {hw} map to {size} (unequal windows)",
+                       f"use an output size that divides the map, (1, 1), or a fixed "
+                       f"{'Max' if kind == 'max' else 'Avg'}Pool2d")
 
 
 def _flatten_module(imp: _Importer, fx: torch.fx.Node, m: nn.Flatten) -> None:
