@@ -619,7 +619,7 @@ class Moves(nn.Module):
     def forward(self, x):
         y = self.conv(x)
         y = {"crop": lambda: y[:, :, 1:, 1:], "offset": lambda: y[:, :, 1::2, 1::2], "int": lambda: y[:, 0],
-             "spatial_pad": lambda: F.pad(y, (1, 1, 1, 1)), "reflect": lambda: F.pad(y, (0, 0, 0, 0, 1, 1), "reflect"),
+             "spatial_pad": lambda: F.pad(y, (0, 1, 0, 1)), "reflect": lambda: F.pad(y, (0, 0, 0, 0, 1, 1), "reflect"),
              "channels": lambda: y[:, 1:3], "batch": lambda: y[:1]}[self.form]()
         return torch.relu(y)
 
@@ -628,7 +628,7 @@ class Moves(nn.Module):
     ("crop", "slicing axis 2 .* only subsampling from index 0"),
     ("offset", "slicing axis 2 .* only subsampling from index 0"),
     ("int", "integer index or None changes the rank"),
-    ("spatial_pad", "explicit padding .* give spatial padding to the conv or pool"),
+    ("spatial_pad", "asymmetric spatial padding .* pad equally on both sides"),
     ("reflect", "reflect padding"),
     ("batch", "slices the batch axis")])
 def test_unsupported_slices_and_pads_are_refused_by_name(form, match):
@@ -667,7 +667,7 @@ def test_slice_indices_follow_onnxruntime(size, start, end, step):
     assert slice_indices(size, start, end, step) == want
 
 
-def test_onnx_slice_of_the_batch_and_spatial_pad_are_refused(tmp_path):
+def test_onnx_slice_of_the_batch_and_asymmetric_pad_are_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])  # a dynamic batch
@@ -676,8 +676,8 @@ def test_onnx_slice_of_the_batch_and_spatial_pad_are_refused(tmp_path):
     for op, extra, match in [
             ("Slice", [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in
                        (("starts", 0), ("ends", 1), ("axes", 0))], "slices the batch axis"),
-            ("Pad", [helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 1, 0, 0, 1, 1])],
-             "explicit padding .* give spatial padding")]:
+            ("Pad", [helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 0, 0, 0, 0, 1, 1])],
+             "asymmetric spatial padding")]:
         names = [t.name for t in extra]
         nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node(op, ["c", *names], ["y"])]
         graph = helper.make_graph(nodes, "g", [x], [y], [w, *extra])
@@ -711,3 +711,38 @@ def test_adaptive_pooling_with_equal_windows_is_a_fixed_pool(size, kind, window)
 def test_adaptive_pooling_with_unequal_windows_is_refused():
     with pytest.raises(ModelError, match=r"adaptive average pooling of a \(8, 8\) map to \(3, 3\).*divides the map"):
         load_graph(AdaptiveTo(3).eval(), (3, 8, 8))
+
+
+class ExplicitPad(nn.Module):
+    """Zero padding as its own module before an unpadded conv, and before a pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d(1)
+        self.conv = nn.Conv2d(3, 4, 3, padding=0)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 5 * 5, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(self.pad(x)))
+        y = F.max_pool2d(F.pad(torch.relu(self.conv2(y)), (1, 1, 1, 1)), 2)
+        return self.fc(y.flatten(1))
+
+
+def test_explicit_zero_padding_moves_into_the_conv(tmp_path):
+    """nn.ZeroPad2d(1) + an unpadded conv is that conv with padding 1 (ONNX: Pad + Conv); a pad before
+    a pool stays a 1x1 layer with padding 1. Both compute the PyTorch outputs."""
+    from imcflow.frontend.normalize import normalize
+    torch.manual_seed(11)
+    m = ExplicitPad().eval()
+    x = torch.rand(2, 3, 8, 8)
+    for graph in _both_imports(m, x, tmp_path / "pad.onnx"):
+        norm = normalize(graph)
+        convs = [n for n in norm.nodes if n.op is Op.CONV]
+        assert [tuple(n.attrs["padding"]) for n in convs] == [(1, 1), (1, 1), (1, 1)]
+        assert [n.attrs.get("lowered_from") for n in convs] == [None, None, "pad"]
+        np.testing.assert_allclose(run_graph(norm, x.numpy()), m(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_explicit_padding_network_simulates_bit_true():
+    _assert_simulates_bit_true(ExplicitPad().eval(), (3, 8, 8), 6)

@@ -10,9 +10,10 @@ Passes, in order (each a small function from Graph to Graph):
    zero padding stays zero). The importers give per-channel constant arithmetic (``x - mean``,
    ``x / std``, ``x * 2``) as such batch norms (:func:`affine_params`).
 2. :func:`fuse_lowered_convs` - the 1x1 convolutions the importers make for tensor slicing and
-   channel padding (:func:`slice_layer`, :func:`channel_pad_layer`; e.g. the option-A shortcut of
-   CIFAR ResNets, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))``) fused when one feeds the other:
-   one 1x1 layer with a 0/1 weight.
+   channel padding (:func:`slice_layer`, :func:`pad_layer`; e.g. the option-A shortcut of
+   CIFAR ResNets, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))``) fused when one feeds the other
+   (one 1x1 layer with a 0/1 weight), and a stride-1 one moved into the conv that alone reads it
+   (``nn.ZeroPad2d(1)`` before an unpadded conv: that conv with padding 1).
 3. :func:`remove_identities` - ops that do nothing dropped: 1x1 stride-1 unpadded pooling, global
    pooling of a 1x1 map, flatten of a flat tensor (consecutive flattens fused), a ReLU of a ReLU,
    single-input concat; ``clamp(0, inf)`` becomes ``relu``.
@@ -113,28 +114,30 @@ def slice_layer(shape: tuple[int, ...], index: list[list[int]], where: str) -> t
     return attrs, {"weight": weight}
 
 
-def channel_pad_layer(shape: tuple[int, ...], pads: list[tuple[int, int]], value: float, mode: str,
-                      where: str) -> tuple[dict, dict] | None:
-    """Constant padding of an activation of ``shape`` ((C, H, W) or (C,), batch excluded) by
-    ``pads[a] = (before, after)`` per axis (batch first), as a 1x1 layer that embeds the channels
-    among zero channels. Only zero padding of the channel axis maps to the chip this way; None when
-    nothing is padded."""
+def pad_layer(shape: tuple[int, ...], pads: list[tuple[int, int]], value: float, mode: str,
+              where: str) -> tuple[dict, dict] | None:
+    """Zero padding of an activation of ``shape`` ((C, H, W), batch excluded) by ``pads[a] =
+    (before, after)`` per axis (batch first) as a 1x1 layer: zero channels are an embedding weight,
+    symmetric spatial padding is the layer's own padding (normalisation moves it into the conv that
+    reads it). None when nothing is padded; anything else is refused by name (``where``)."""
     if mode != "constant" or value != 0:
         raise ModelError(f"{where}: {mode} padding with value {value}; only zero padding maps to the chip")
     if any(p < 0 for pair in pads for p in pair):
         raise ModelError(f"{where}: negative padding (a crop) {pads}; crop in the data pipeline")
     if pads[0] != (0, 0):
-        raise ModelError(f"{where}: padding the batch axis; pad only channels")
-    if len(shape) != 3 or any(pads[a] != (0, 0) for a in (2, 3)):
-        raise ModelError(f"{where}: explicit padding {pads[1:]} of a {shape} tensor; only channel padding "
-                         f"(F.pad(x, (0, 0, 0, 0, before, after))) maps to the chip: give spatial padding "
-                         f"to the conv or pool that follows (padding=...)")
+        raise ModelError(f"{where}: padding the batch axis; pad only channels, H and W")
+    if len(shape) != 3:
+        raise ModelError(f"{where}: padding a {shape} tensor (batch excluded); only (N, C, H, W) maps are padded")
+    if any(pads[a][0] != pads[a][1] for a in (2, 3)):
+        raise ModelError(f"{where}: asymmetric spatial padding {pads[2:]} (before, after per axis); the chip's "
+                         f"layers pad symmetrically: pad equally on both sides, or give the padding to the conv")
     before, after = pads[1]
-    if before == after == 0:
+    if pads == [(0, 0)] * 4:
         return None
     weight = np.zeros((before + shape[0] + after, shape[0], 1, 1), np.float32)
     weight[before + np.arange(shape[0]), np.arange(shape[0])] = 1.0
-    return {"kernel": (1, 1), "stride": (1, 1), "padding": (0, 0), "lowered_from": "pad"}, {"weight": weight}
+    attrs = {"kernel": (1, 1), "stride": (1, 1), "padding": (pads[2][0], pads[3][0]), "lowered_from": "pad"}
+    return attrs, {"weight": weight}
 
 
 def _brief(keep: list[int]) -> str:
@@ -142,24 +145,42 @@ def _brief(keep: list[int]) -> str:
 
 
 def fuse_lowered_convs(graph: Graph) -> Graph:
-    """A slice or channel-pad layer (:data:`LOWERED_MOVES`) that is the only reader of another one
-    becomes one 1x1 layer: weight ``W2 @ W1``, strides multiplied (both only move values, so the
-    product is exact)."""
+    """Remove what the slice and pad layers (:data:`LOWERED_MOVES`) cost where they feed one layer:
+    one that is the only reader of another merges with it (weight ``W2 @ W1``, strides multiplied,
+    paddings added, where that composition is exact), and a stride-1 one that is the only input of a
+    convolution moves into it (its 0/1 weight contracted into the conv's input channels, its
+    padding added to the conv's)."""
     nodes = {n.name: n for n in graph.nodes}
     renames: dict[str, str] = {}
     for n in graph.nodes:
-        if n.attrs.get("lowered_from") not in LOWERED_MOVES:
+        src = nodes.get(n.inputs[0]) if n.inputs else None
+        if (n.op is not Op.CONV or src is None or src.attrs.get("lowered_from") not in LOWERED_MOVES
+                or src.name == graph.output or len(graph.consumers(src.name)) != 1):
             continue
-        src = nodes.get(n.inputs[0])
-        if (src is None or src.attrs.get("lowered_from") not in LOWERED_MOVES or src.name == graph.output
-                or len(graph.consumers(src.name)) != 1):
-            continue
-        w = n.params["weight"][:, :, 0, 0] @ src.params["weight"][:, :, 0, 0]
-        stride = tuple(a * b for a, b in zip(src.attrs["stride"], n.attrs["stride"]))
-        nodes[n.name] = dataclasses.replace(n, inputs=src.inputs, attrs={**n.attrs, "stride": stride},
-                                            params={"weight": w[:, :, None, None].astype(np.float32)})
-        del nodes[src.name]
+        merged = _merge_move(src, nodes[n.name])
+        if merged is not None:
+            nodes[n.name] = merged
+            del nodes[src.name]
     return _rebuild(graph, [nodes[n.name] for n in graph.nodes if n.name in nodes], renames)
+
+
+def _merge_move(move: Node, layer: Node) -> Node | None:
+    """``layer`` reading ``move``'s output, as one node reading ``move``'s input; None if not exact."""
+    s1, p1, p2 = tuple(move.attrs["stride"]), tuple(move.attrs["padding"]), tuple(layer.attrs["padding"])
+    m = move.params["weight"][:, :, 0, 0].astype(np.float64)
+    w = layer.params["weight"].astype(np.float64)
+    if layer.attrs.get("lowered_from") in LOWERED_MOVES:  # move then move: pad, subsample, pad, subsample
+        if p2 != (0, 0) and s1 != (1, 1):
+            return None
+        stride = tuple(a * b for a, b in zip(s1, layer.attrs["stride"]))
+    elif s1 == (1, 1):  # a move into a real conv: only without a subsample, which would change its windows
+        stride = tuple(layer.attrs["stride"])
+    else:
+        return None
+    weight = np.einsum("oc...,ci->oi...", w, m).astype(np.float32)
+    padding = tuple(a + b for a, b in zip(p1, p2))
+    return dataclasses.replace(layer, inputs=move.inputs, attrs={**layer.attrs, "stride": stride, "padding": padding},
+                               params={**layer.params, "weight": weight})
 
 
 def affine_params(scale: np.ndarray, shift: np.ndarray) -> dict[str, np.ndarray]:

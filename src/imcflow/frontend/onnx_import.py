@@ -8,8 +8,8 @@ Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arit
 for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Slice, Transpose,
 ConstantOfShape on constants); Squeeze of an (N, C, 1, 1) map to (N, C) is a flatten. Add, Sub,
 Mul, Div of a map and a per-channel constant become a batch norm (``x * scale + shift``); Slice of a
-map (channel selection, subsampling ``::s`` of H and W) and Pad of its channels with zeros become 1x1
-layers with 0/1 weights (:mod:`imcflow.frontend.normalize`).
+map (channel selection, subsampling ``::s`` of H and W) and Pad with zeros (channels, or H and W
+symmetrically) become 1x1 layers with 0/1 weights (:mod:`imcflow.frontend.normalize`).
 
 Quantised QCDQ models: QuantizeLinear -> [Clip] -> DequantizeLinear on a constant weight is folded
 into the float weight it represents (``w_bits`` attr from the integer type or the clip range); the
@@ -35,7 +35,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (affine_params, channel_constant, channel_pad_layer, dense_grouped_weight,
+from imcflow.frontend.normalize import (affine_params, channel_constant, pad_layer, dense_grouped_weight,
                                         host_output_note, slice_layer, squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
@@ -541,8 +541,8 @@ def _slice(imp: _Importer, node: onnx.NodeProto) -> None:
 
 
 def _pad(imp: _Importer, node: onnx.NodeProto) -> None:
-    """Pad (opset 11+: pads, constant_value, axes as inputs; earlier: attributes) of a map by zero
-    channels, as a 1x1 embedding layer (:func:`channel_pad_layer`)."""
+    """Pad (opset 11+: pads, constant_value, axes as inputs; earlier: attributes) of a map with
+    zeros, on channels or symmetrically on H and W, as a 1x1 layer (:func:`pad_layer`)."""
     a = _attrs(node)
     x = imp.tensor(node, 0)
     rank = len(imp.shapes[x]) + 1
@@ -560,7 +560,7 @@ def _pad(imp: _Importer, node: onnx.NodeProto) -> None:
     mode = a.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     where = f"node {_nname(node)!r} (Pad)"
-    _move_layer(imp, node, channel_pad_layer(imp.shapes[x], per_axis, value, mode, where))
+    _move_layer(imp, node, pad_layer(imp.shapes[x], per_axis, value, mode, where))
 
 
 def _move_layer(imp: _Importer, node: onnx.NodeProto, layer: tuple[dict, dict] | None) -> None:

@@ -6,8 +6,9 @@ clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPo
 AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), and their functions, mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
-semantics), slicing ``x[:, c0:c1, ::s, ::s]`` and ``F.pad`` by zero channels (1x1 layers with 0/1
-weights, as in the option-A shortcut of CIFAR ResNets), + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
+semantics), slicing ``x[:, c0:c1, ::s, ::s]`` and zero padding (``F.pad``, nn.ZeroPad2d: channels, or
+H and W symmetrically) as 1x1 layers with 0/1 weights that normalisation fuses (the option-A
+shortcut of CIFAR ResNets) or moves into the conv that reads them, + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
 or one value per channel (input normalisation ``(x - mean) / std``: a per-channel affine), and a final softmax, log_softmax or sigmoid over the classes (left to the host: the
 graph ends at the logits, ``meta["host_output"]``). Anything else raises a ModelError naming the traced node,
 its op and the fix.
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (affine_params, channel_constant, channel_pad_layer, dense_grouped_weight,
+from imcflow.frontend.normalize import (affine_params, channel_constant, pad_layer, dense_grouped_weight,
                                         host_output_note, slice_layer, squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
@@ -354,6 +355,8 @@ _MODULES: dict[type, Callable] = {
     nn.LogSoftmax: lambda imp, fx, m: _final_host_op(imp, fx, "log_softmax", m.dim),
     nn.Sigmoid: lambda imp, fx, m: _final_host_op(imp, fx, "sigmoid", 1),
     nn.Dropout2d: lambda imp, fx, m: imp.same(fx, fx.args[0]),
+    nn.ZeroPad2d: lambda imp, fx, m: _pad_module(imp, fx, m),
+    nn.ConstantPad2d: lambda imp, fx, m: _pad_module(imp, fx, m),
 }
 
 
@@ -474,21 +477,26 @@ def _slice_tensor(imp: _Importer, fx: torch.fx.Node, x: str, index: tuple) -> No
 
 
 def _pad_fn(imp: _Importer, fx: torch.fx.Node) -> None:
-    """``F.pad(x, (0, 0, 0, 0, before, after))``: zero channels around a map (the option-A shortcut of
-    CIFAR ResNets), as a 1x1 embedding layer (:func:`channel_pad_layer`)."""
+    """``F.pad(x, pad, mode, value)``: zero channels around a map (the option-A shortcut of CIFAR
+    ResNets) and symmetric zero padding of H and W, as a 1x1 layer (:func:`pad_layer`)."""
+    value = _arg(fx, 3, "value", None)
+    _pad(imp, fx, tuple(_arg(fx, 1, "pad", ())), _arg(fx, 2, "mode", "constant"), 0.0 if value is None else value)
+
+
+def _pad_module(imp: _Importer, fx: torch.fx.Node, m: nn.ZeroPad2d | nn.ConstantPad2d) -> None:
+    _pad(imp, fx, tuple(m.padding), "constant", float(m.value))
+
+
+def _pad(imp: _Importer, fx: torch.fx.Node, pad: tuple, mode: str, value: Any) -> None:
     x = imp.tensor(fx, fx.args[0])
-    pad = tuple(_arg(fx, 1, "pad", ()))
     full = (1, *imp.shapes[x])
     if len(pad) % 2 or len(pad) > 2 * len(full) or not all(isinstance(v, int) for v in pad):
         raise imp.fail(fx, f"pad {pad}", "give integer (before, after) pairs, last axis first")
     per_axis = [(0, 0)] * len(full)
     for k in range(len(pad) // 2):
         per_axis[len(full) - 1 - k] = (pad[2 * k], pad[2 * k + 1])
-    value = _arg(fx, 3, "value", None)
     where = f"node {fx.name!r} ({_op_name(imp, fx)})"
-    layer = channel_pad_layer(imp.shapes[x], per_axis, 0.0 if value is None else float(value),
-                              _arg(fx, 2, "mode", "constant"), where)
-    _move_layer(imp, fx, x, layer)
+    _move_layer(imp, fx, x, pad_layer(imp.shapes[x], per_axis, float(value), mode, where))
 
 
 def _move_layer(imp: _Importer, fx: torch.fx.Node, x: str, layer: tuple[dict, dict] | None) -> None:
