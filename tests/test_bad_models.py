@@ -34,6 +34,10 @@ def _conv(inp="x", out="y", w="w", name="conv", **attrs):
 
 
 def unsupported_op():
+    return _model([_conv(out="c"), helper.make_node("Abs", ["c"], ["y"], name="gate")], {"w": _w(4, 3, 3, 3)})
+
+
+def other_activation():
     return _model([_conv(out="c"), helper.make_node("Tanh", ["c"], ["y"], name="gate")], {"w": _w(4, 3, 3, 3)})
 
 
@@ -100,7 +104,8 @@ def reshape_not_flatten():
 
 ONNX_CASES = {
     # builder: words the message must contain
-    unsupported_op: ["'gate'", "Tanh", "unsupported op", "supported ops are"],
+    unsupported_op: ["'gate'", "Abs", "unsupported op", "supported ops are"],
+    other_activation: ["'gate'", "Tanh", "not a chip op", "ReLU or a clamp", "retrain"],
     dynamic_shape: ["'x'", "dynamic", "fixed"],
     grouped_conv: ["'conv'", "Conv", "3 output channels", "2 groups", "divides"],
     dilated_conv: ["'conv'", "Conv", "dilations", "dilation 1"],
@@ -206,7 +211,7 @@ class AddConstant(nn.Module):
 
 
 @pytest.mark.parametrize("module,shape,words", [
-    (Tanh(), (4,), ["'act'", "Tanh", "unsupported module"]),
+    (Tanh(), (4,), ["'act'", "Tanh", "unsupported activation", "retrain or fine-tune the network with ReLU"]),
     (Branchy(), (4,), ["cannot trace", "Branchy", "control flow"]),
     (AddConstant(), (4,), ["'add'", "does not broadcast", "one value per channel"]),
     (nn.Sequential(nn.Conv2d(3, 4, 3)), (12,), ["conv", "(12,)", "(C, H, W)"]),

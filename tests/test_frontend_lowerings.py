@@ -746,3 +746,53 @@ def test_explicit_zero_padding_moves_into_the_conv(tmp_path):
 
 def test_explicit_padding_network_simulates_bit_true():
     _assert_simulates_bit_true(ExplicitPad().eval(), (3, 8, 8), 6)
+
+
+class Halves(nn.Module):
+    """Channel splits written three ways, the parts recombined by an add and a concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(2, 4, 3, padding=1)
+        self.fc = nn.Linear(10, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        a, b = torch.chunk(y, 2, dim=1)
+        c, d = y.split([2, 6], 1)
+        e = torch.relu(self.conv2(c))  # a selection that alone feeds a conv moves into it
+        return self.fc(torch.cat([a + b, e, d[:, :2]], 1).mean((2, 3)))
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_channel_splits_are_selection_layers(tmp_path, dynamo):
+    from imcflow.frontend.normalize import normalize
+    torch.manual_seed(12)
+    m = Halves().eval()
+    x = torch.rand(2, 3, 8, 8)
+    path = tmp_path / "halves.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x if dynamo else x[:1],), str(path), dynamo=dynamo, verbose=False)
+    for graph in (load_graph(m, (3, 8, 8)), load_graph(path)):
+        norm = normalize(graph)
+        conv2 = [n for n in norm.nodes if n.op is Op.CONV and n.params["weight"].shape[2:] == (3, 3)
+                 and n.params["weight"].shape[0] == 4]
+        assert len(conv2) == 1 and conv2[0].params["weight"].shape[1] == 8  # the selection moved into it
+        np.testing.assert_allclose(run_graph(norm, x.numpy()), m(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_channel_split_network_simulates_bit_true():
+    _assert_simulates_bit_true(Halves().eval(), (3, 8, 8), 7)
+
+
+@pytest.mark.parametrize("act", [nn.LeakyReLU(0.1), nn.GELU(), nn.SiLU(), nn.Hardswish(), nn.Tanh(), nn.ELU()])
+def test_other_activations_are_refused_with_the_fix(tmp_path, act):
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), act, nn.Flatten()).eval()
+    path = tmp_path / "act.onnx"
+    _to_onnx(m, (torch.rand(1, 3, 6, 6),), path)
+    for source in (lambda: load_graph(m, (3, 6, 6)), lambda: load_graph(path)):
+        with pytest.raises(ModelError, match=r"activation is not a chip op: .* ReLU or a clamp .* retrain"
+                                             r"|SiLU/swish\?\); the chip's activations are ReLU"):  # SiLU = x * sigmoid(x)
+            source()

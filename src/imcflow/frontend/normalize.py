@@ -337,6 +337,18 @@ def squeeze_shape(shape: tuple[int, ...], dims: list[int] | None) -> tuple[tuple
     return tuple(s for a, s in enumerate(shape, start=1) if a not in axes), None
 
 
+NON_CHIP_ACTIVATIONS = ("LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "HardSwish", "HardSigmoid", "Tanh",
+                        "Softplus", "Softsign", "Mish", "ThresholdedRelu", "SiLU")
+"""Activations (ONNX op names; the PyTorch importer maps its modules and functions onto them) that
+the chip's SIMD does not apply: importers refuse them with :func:`activation_fix`."""
+
+
+def activation_fix(op: str) -> str:
+    """What to do about a ``op`` activation, for the importers' errors."""
+    return (f"a {op} activation is not a chip op: the chip's SIMD applies ReLU or a clamp (ReLU6, Hardtanh) "
+            f"after a layer; retrain or fine-tune the network with ReLU")
+
+
 def host_output_note(op: str, node: str) -> str:
     """What a report says about a network whose final softmax (or sigmoid) is left to the host."""
     return (f"the network's final {op} (node {node!r}) is not a chip op: outputs are its input logits "

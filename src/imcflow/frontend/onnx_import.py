@@ -8,7 +8,7 @@ Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arit
 for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Slice, Transpose,
 ConstantOfShape on constants); Squeeze of an (N, C, 1, 1) map to (N, C) is a flatten. Add, Sub,
 Mul, Div of a map and a per-channel constant become a batch norm (``x * scale + shift``); Slice of a
-map (channel selection, subsampling ``::s`` of H and W) and Pad with zeros (channels, or H and W
+map (channel selection, subsampling ``::s`` of H and W), Split of its channels and Pad with zeros (channels, or H and W
 symmetrically) become 1x1 layers with 0/1 weights (:mod:`imcflow.frontend.normalize`).
 
 Quantised QCDQ models: QuantizeLinear -> [Clip] -> DequantizeLinear on a constant weight is folded
@@ -35,8 +35,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (affine_params, channel_constant, pad_layer, dense_grouped_weight,
-                                        host_output_note, slice_layer, squeeze_shape)
+from imcflow.frontend.normalize import (NON_CHIP_ACTIVATIONS, activation_fix, affine_params, channel_constant,
+                                        dense_grouped_weight, host_output_note, pad_layer, slice_layer,
+                                        squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -132,6 +133,8 @@ class _Importer:
         for node in self.g.node:
             table = _QONNX_HANDLERS if node.domain in _QONNX_DOMAINS else _HANDLERS
             handler = table.get(node.op_type)
+            if node.op_type in NON_CHIP_ACTIVATIONS and node.domain in ("", "ai.onnx"):
+                raise ModelError(f"node {_nname(node)!r} ({node.op_type}): {activation_fix(node.op_type)}")
             if handler is None or node.domain not in ("", "ai.onnx", *_QONNX_DOMAINS):
                 raise ModelError(f"node {_nname(node)!r} ({node.op_type}): unsupported op; supported ops are "
                                  f"{', '.join(sorted(_HANDLERS))} (domain '') and Quant (domains "
@@ -563,6 +566,31 @@ def _pad(imp: _Importer, node: onnx.NodeProto) -> None:
     _move_layer(imp, node, pad_layer(imp.shapes[x], per_axis, value, mode, where))
 
 
+def _split(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Split of a map's channels (sizes from the ``split`` input or attribute, or equal parts): each
+    output a channel-selection layer (:func:`slice_layer`)."""
+    a = _attrs(node)
+    x = imp.tensor(node, 0)
+    shape = imp.shapes[x]
+    axis = int(a.get("axis", 0))
+    if len(shape) != 3 or axis not in (1, -3):
+        raise _fail(node, f"split along axis {axis} of a {(1, *shape)} tensor", "split maps along channels (axis 1)")
+    sizes = imp.const(node, 1, required=False)
+    sizes = [int(v) for v in sizes.value.reshape(-1)] if sizes is not None else list(a.get("split", []))
+    if not sizes:
+        part = -(-shape[0] // len(node.output))
+        sizes = [min(part, shape[0] - k) for k in range(0, shape[0], part)]
+    if sum(sizes) != shape[0] or len(sizes) != len(node.output):
+        raise _fail(node, f"split sizes {sizes} for {len(node.output)} outputs of {shape[0]} channels",
+                    "give one size per output, adding up to the channels")
+    c0 = 0
+    for k, (out, size) in enumerate(zip(node.output, sizes)):
+        part = helper.make_node("Slice", [node.input[0]], [out], name=f"{_nname(node)}_{k}")
+        keep = [list(range(c0, c0 + size)), list(range(shape[1])), list(range(shape[2]))]
+        _move_layer(imp, part, slice_layer(shape, keep, f"node {_nname(node)!r} (Split)"))
+        c0 += size
+
+
 def _move_layer(imp: _Importer, node: onnx.NodeProto, layer: tuple[dict, dict] | None) -> None:
     if layer is None:
         imp.alias(node)
@@ -813,6 +841,7 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "Squeeze": _squeeze,
     "Slice": _slice,
     "Pad": _pad,
+    "Split": _split,
     "ConstantOfShape": _const_op(lambda args, a: np.full(
         [int(d) for d in args[0].reshape(-1)],
         numpy_helper.to_array(a["value"]).reshape(-1)[0] if "value" in a else np.float32(0))),

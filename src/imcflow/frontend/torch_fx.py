@@ -6,7 +6,7 @@ clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPo
 AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), and their functions, mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
-semantics), slicing ``x[:, c0:c1, ::s, ::s]`` and zero padding (``F.pad``, nn.ZeroPad2d: channels, or
+semantics), slicing ``x[:, c0:c1, ::s, ::s]`` (and chunk/split of the channels) and zero padding (``F.pad``, nn.ZeroPad2d: channels, or
 H and W symmetrically) as 1x1 layers with 0/1 weights that normalisation fuses (the option-A
 shortcut of CIFAR ResNets) or moves into the conv that reads them, + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
 or one value per channel (input normalisation ``(x - mean) / std``: a per-channel affine), and a final softmax, log_softmax or sigmoid over the classes (left to the host: the
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (affine_params, channel_constant, pad_layer, dense_grouped_weight,
-                                        host_output_note, slice_layer, squeeze_shape)
+from imcflow.frontend.normalize import (activation_fix, affine_params, channel_constant, dense_grouped_weight,
+                                        host_output_note, pad_layer, slice_layer, squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -143,12 +143,16 @@ class _Importer:
 
     def visit_module(self, fx: torch.fx.Node, m: nn.Module) -> None:
         handler = _MODULES.get(type(m))
+        if type(m) in _ACTIVATION_MODULES:
+            raise self.fail(fx, "unsupported activation", activation_fix(_ACTIVATION_MODULES[type(m)]))
         if handler is None:
             raise self.fail(fx, "unsupported module", f"use only {', '.join(sorted(t.__name__ for t in _MODULES))}")
         handler(self, fx, m)
 
     def visit_function(self, fx: torch.fx.Node) -> None:
         handler = _FUNCTIONS.get(fx.target)
+        if fx.target in _ACTIVATION_FUNCTIONS:
+            raise self.fail(fx, "unsupported activation", activation_fix(_ACTIVATION_FUNCTIONS[fx.target]))
         if handler is None:
             raise self.fail(fx, "unsupported function", "use relu, add, flatten, cat(dim=1) or the supported modules")
         handler(self, fx)
@@ -177,6 +181,10 @@ class _Importer:
             _final_host_op(self, fx, "sigmoid", 1)
         elif fx.target == "squeeze":
             _squeeze(self, fx)
+        elif fx.target in ("chunk", "split"):
+            _split(self, fx, fx.target)
+        elif fx.target in ("tanh", "tanh_"):
+            raise self.fail(fx, "unsupported activation", activation_fix("Tanh"))
         else:
             raise self.fail(fx, f"unsupported tensor method .{fx.target}()",
                             "use view/reshape/flatten/squeeze/relu/clamp/mean/amax only")
@@ -336,6 +344,15 @@ def _flatten_module(imp: _Importer, fx: torch.fx.Node, m: nn.Flatten) -> None:
         imp.add(fx, Op.FLATTEN, [imp.tensor(fx, fx.args[0])])
 
 
+_ACTIVATION_MODULES: dict[type, str] = {
+    nn.LeakyReLU: "LeakyRelu", nn.PReLU: "PRelu", nn.ELU: "Elu", nn.SELU: "Selu", nn.CELU: "Celu", nn.GELU: "Gelu",
+    nn.Hardswish: "HardSwish", nn.Hardsigmoid: "HardSigmoid", nn.Tanh: "Tanh", nn.Softplus: "Softplus",
+    nn.Softsign: "Softsign", nn.Mish: "Mish", nn.SiLU: "SiLU", nn.Threshold: "ThresholdedRelu"}
+_ACTIVATION_FUNCTIONS: dict[Any, str] = {
+    F.leaky_relu: "LeakyRelu", F.prelu: "PRelu", F.elu: "Elu", F.selu: "Selu", F.celu: "Celu", F.gelu: "Gelu",
+    F.hardswish: "HardSwish", F.hardsigmoid: "HardSigmoid", torch.tanh: "Tanh", F.tanh: "Tanh",
+    F.softplus: "Softplus", F.softsign: "Softsign", F.mish: "Mish", F.silu: "SiLU"}
+
 _MODULES: dict[type, Callable] = {
     nn.Conv2d: _conv,
     nn.Linear: _linear,
@@ -455,6 +472,13 @@ def _getitem(imp: _Importer, fx: torch.fx.Node) -> None:
     if isinstance(entry, str):
         _slice_tensor(imp, fx, entry, index if isinstance(index, tuple) else (index,))
         return
+    if isinstance(entry, tuple) and entry[0] == "parts" and isinstance(index, int):
+        x, bounds = entry[1], entry[2]
+        c0, c1 = bounds[index]
+        channels, h, w = imp.shapes[x]
+        keep = [list(range(c0, c1)), list(range(h)), list(range(w))]
+        _move_layer(imp, fx, x, slice_layer(imp.shapes[x], keep, f"node {fx.name!r} ({_op_name(imp, fx)})"))
+        return
     if not (isinstance(entry, tuple) and entry[0] == "sizes" and isinstance(index, int)):
         raise imp.fail(fx, "indexing", "only x.shape[0] or x.size()[0] (the batch, for a flatten) is supported")
     imp.alias[fx.name] = ("size", entry[1], index)
@@ -475,6 +499,27 @@ def _slice_tensor(imp: _Importer, fx: torch.fx.Node, x: str, index: tuple) -> No
     keep = [list(range(*i.indices(size))) for i, size in zip(index, full)]
     _move_layer(imp, fx, x, slice_layer(full[1:], keep[1:], f"node {fx.name!r} ({_op_name(imp, fx)})"))
 
+
+
+def _split(imp: _Importer, fx: torch.fx.Node, how: str) -> None:
+    """``torch.chunk(x, n, dim=1)`` / ``torch.split(x, size or sizes, dim=1)`` of a map's channels:
+    the parts, each taken by indexing, become channel-selection layers."""
+    x = imp.tensor(fx, fx.args[0])
+    spec = _arg(fx, 1, "chunks" if how == "chunk" else "split_size_or_sections", None)
+    dim = _arg(fx, 2, "dim", 0)
+    if len(imp.shapes[x]) != 3 or dim not in (1, -3):
+        raise imp.fail(fx, f"{how} along dim {dim} of a {(1, *imp.shapes[x])} tensor",
+                       "split (N, C, H, W) maps along the channels (dim=1) only")
+    c = imp.shapes[x][0]
+    if how == "chunk":
+        size = -(-c // spec)
+        sizes = [min(size, c - k) for k in range(0, c, size)]
+    else:
+        sizes = list(spec) if isinstance(spec, (list, tuple)) else [min(spec, c - k) for k in range(0, c, spec)]
+    if sum(sizes) != c or min(sizes) <= 0:
+        raise imp.fail(fx, f"{how} sizes {sizes} of {c} channels", "give sizes that add up to the channels")
+    ends = np.cumsum(sizes).tolist()
+    imp.alias[fx.name] = ("parts", x, list(zip([0, *ends[:-1]], ends)))
 
 def _pad_fn(imp: _Importer, fx: torch.fx.Node) -> None:
     """``F.pad(x, pad, mode, value)``: zero channels around a map (the option-A shortcut of CIFAR
@@ -654,5 +699,7 @@ _FUNCTIONS: dict[Any, Callable] = {
     torch.sigmoid: lambda imp, fx: _final_host_op(imp, fx, "sigmoid", 1),
     torch.squeeze: _squeeze,
     F.pad: _pad_fn,
+    torch.chunk: lambda imp, fx: _split(imp, fx, "chunk"),
+    torch.split: lambda imp, fx: _split(imp, fx, "split"),
     F.sigmoid: lambda imp, fx: _final_host_op(imp, fx, "sigmoid", 1),
 }
