@@ -585,20 +585,23 @@ def _option_a():
     return m.eval()
 
 
+def _normalised_imports(m: nn.Module, x: torch.Tensor, path, dynamo: bool) -> list:
+    """``m`` imported from PyTorch and from an ONNX file of either exporter, normalised."""
+    from imcflow.frontend.normalize import normalize
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x if dynamo else x[:1],), str(path), dynamo=dynamo, verbose=False)
+    return [normalize(load_graph(m, tuple(x.shape[1:]))), normalize(load_graph(path))]
+
+
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_option_a_shortcut_is_one_strided_selection_layer(tmp_path, dynamo):
     """x[:, :, ::2, ::2] then F.pad of the channels: one 1x1 stride-2 layer with a 0/1 weight, from
     PyTorch and from both ONNX exporters' files (Slice + Pad; the TorchScript one computes the pads
     with ConstantOfShape, Transpose and Slice on constants), computing the PyTorch outputs."""
-    from imcflow.frontend.normalize import normalize
     m = _option_a()
     x = torch.rand(2, 3, 8, 8)
-    path = tmp_path / "option_a.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (x if dynamo else x[:1],), str(path), dynamo=dynamo, verbose=False)
-    for graph in (load_graph(m, (3, 8, 8)), load_graph(path)):
-        norm = normalize(graph)
+    for norm in _normalised_imports(m, x, tmp_path / "option_a.onnx", dynamo):
         moves = [n for n in norm.nodes if n.attrs.get("lowered_from") in ("slice", "pad")]
         assert len(moves) == 1 and moves[0].attrs["stride"] == (2, 2)
         w = moves[0].params["weight"][:, :, 0, 0]
@@ -767,16 +770,10 @@ class Halves(nn.Module):
 
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_channel_splits_are_selection_layers(tmp_path, dynamo):
-    from imcflow.frontend.normalize import normalize
     torch.manual_seed(12)
     m = Halves().eval()
     x = torch.rand(2, 3, 8, 8)
-    path = tmp_path / "halves.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (x if dynamo else x[:1],), str(path), dynamo=dynamo, verbose=False)
-    for graph in (load_graph(m, (3, 8, 8)), load_graph(path)):
-        norm = normalize(graph)
+    for norm in _normalised_imports(m, x, tmp_path / "halves.onnx", dynamo):
         conv2 = [n for n in norm.nodes if n.op is Op.CONV and n.params["weight"].shape[2:] == (3, 3)
                  and n.params["weight"].shape[0] == 4]
         assert len(conv2) == 1 and conv2[0].params["weight"].shape[1] == 8  # the selection moved into it
