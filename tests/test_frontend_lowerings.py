@@ -793,3 +793,14 @@ def test_other_activations_are_refused_with_the_fix(tmp_path, act):
         with pytest.raises(ModelError, match=r"activation is not a chip op: .* ReLU or a clamp .* retrain"
                                              r"|SiLU/swish\?\); the chip's activations are ReLU"):  # SiLU = x * sigmoid(x)
             source()
+
+
+def test_inspect_counts_the_arrays_after_moving_pads_into_convs(tmp_path, capsys):
+    from imcflow.cli import main
+    path = tmp_path / "pad.onnx"
+    _to_onnx(ExplicitPad().eval(), (torch.rand(1, 3, 8, 8),), path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "5 weight layers need 5 arrays" in out[-2]
+    assert out[-1] == ("slicing/padding imported as 2 1x1 layer(s) with 0/1 weights; after fusing and moving them "
+                       "into the convs that read them, 1 remains (/Pad), so the chip needs 4 arrays in all")

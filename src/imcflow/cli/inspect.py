@@ -56,16 +56,27 @@ def run(args: argparse.Namespace) -> int:
               + ("; the one on the input also turns the 8-b input into 4-b activations for the first layer: "
                  "normalise in the data pipeline instead (the first layer's batch norm absorbs it)"
                  if lowered["on_input"] else ""))
+    if lowered["moves_imported"]:
+        kept = lowered["moves"]
+        print(f"slicing/padding imported as {lowered['moves_imported']} 1x1 layer(s) with 0/1 weights; after "
+              f"fusing and moving them into the convs that read them, "
+              + (f"{len(kept)} remain{'s' if len(kept) == 1 else ''} ({', '.join(kept)})" if kept else "none remain")
+              + f", so the chip needs {lowered['arrays']} arrays in all")
     return 0
 
 
 def _lowered_batchnorms(graph, chip, w_bits: int) -> dict:
-    """The batch norms that normalisation turns into their own diagonal layers, and the arrays then needed."""
+    """The batch norms that normalisation turns into their own diagonal layers, the slice/pad layers it
+    keeps, and the arrays the normalised network needs."""
     from imcflow.frontend.normalize import normalize
     from imcflow.frontend.stats import graph_stats
+
+    from imcflow.frontend.normalize import LOWERED_MOVES
 
     norm = normalize(graph)
     lowered = [n for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]
     names = [n.name + (f" ({n.attrs['source_op']})" if "source_op" in n.attrs else "") for n in lowered]
-    return {"layers": names, "arrays": graph_stats(norm, chip, w_bits).arrays if names else None,
-            "on_input": any(n.inputs[0] == norm.input_name for n in lowered)}
+    moves_imported = sum(n.attrs.get("lowered_from") in LOWERED_MOVES for n in graph.nodes)
+    return {"layers": names, "arrays": graph_stats(norm, chip, w_bits).arrays,
+            "on_input": any(n.inputs[0] == norm.input_name for n in lowered), "moves_imported": moves_imported,
+            "moves": [n.name for n in norm.nodes if n.attrs.get("lowered_from") in LOWERED_MOVES]}
