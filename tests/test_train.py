@@ -307,3 +307,59 @@ def test_source_run_reads_the_gpu_driver_summary(tmp_path: Path) -> None:
     run = _source_run(tmp_path / "a.float.pt")
     assert run["command"].endswith("--seed 10") and run["device"] == {"gpu": "X"} and run["history"] == [{"epoch": 1}]
     assert "unknown" in _source_run(tmp_path / "b.float.pt")["run"]
+
+
+def _small_onnx(path: Path) -> Path:
+    from torch import nn
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4),
+                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      nn.Linear(8, 10)).eval()
+    torch.onnx.export(m, torch.rand(1, 3, 32, 32), str(path), dynamo=False)
+    return path
+
+
+def test_qat_of_a_users_onnx_network_resumes(fake_cifar: Path, tmp_path: Path) -> None:
+    """``imcflow train net.onnx --epochs-float 0 --epochs-qat N``: QAT from the file's float weights;
+    interrupted, it resumes to the same integers; the result is a QGraph the other commands take."""
+    from imcflow.ir.qgraph import QGraph
+
+    onnx_path = _small_onnx(tmp_path / "user.onnx")
+    cache = tmp_path / "cache"
+    qat = dict(model=str(onnx_path), batch_size=16, limit_train=32, limit_test=32, epochs_float=0, epochs_qat=2,
+               qat_ideal_epochs=1, lr_qat=0.005)
+    straight = train(_cfg(fake_cifar, tmp_path / "straight", cache, **qat))
+    assert [(r.phase, r.epoch, r.adc) for r in straight.history] == [("qat", 1, "ideal"), ("qat", 2, "bit_true")]
+    out = tmp_path / "resumed"
+    with pytest.raises(_Stop):
+        train(_cfg(fake_cifar, out, cache, **qat), on_epoch=lambda r: (_ for _ in ()).throw(_Stop()))
+    seen: list[tuple[str, int]] = []
+    train(_cfg(fake_cifar, out, cache, **qat), on_epoch=lambda r: seen.append((r.phase, r.epoch)))
+    assert seen == [("qat", 2)]
+    assert (out / "qat.qgraph.json").read_text() == (tmp_path / "straight" / "qat.qgraph.json").read_text()
+    qg = QGraph.load(str(out / "qat.qgraph.json"))
+    qg.verify()
+    assert [n.w_bits for n in qg.mvm_nodes()] == [4] * 3
+
+
+@pytest.mark.parametrize("extra,words", [
+    ({"epochs_float": 3}, "pass --epochs-float 0 and --epochs-qat N"),
+    ({"epochs_qat": 0}, "pass --epochs-float 0 and --epochs-qat N"),
+    ({"distill_from": ("t.pt",)}, "--distill-from applies to zoo models"),
+    ({"init_from": "f.pt"}, "--init-from applies to zoo models")])
+def test_onnx_training_options_are_checked(fake_cifar: Path, tmp_path: Path, extra, words) -> None:
+    onnx_path = _small_onnx(tmp_path / "user.onnx")
+    base = dict(model=str(onnx_path), epochs_float=0, epochs_qat=1)
+    with pytest.raises(TrainError, match=words):
+        train(_cfg(fake_cifar, tmp_path / "o", tmp_path / "c", **(base | extra)))
+
+
+def test_onnx_training_refuses_other_input_shapes_and_export(fake_cifar: Path, tmp_path: Path, capsys) -> None:
+    from torch import nn
+    path = tmp_path / "mnist.onnx"
+    torch.onnx.export(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval(), torch.rand(1, 1, 28, 28), str(path),
+                      dynamo=False)
+    with pytest.raises(TrainError, match=r"takes \(1, 28, 28\) inputs; imcflow train trains on CIFAR-10"):
+        train(_cfg(fake_cifar, tmp_path / "o", tmp_path / "c", model=str(path), epochs_float=0, epochs_qat=1))
+    assert main(["train", str(path), "--data", str(fake_cifar), "--out", str(tmp_path / "o"), "--export"]) == 2
+    assert "an ONNX network's result is the run folder's qat.qgraph.json" in capsys.readouterr().err

@@ -12,7 +12,8 @@ def register(subparsers) -> None:
     """Add the ``train`` subcommand."""
     p = subparsers.add_parser("train", help="train a zoo model (float, then quantisation-aware); resumable",
                               description=__doc__.splitlines()[0])
-    p.add_argument("model", help="zoo model name, e.g. cifar10-cnn11")
+    p.add_argument("model", help="zoo model name, e.g. cifar10-cnn11, or an .onnx float CIFAR-10 network "
+                                 "(pixel / 255 inputs; QAT only: --epochs-float 0 --epochs-qat N)")
     p.add_argument("--data", help="CIFAR-10 folder (train.tar.gz/test.tar.gz or python batches); needed to train")
     p.add_argument("--out", required=True, help="run folder; an existing last.ckpt there is resumed")
     p.add_argument("--epochs-float", type=int, default=30, help="float pre-training epochs (default 30)")
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
     from imcflow.train import TrainConfig, TrainError, train
 
+    if (args.export or args.export_only) and args.model.lower().endswith(".onnx"):
+        raise TrainError("--export ships a zoo model's weights; an ONNX network's result is the run folder's "
+                         "qat.qgraph.json: give that to imcflow eval, run or compile")
     if args.export_only:
         return _export(args)
     if not args.data:

@@ -165,7 +165,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None = Non
             continue  # float phase already complete (or given as weights)
         if cfg.epochs(phase) == 0:
             continue
-        if phase == "qat" and float_state is None:
+        if phase == "qat" and float_state is None and not is_onnx_model(cfg.model):
             raise TrainError("QAT starts from float weights: give --epochs-float > 0, or --resume-from a float "
                              "checkpoint or state_dict")
         resume = ckpt if ckpt and ckpt["phase"] == phase else None
@@ -196,6 +196,34 @@ def _check_config(cfg: TrainConfig) -> None:
                          f"be in [0, 1] and the temperature > 0")
     if cfg.device not in ("cpu", "cuda") or (cfg.device == "cuda" and not torch.cuda.is_available()):
         raise TrainError(f"--device {cfg.device}: use cpu, or cuda on a machine with a CUDA GPU")
+    if is_onnx_model(cfg.model):
+        _check_onnx_model(cfg)
+
+
+def is_onnx_model(model: str) -> bool:
+    """Whether ``model`` names an ONNX file (a user's float network: QAT only) rather than a zoo model."""
+    return str(model).lower().endswith(".onnx")
+
+
+def _check_onnx_model(cfg: TrainConfig) -> None:
+    """An ONNX network is trained by QAT alone, from the float weights in the file, on CIFAR-10."""
+    if not Path(cfg.model).is_file():
+        raise TrainError(f"ONNX model {cfg.model} not found: give the path of a float CIFAR-10 network "
+                         f"(e.g. saved with torch.onnx.export), taking pixel / 255 inputs")
+    if cfg.epochs_float or not cfg.epochs_qat:
+        raise TrainError(f"{cfg.model}: an ONNX network's float weights are taken as trained and only its QAT runs "
+                         f"here: pass --epochs-float 0 and --epochs-qat N (N >= 1)")
+    for flag, given in (("--resume-from", cfg.resume_from), ("--init-from", cfg.init_from),
+                        ("--distill-from", cfg.distill_from), ("--swa", cfg.swa)):
+        if given:
+            raise TrainError(f"{flag} applies to zoo models; an ONNX network's QAT starts from the weights in "
+                             f"{cfg.model} (rerun with the same --out to resume an interrupted run)")
+    from imcflow.frontend import load_graph
+
+    shape = tuple(load_graph(cfg.model).input_shape)
+    if shape != (3, 32, 32):
+        raise TrainError(f"{cfg.model} takes {shape} inputs; imcflow train trains on CIFAR-10, (3, 32, 32) images "
+                         f"given as pixel / 255")
 
 
 # ---------------------------------------------------------------- data
@@ -391,6 +419,10 @@ def _cpu_state(model: nn.Module) -> dict:
 
 
 def _build_model(phase: str, cfg: TrainConfig, float_state: dict | None, data: _Data) -> nn.Module:
+    from imcflow.train.qat_glue import calibration_batch, to_qat  # QAT modules of imcflow.quant
+
+    if is_onnx_model(cfg.model):  # QAT only (checked): the file holds the float weights
+        return to_qat(Path(cfg.model), cfg, calibration_batch(data.train_x, cfg.seed))
     model = get_model(cfg.model)
     if float_state is not None:
         try:
@@ -399,8 +431,6 @@ def _build_model(phase: str, cfg: TrainConfig, float_state: dict | None, data: _
             raise TrainError(f"float weights do not match {cfg.model}: {str(exc).splitlines()[0]}") from exc
     if phase == "float":
         return model
-    from imcflow.train.qat_glue import calibration_batch, to_qat  # QAT modules of imcflow.quant
-
     return to_qat(model, cfg, calibration_batch(data.train_x, cfg.seed))
 
 

@@ -26,11 +26,16 @@ def calibration_batch(train_x: torch.Tensor, seed: int, n: int = CALIB_IMAGES) -
     return train_x[torch.from_numpy(idx)].numpy().astype(np.float32) / 255.0
 
 
-def to_qat(model: nn.Module, cfg, calib: np.ndarray) -> nn.Module:
-    """The QAT network of float ``model`` for ``cfg`` (chip preset, bits), calibrated on ``calib``."""
+def to_qat(model: nn.Module | Path, cfg, calib: np.ndarray) -> nn.Module:
+    """The QAT network of float ``model`` (a module, or an ONNX file) for ``cfg`` (chip preset, bits),
+    calibrated on ``calib``."""
     from imcflow.pipeline import prepare_qat  # frontend (fold BN) + quant.qat
 
-    return prepare_qat(model.eval(), input_shape(cfg.model), cfg.chip, w_bits=cfg.w_bits, a_bits=cfg.x_bits,
+    if isinstance(model, nn.Module):
+        model, shape = model.eval(), input_shape(cfg.model)
+    else:
+        shape = None  # from the file
+    return prepare_qat(model, shape, cfg.chip, w_bits=cfg.w_bits, a_bits=cfg.x_bits,
                        first_in_bits=cfg.first_x_bits, calib=calib, input_scale=1 / 255, seed=cfg.seed,
                        adc_full_scale=cfg.adc_full_scale)
 
