@@ -183,11 +183,20 @@ def _merge_move(move: Node, layer: Node) -> Node | None:
                                params={**layer.params, "weight": weight})
 
 
-def affine_params(scale: np.ndarray, shift: np.ndarray) -> dict[str, np.ndarray]:
-    """Batch-norm parameters (with ``eps`` 0) that compute ``x * scale + shift`` per channel."""
-    c = len(scale)
+def affine_params(op: str, c: np.ndarray, constant_first: bool, where: str) -> dict[str, np.ndarray]:
+    """Batch-norm parameters (``eps`` 0: ``x * gamma + beta``) of ``x op c`` (``c op x`` when
+    ``constant_first``) for ``op`` in add, sub, mul, div and a per-channel constant ``c``; a constant
+    divided by an activation, or a division by zero, is refused by name (``where``)."""
+    if op == "div" and constant_first:
+        raise ModelError(f"{where}: divides a constant by an activation; the chip has no reciprocal: move it "
+                         f"to the host")
+    if op == "div" and np.any(c == 0):
+        raise ModelError(f"{where}: divides by zero in some channel; give a non-zero divisor")
+    one, zero = np.ones_like(c), np.zeros_like(c)
+    scale, shift = {"add": (one, c), "sub": (-one, c) if constant_first else (one, -c), "mul": (c, zero),
+                    "div": (1.0 / c, zero)}[op]
     return {"gamma": scale.astype(np.float32), "beta": shift.astype(np.float32),
-            "mean": np.zeros(c, np.float32), "var": np.ones(c, np.float32)}
+            "mean": np.zeros(len(c), np.float32), "var": np.ones(len(c), np.float32)}
 
 
 def channel_constant(value: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:

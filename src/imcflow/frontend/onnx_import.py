@@ -367,15 +367,8 @@ def _affine(imp: _Importer, node: onnx.NodeProto) -> None:
     x = imp.tensor(node, i)
     where = f"node {_nname(node)!r} ({node.op_type})"
     c = channel_constant(imp.const(node, 1 - i).value, imp.shapes[x], where)
-    op = node.op_type
-    if op == "Div" and i == 1:
-        raise _fail(node, "divides a constant by an activation", "the chip has no reciprocal; move it to the host")
-    if op == "Div" and np.any(c == 0):
-        raise _fail(node, "divides by zero in some channel", "give a non-zero divisor")
-    one, zero = np.ones_like(c), np.zeros_like(c)
-    scale, shift = {"Add": (one, c), "Sub": (-one if i else one, c if i else -c), "Mul": (c, zero),
-                    "Div": (1.0 / c, zero)}[op]
-    imp.add(node, Op.BATCHNORM, [x], {"eps": 0.0, "source_op": op}, affine_params(scale, shift))
+    params = affine_params(node.op_type.lower(), c, constant_first=i == 1, where=where)
+    imp.add(node, Op.BATCHNORM, [x], {"eps": 0.0, "source_op": node.op_type}, params)
 
 
 def _batchnorm(imp: _Importer, node: onnx.NodeProto) -> None:
@@ -508,10 +501,8 @@ def slice_indices(size: int, start: int, end: int, step: int) -> list[int]:
     if step == 0:
         raise ModelError("Slice with step 0")
     start, end = (v + size if v < 0 else v for v in (start, end))
-    lo, hi = (0, size) if step > 0 else (-1, size - 1)
-    start = min(max(start, 0 if step > 0 else 0), size if step > 0 else size - 1)
-    end = min(max(end, lo), hi)
-    return list(range(start, end, step))
+    lo, hi = (0, size) if step > 0 else (-1, size - 1)  # end's range; start's is [0, hi]
+    return list(range(min(max(start, 0), hi), min(max(end, lo), hi), step))
 
 
 def _slice(imp: _Importer, node: onnx.NodeProto) -> None:

@@ -425,15 +425,10 @@ def _arith(imp: _Importer, fx: torch.fx.Node, kind: str) -> None:
         raise imp.fail(fx, f"{kind} of two activations", "the chip multiplies activations only by weights; use a "
                        "layer, or + for residual connections")
     x = imp.tensor(fx, b if ca is not None else a)
-    c = channel_constant(ca if ca is not None else cb, imp.shapes[x], f"node {fx.name!r} ({_op_name(imp, fx)})")
-    if kind == "div" and ca is not None:
-        raise imp.fail(fx, "divides a constant by an activation", "the chip has no reciprocal; move it to the host")
-    if kind == "div" and np.any(c == 0):
-        raise imp.fail(fx, "divides by zero in some channel", "give a non-zero divisor")
-    one, zero = np.ones_like(c), np.zeros_like(c)
-    scale, shift = {"add": (one, c), "sub": (-one if ca is not None else one, c if ca is not None else -c),
-                    "mul": (c, zero), "div": (1.0 / c, zero)}[kind]
-    imp.add(fx, Op.BATCHNORM, [x], {"eps": 0.0, "source_op": kind}, affine_params(scale, shift))
+    where = f"node {fx.name!r} ({_op_name(imp, fx)})"
+    c = channel_constant(ca if ca is not None else cb, imp.shapes[x], where)
+    params = affine_params(kind, c, constant_first=ca is not None, where=where)
+    imp.add(fx, Op.BATCHNORM, [x], {"eps": 0.0, "source_op": kind}, params)
 
 
 def _cat(imp: _Importer, fx: torch.fx.Node) -> None:
