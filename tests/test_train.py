@@ -38,6 +38,15 @@ def fake_cifar(tmp_path_factory) -> Path:
     return root
 
 
+def _stopped_after_one_epoch_then_resumed(cfg: TrainConfig) -> list[tuple[str, int]]:
+    """Run ``cfg``, interrupt it after its first epoch, run it again: the epochs the second run did."""
+    with pytest.raises(_Stop):
+        train(cfg, on_epoch=lambda r: (_ for _ in ()).throw(_Stop()))
+    seen: list[tuple[str, int]] = []
+    train(cfg, on_epoch=lambda r: seen.append((r.phase, r.epoch)))
+    return seen
+
+
 def _cfg(data: Path, out: Path, cache: Path, **kw) -> TrainConfig:
     base = dict(data_root=str(data), out_dir=str(out), epochs_float=2, batch_size=32, limit_train=64,
                 cache_dir=str(cache), lr_float=0.05)
@@ -175,11 +184,7 @@ def test_qat_phase_from_float_weights_resumes_and_exports(fake_cifar: Path, tmp_
     assert 0.0 <= straight.best_acc["qat_int"] <= 1.0
 
     out = tmp_path / "resumed"
-    with pytest.raises(_Stop):
-        train(_cfg(fake_cifar, out, cache, **qat), on_epoch=lambda r: (_ for _ in ()).throw(_Stop()))
-    seen: list[tuple[str, int]] = []
-    train(_cfg(fake_cifar, out, cache, **qat), on_epoch=lambda r: seen.append((r.phase, r.epoch)))
-    assert seen == [("qat", 2)]
+    assert _stopped_after_one_epoch_then_resumed(_cfg(fake_cifar, out, cache, **qat)) == [("qat", 2)]
     a, b = torch.load(tmp_path / "straight" / "qat.pt"), torch.load(out / "qat.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     qg = QGraph.load(str(out / "qat.qgraph.json"))
@@ -331,11 +336,7 @@ def test_qat_of_a_users_onnx_network_resumes(fake_cifar: Path, tmp_path: Path) -
     straight = train(_cfg(fake_cifar, tmp_path / "straight", cache, **qat))
     assert [(r.phase, r.epoch, r.adc) for r in straight.history] == [("qat", 1, "ideal"), ("qat", 2, "bit_true")]
     out = tmp_path / "resumed"
-    with pytest.raises(_Stop):
-        train(_cfg(fake_cifar, out, cache, **qat), on_epoch=lambda r: (_ for _ in ()).throw(_Stop()))
-    seen: list[tuple[str, int]] = []
-    train(_cfg(fake_cifar, out, cache, **qat), on_epoch=lambda r: seen.append((r.phase, r.epoch)))
-    assert seen == [("qat", 2)]
+    assert _stopped_after_one_epoch_then_resumed(_cfg(fake_cifar, out, cache, **qat)) == [("qat", 2)]
     assert (out / "qat.qgraph.json").read_text() == (tmp_path / "straight" / "qat.qgraph.json").read_text()
     qg = QGraph.load(str(out / "qat.qgraph.json"))
     qg.verify()
