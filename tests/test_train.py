@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -314,13 +315,19 @@ def test_source_run_reads_the_gpu_driver_summary(tmp_path: Path) -> None:
     assert "unknown" in _source_run(tmp_path / "b.float.pt")["run"]
 
 
+def _export_onnx(model, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, str(path), dynamo=False)
+
+
 def _small_onnx(path: Path) -> Path:
     from torch import nn
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4),
                       nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                       nn.Linear(8, 10)).eval()
-    torch.onnx.export(m, torch.rand(1, 3, 32, 32), str(path), dynamo=False)
+    _export_onnx(m, torch.rand(1, 3, 32, 32), path)
     return path
 
 
@@ -358,8 +365,7 @@ def test_onnx_training_options_are_checked(fake_cifar: Path, tmp_path: Path, ext
 def test_onnx_training_refuses_other_input_shapes_and_export(fake_cifar: Path, tmp_path: Path, capsys) -> None:
     from torch import nn
     path = tmp_path / "mnist.onnx"
-    torch.onnx.export(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval(), torch.rand(1, 1, 28, 28), str(path),
-                      dynamo=False)
+    _export_onnx(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval(), torch.rand(1, 1, 28, 28), path)
     with pytest.raises(TrainError, match=r"takes \(1, 28, 28\) inputs; imcflow train trains on CIFAR-10"):
         train(_cfg(fake_cifar, tmp_path / "o", tmp_path / "c", model=str(path), epochs_float=0, epochs_qat=1))
     assert main(["train", str(path), "--data", str(fake_cifar), "--out", str(tmp_path / "o"), "--export"]) == 2
