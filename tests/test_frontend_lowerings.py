@@ -92,7 +92,7 @@ def test_torch_and_onnx_imports_match_pytorch(tmp_path):
         np.testing.assert_allclose(run_graph(graph, x.numpy()), want, rtol=1e-4, atol=1e-5)
 
 
-def _assert_simulates_bit_true(model: nn.Module, shape: tuple[int, ...], seed: int) -> None:
+def _assert_simulates_bit_true(model, shape: tuple[int, ...] | None, seed: int) -> None:
     """Compile the post-training-quantised ``model`` for TINY; the simulator equals the integer reference."""
     from imcflow.compiler.pipeline import compile_qgraph
     from imcflow.pipeline import load_qgraph
@@ -804,3 +804,51 @@ def test_inspect_counts_the_arrays_after_moving_pads_into_convs(tmp_path, capsys
     assert "5 weight layers need 5 arrays" in out[-2]
     assert out[-1] == ("slicing/padding imported as 2 1x1 layer(s) with 0/1 weights; after fusing and moving them "
                        "into the convs that read them, 1 remains (/Pad), so the chip needs 4 arrays in all")
+
+
+def _keras_style(path, tail: str = "flatten") -> None:
+    """A channels-last ONNX network as tf2onnx writes Keras models: NHWC input transposed to NCHW,
+    a conv, and a transpose back to NHWC before the flatten of a dense layer (or, with ``tail``
+    other than "flatten", before a second conv: not a Keras flatten)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    arrays = {"w": rng.normal(size=(4, 3, 3, 3)), "b": rng.normal(size=4), "f": rng.normal(size=(256, 10)) / 16,
+              "fb": rng.normal(size=10), "w2": rng.normal(size=(4, 8, 3, 3))}
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()]
+    inits.append(numpy_helper.from_array(np.array([-1, 256], np.int64), "shape"))
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["rt"], perm=[0, 2, 3, 1])]
+    if tail == "flatten":
+        nodes += [helper.make_node("Reshape", ["rt", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "f"], ["m"]),
+                  helper.make_node("Add", ["m", "fb"], ["y"])]
+    else:
+        nodes += [helper.make_node("Conv", ["rt", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "keras", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_channels_last_onnx_imports_as_nchw(tmp_path):
+    """The leading NHWC-to-NCHW transpose is the input layout (reports say so); the transpose back
+    before the flatten is absorbed into the dense layer's weight, so the outputs equal
+    onnxruntime's on the NHWC images; the network then simulates bit-true."""
+    import onnxruntime as ort
+    path = tmp_path / "keras.onnx"
+    _keras_style(path)
+    x = np.random.default_rng(1).random((2, 8, 8, 3)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    graph = load_graph(path)
+    assert graph.input_shape == (3, 8, 8) and "the ONNX input is NHWC (1, 8, 8, 3)" in graph.meta["input_layout"]
+    np.testing.assert_allclose(run_graph(graph, x.transpose(0, 3, 1, 2)), want, rtol=1e-4, atol=1e-4)
+    _assert_simulates_bit_true(path, None, 8)
+
+
+def test_other_transposes_of_activations_are_refused(tmp_path):
+    path = tmp_path / "keras_conv.onnx"
+    _keras_style(path, tail="conv")
+    with pytest.raises(ModelError, match="is a map transposed to NHWC; a transpose to NHWC is taken only before a "
+                                         "flatten and a fully connected layer"):
+        load_graph(path)

@@ -188,8 +188,7 @@ def _ptq(model, chip: ChipConfig, calib, trained: bool, seed: int, input_shape, 
                      f"so the float weights were quantised post-training for it")
     if not is_trained:
         notes.append("random-init weights: for performance studies only")
-    if graph.meta.get("host_output"):
-        notes.append(graph.meta["host_output"])
+    notes += [graph.meta[k] for k in ("host_output", "input_layout") if graph.meta.get(k)]
     if notes:
         meta["note"] = "; ".join(notes)
     return calibrate(graph, data, chip, spec, meta=meta)

@@ -10,6 +10,8 @@ ConstantOfShape on constants); Squeeze of an (N, C, 1, 1) map to (N, C) is a fla
 Mul, Div of a map and a per-channel constant become a batch norm (``x * scale + shift``); Slice of a
 map (channel selection, subsampling ``::s`` of H and W), Split of its channels and Pad with zeros (channels, or H and W
 symmetrically) become 1x1 layers with 0/1 weights (:mod:`imcflow.frontend.normalize`).
+Channels-last (Keras/tf2onnx) files: a Transpose of the NHWC input to NCHW is the input layout,
+and a Transpose to NHWC before the flatten of a dense layer permutes that layer's weight columns.
 
 Quantised QCDQ models: QuantizeLinear -> [Clip] -> DequantizeLinear on a constant weight is folded
 into the float weight it represents (``w_bits`` attr from the integer type or the clip range); the
@@ -99,6 +101,23 @@ class _Const:
 
 
 @dataclass(frozen=True)
+class _Transposed:
+    """Map ``source`` transposed to NHWC (perm 0, 2, 3, 1), awaiting the flatten of a Keras-style
+    (tf2onnx) classifier."""
+
+    source: str
+
+
+@dataclass(frozen=True)
+class _Permuted:
+    """The flatten of a :class:`_Transposed` map: flat tensor ``name`` in NCHW order, and for each
+    NHWC-order position its NCHW index (``order``), which the fully connected layer after it absorbs."""
+
+    name: str
+    order: np.ndarray
+
+
+@dataclass(frozen=True)
 class _QAct:
     """A quantised activation (output of QuantizeLinear on a tensor), awaiting DequantizeLinear."""
 
@@ -126,6 +145,7 @@ class _Importer:
         self.onnx_shapes = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
         self.host_output: tuple[str, str, str] | None = None  # (node name, output, op) of a final Softmax
         self.batch: int | None = None
+        self.input_name = ""
 
     # --- driver ---------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -153,7 +173,7 @@ class _Importer:
         if not isinstance(out, _Tensor) or out.name == input_name:
             raise ModelError(f"ONNX output {self.g.output[0].name!r} is not computed by any layer from the input; "
                              f"export the model with its layers")
-        return Graph(self.name, input_name, input_shape, tuple(self.nodes), out.name, meta=self.meta)
+        return Graph(self.name, input_name, self.shapes[input_name], tuple(self.nodes), out.name, meta=self.meta)
 
     def graph_input(self) -> tuple[str, tuple[int, ...]]:
         inputs = [i for i in self.g.input if i.name not in self.values]
@@ -171,6 +191,7 @@ class _Importer:
             raise ModelError(f"ONNX input {vi.name!r} is not float32; export the model with a float input")
         self.values[vi.name] = _Tensor(vi.name)
         self.shapes[vi.name] = tuple(shape[1:])
+        self.input_name = vi.name
         self.batch = shape[0]  # a fixed export batch (torch.onnx.export's default) or None
         return vi.name, tuple(shape[1:])
 
@@ -180,6 +201,10 @@ class _Importer:
         if isinstance(v, _Squeezed):
             raise _fail(node, f"input {i} is an (N, C, 1, 1) map squeezed only to {(1, *v.shape)}",
                         "squeeze it to (N, C), e.g. x.squeeze(-1).squeeze(-1), or flatten it")
+        if isinstance(v, (_Transposed, _Permuted)):
+            raise _fail(node, f"input {i} is a map transposed to NHWC{' and flattened' if isinstance(v, _Permuted) else ''}",
+                        "a transpose to NHWC is taken only before a flatten and a fully connected layer (a Keras-"
+                        "style classifier); keep activations NCHW elsewhere")
         if not isinstance(v, _Tensor):
             raise _fail(node, f"input {i} must be a tensor computed from the graph input (got "
                               f"{'a constant' if isinstance(v, _Const) else 'nothing usable'})",
@@ -303,11 +328,11 @@ def _conv(imp: _Importer, node: onnx.NodeProto) -> None:
 
 def _gemm(imp: _Importer, node: onnx.NodeProto) -> None:
     a = _attrs(node)
-    x = imp.tensor(node, 0)
+    x, order = _linear_input(imp, node)
     w = imp.const(node, 1)
     if a.get("transA", 0):
         raise _fail(node, "transA=1", "export with the activation as the first, untransposed operand")
-    weight = w.value if a.get("transB", 0) else w.value.T
+    weight = _nchw_columns(w.value if a.get("transB", 0) else w.value.T, order)
     params = {"weight": weight * float(a.get("alpha", 1.0))}
     c = imp.const(node, 2, required=False)
     if c is not None:
@@ -316,11 +341,59 @@ def _gemm(imp: _Importer, node: onnx.NodeProto) -> None:
 
 
 def _matmul(imp: _Importer, node: onnx.NodeProto) -> None:
-    x = imp.tensor(node, 0)
+    x, order = _linear_input(imp, node)
     w = imp.const(node, 1)
     if w.value.ndim != 2:
         raise _fail(node, f"weight of shape {w.value.shape} is not a matrix", "use a 2-D weight (in, out)")
-    imp.add(node, Op.LINEAR, [x], {"w_bits": w.bits} if w.bits else {}, {"weight": w.value.T})
+    imp.add(node, Op.LINEAR, [x], {"w_bits": w.bits} if w.bits else {}, {"weight": _nchw_columns(w.value.T, order)})
+
+
+def _linear_input(imp: _Importer, node: onnx.NodeProto) -> tuple[str, np.ndarray | None]:
+    """A fully connected layer's input, and the NHWC order of its features when it is a Keras-style
+    flatten (:class:`_Permuted`)."""
+    v = imp.values.get(node.input[0])
+    return (v.name, v.order) if isinstance(v, _Permuted) else (imp.tensor(node, 0), None)
+
+
+def _nchw_columns(weight: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """``weight`` (out, in) reading NHWC-ordered features, as the weight reading them in NCHW order."""
+    if order is None:
+        return weight
+    out = np.empty_like(weight)
+    out[:, order] = weight
+    return out
+
+
+def _transpose(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Transpose: of a constant, evaluated; NHWC -> NCHW of the graph input (a channels-last model):
+    the input taken as NCHW; NCHW -> NHWC of a map before a flatten (a Keras-style classifier): kept
+    pending for the fully connected layer (:class:`_Transposed`). Any other is refused."""
+    if imp.is_const(node):
+        v = imp.values[node.input[0]].value
+        imp.values[node.output[0]] = _Const(np.transpose(v, _attrs(node).get("perm")))
+        return
+    x = imp.tensor(node, 0)
+    perm = list(_attrs(node).get("perm", range(len(imp.shapes[x]), -1, -1)))
+    readers = sum(node.input[0] in n.input for n in imp.g.node)
+    if x == imp.input_name and perm == [0, 3, 1, 2] and readers == 1 and len(imp.shapes[x]) == 3:
+        h, w, c = imp.shapes[x]
+        imp.shapes[x] = (c, h, w)
+        imp.meta["input_layout"] = (f"the ONNX input is NHWC {(1, h, w, c)}; its transpose {_nname(node)!r} to NCHW "
+                                    f"is taken as the layout the chip's input takes: feed NCHW images")
+        imp.alias(node)
+    elif perm == [0, 2, 3, 1] and len(imp.shapes[x]) == 3:
+        imp.values[node.output[0]] = _Transposed(x)
+    else:
+        raise _fail(node, f"transposes an activation (perm {perm})", "only a leading NHWC-to-NCHW transpose of "
+                    "the input, and an NCHW-to-NHWC one before a flatten and a fully connected layer (Keras-style), "
+                    "map to the chip")
+
+
+def _flatten_transposed(imp: _Importer, node: onnx.NodeProto, v: _Transposed) -> None:
+    c, h, w = imp.shapes[v.source]
+    order = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+    flat = imp.add(node, Op.FLATTEN, [v.source])
+    imp.values[node.output[0]] = _Permuted(flat, order)
 
 
 def _add(imp: _Importer, node: onnx.NodeProto) -> None:
@@ -412,9 +485,13 @@ def _pool(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
 
 def _flatten(imp: _Importer, node: onnx.NodeProto) -> None:
     axis = _attrs(node).get("axis", 1)
-    x = imp.tensor(node, 0)
     if axis != 1:
         raise _fail(node, f"flatten at axis {axis}", "flatten at axis 1 (keep the batch)")
+    v = imp.values.get(node.input[0])
+    if isinstance(v, _Transposed):
+        _flatten_transposed(imp, node, v)
+        return
+    x = imp.tensor(node, 0)
     if len(imp.shapes[x]) == 1:
         imp.alias(node)
     else:
@@ -472,12 +549,16 @@ def _reshape(imp: _Importer, node: onnx.NodeProto) -> None:
     if isinstance(v, _Const):
         imp.values[node.output[0]] = _Const(v.value.reshape(target), v.bits)
         return
-    x = imp.tensor(node, 0)
+    transposed = v if isinstance(v, _Transposed) else None
+    x = transposed.source if transposed else imp.tensor(node, 0)
     shape = imp.shapes[x]
     batches = (-1, 0, 1) if imp.batch is None else (-1, 0, 1, imp.batch)  # a fixed batch is baked into flattens
     if len(target) != 2 or target[0] not in batches or target[1] not in (-1, math.prod(shape)):
         raise _fail(node, f"reshape of a {shape} tensor (batch excluded) to {target}",
                     "only reshape to (N, -1), a flatten, is supported")
+    if transposed:
+        _flatten_transposed(imp, node, transposed)
+        return
     if len(shape) == 1:
         imp.alias(node)
     else:
@@ -836,7 +917,7 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "ConstantOfShape": _const_op(lambda args, a: np.full(
         [int(d) for d in args[0].reshape(-1)],
         numpy_helper.to_array(a["value"]).reshape(-1)[0] if "value" in a else np.float32(0))),
-    "Transpose": _const_op(lambda args, a: np.transpose(args[0], a.get("perm"))),
+    "Transpose": _transpose,
     "Cast": _const_op(lambda args, a: args[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))),
 }
 
