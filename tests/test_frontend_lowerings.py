@@ -846,6 +846,16 @@ def test_channels_last_onnx_imports_as_nchw(tmp_path):
     _assert_simulates_bit_true(path, None, 8)
 
 
+def test_inspect_says_how_the_input_layout_was_read(tmp_path, capsys):
+    from imcflow.cli import main
+    path = tmp_path / "keras.onnx"
+    _keras_style(path)
+    assert main(["inspect", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("keras: input (3, 8, 8)")
+    assert lines[1].startswith("note: the ONNX input is NHWC (1, 8, 8, 3); its transpose 'xt' to NCHW")
+
+
 def test_other_transposes_of_activations_are_refused(tmp_path):
     path = tmp_path / "keras_conv.onnx"
     _keras_style(path, tail="conv")

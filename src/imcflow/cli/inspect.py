@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{graph.name}: input {graph.input_shape}, chip {chip.name} "
           f"({chip.n_cores} arrays of {chip.array.rows}x{chip.array.cols}), {args.w_bits}-b weights")
+    for key in ("input_layout", "host_output"):
+        if graph.meta.get(key):
+            print(f"note: {graph.meta[key]}")
     print(f"{'layer':<28} {'op':<15} {'output':<16} {'params':>10} {'MACs':>14} {'rows':>6} {'cols':>6} "
           f"{'tiles':>7} {'arrays':>6}")
     for s in stats.layers:
