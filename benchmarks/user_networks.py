@@ -1,0 +1,188 @@
+"""Networks users bring, written the ways they are usually written, through imcflow on jssc2022.
+
+    python benchmarks/user_networks.py
+
+For each network (random weights: timing and energy do not depend on them), in PyTorch and as an
+ONNX file from the TorchScript exporter: whether it imports, how many layers and arrays the
+normalised network needs, weight phases, and the event simulation's img/s and img/s/W at 32 x 32
+(CIFAR-size) input. A network the chip cannot run prints the one-line error a user would see.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imcflow import pipeline
+from imcflow.config.presets import JSSC2022
+from imcflow.errors import ImcflowError
+from imcflow.report.flow import compile_program, simulate_report
+
+
+def _cbr(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class Vgg(nn.Module):
+    """VGG-style CIFAR net: conv-BN-ReLU stacks, max pools, a BatchNorm1d + dropout classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(*_cbr(3, 64), nn.MaxPool2d(2), *_cbr(64, 128), nn.MaxPool2d(2),
+                                      *_cbr(128, 128), *_cbr(128, 128), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(128 * 16, 128), nn.BatchNorm1d(128), nn.ReLU(True),
+                                        nn.Dropout(0.5), nn.Linear(128, 10))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class BlockA(nn.Module):
+    """CIFAR ResNet basic block with the parameter-free option-A shortcut (subsample, zero channels)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.c2, self.b2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.pad = (c_out - c_in) // 2 if stride != 1 else 0
+
+    def forward(self, x):
+        out = self.b2(self.c2(F.relu(self.b1(self.c1(x)))))
+        short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad)) if self.pad else x
+        return F.relu(out + short)
+
+
+class ResNet20A(nn.Module):
+    """He et al. 2016's CIFAR ResNet-20 with option-A shortcuts; the head pools with x.size()[3]."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(*_cbr(3, 16))
+        blocks, c_in = [], 16
+        for stage, c in enumerate((16, 32, 64)):
+            for b in range(3):
+                blocks.append(BlockA(c_in, c, 2 if stage and not b else 1))
+                c_in = c
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        x = F.avg_pool2d(x, x.size()[3])
+        return self.fc(x.view(x.size(0), -1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, ReLU6, linear 1x1 projection, residual add."""
+
+    def __init__(self, c: int, expand: int = 4):
+        super().__init__()
+        h = c * expand
+        self.body = nn.Sequential(nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
+                                  nn.Conv2d(h, h, 3, 1, 1, groups=h, bias=False), nn.BatchNorm2d(h),
+                                  nn.ReLU6(inplace=True), nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class MobileV2(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(*_cbr(3, 32, 2), InvertedResidual(32), InvertedResidual(32),
+                                 nn.Conv2d(32, 64, 1), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+                                 nn.Dropout(0.2), nn.Linear(64, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class DenseTiny(nn.Module):
+    """DenseNet-style: pre-activation BN-ReLU-conv, features concatenated, a transition pool."""
+
+    def __init__(self, growth: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.layers = nn.ModuleList(nn.Sequential(nn.BatchNorm2d(32 + k * growth), nn.ReLU(),
+                                                  nn.Conv2d(32 + k * growth, growth, 3, padding=1)) for k in range(3))
+        self.fc = nn.Linear(32 + 3 * growth, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], 1)
+        return self.fc(F.avg_pool2d(x, 2).mean((2, 3)))
+
+
+class Normalised(nn.Module):
+    """A plain CNN that normalises its own input ((x - mean) / std) and ends in a softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1))
+        self.body = nn.Sequential(*_cbr(3, 32), nn.MaxPool2d(2), *_cbr(32, 64), nn.MaxPool2d(2), *_cbr(64, 64),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10), nn.Softmax(dim=1))
+
+    def forward(self, x):
+        return self.body((x - self.mean) / self.std)
+
+
+class SwishNet(nn.Module):
+    """An EfficientNet-style activation (SiLU): not a chip op, refused with the fix."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+NETWORKS = {"VGG-style": Vgg, "ResNet-20, option A": ResNet20A, "MobileNetV2 blocks": MobileV2,
+            "DenseNet-style": DenseTiny, "input normalisation + softmax": Normalised, "SiLU (refused)": SwishNet}
+
+
+def measure(source) -> dict:
+    """Import, compile and simulate ``source`` (a module or an ONNX path) on jssc2022."""
+    try:
+        q = pipeline.load_qgraph(source, JSSC2022, trained=False, input_shape=(3, 32, 32))
+        prog = compile_program(q, JSSC2022)
+        r = simulate_report(prog)
+    except ImcflowError as exc:
+        return {"error": str(exc)}
+    return {"layers": len(q.mvm_nodes()), "arrays": len({t.core for ph in prog.phases for t in ph.tiles}),
+            "phases": len(prog.phases), "img_s": r.throughput_img_s, "img_s_w": r.img_per_s_per_w}
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    print(f"{'network':31} {'from':8} {'MVM layers':>10} {'cores':>5} {'phases':>6} {'img/s':>9} {'img/s/W':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cls in NETWORKS.items():
+            torch.manual_seed(0)
+            model = cls().eval()
+            path = Path(tmp) / "net.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, torch.rand(1, 3, 32, 32), str(path), dynamo=False)
+            for how, source in (("PyTorch", model), ("ONNX", path)):
+                r = measure(source)
+                if "error" in r:
+                    print(f"{name:31} {how:8} error: {r['error'][:150]}")
+                else:
+                    print(f"{name:31} {how:8} {r['layers']:10} {r['arrays']:5} {r['phases']:6} {r['img_s']:9,.0f} "
+                          f"{r['img_s_w']:9,.0f}")
+    print(f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
