@@ -151,7 +151,6 @@ def fuse_lowered_convs(graph: Graph) -> Graph:
     convolution moves into it (its 0/1 weight contracted into the conv's input channels, its
     padding added to the conv's)."""
     nodes = {n.name: n for n in graph.nodes}
-    renames: dict[str, str] = {}
     for n in graph.nodes:
         src = nodes.get(n.inputs[0]) if n.inputs else None
         if (n.op is not Op.CONV or src is None or src.attrs.get("lowered_from") not in LOWERED_MOVES
@@ -161,7 +160,7 @@ def fuse_lowered_convs(graph: Graph) -> Graph:
         if merged is not None:
             nodes[n.name] = merged
             del nodes[src.name]
-    return _rebuild(graph, [nodes[n.name] for n in graph.nodes if n.name in nodes], renames)
+    return _rebuild(graph, [nodes[n.name] for n in graph.nodes if n.name in nodes], {})
 
 
 def _merge_move(move: Node, layer: Node) -> Node | None:
