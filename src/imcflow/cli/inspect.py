@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     chip = chip_from_args(args)
     graph = load_graph(args.model)
     stats = graph_stats(graph, chip, args.w_bits)
-    lowered = _lowered_batchnorms(graph, chip, args.w_bits)
+    lowered = _normalisation_summary(graph, chip, args.w_bits)
     if args.json:
         print(json.dumps(stats.to_dict() | {"lowered_batchnorm": lowered}, indent=1))
         return 0
@@ -68,13 +68,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lowered_batchnorms(graph, chip, w_bits: int) -> dict:
+def _normalisation_summary(graph, chip, w_bits: int) -> dict:
     """The batch norms that normalisation turns into their own diagonal layers, the slice/pad layers it
     keeps, and the arrays the normalised network needs."""
-    from imcflow.frontend.normalize import normalize
+    from imcflow.frontend.normalize import LOWERED_MOVES, normalize
     from imcflow.frontend.stats import graph_stats
-
-    from imcflow.frontend.normalize import LOWERED_MOVES
 
     norm = normalize(graph)
     lowered = [n for n in norm.nodes if n.attrs.get("lowered_from") == "batchnorm"]

@@ -62,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from imcflow.train import TrainConfig, TrainError, train
+    from imcflow.train.loop import is_onnx_model
 
-    if (args.export or args.export_only) and args.model.lower().endswith(".onnx"):
+    if (args.export or args.export_only) and is_onnx_model(args.model):
         raise TrainError("--export ships a zoo model's weights; an ONNX network's result is the run folder's "
                          "qat.qgraph.json: give that to imcflow eval, run or compile")
     if args.export_only:

@@ -114,6 +114,17 @@ def slice_layer(shape: tuple[int, ...], index: list[list[int]], where: str) -> t
     return attrs, {"weight": weight}
 
 
+def channel_selection(shape: tuple[int, ...], c0: int, c1: int, where: str) -> tuple[dict, dict] | None:
+    """:func:`slice_layer` keeping channels ``[c0, c1)`` of a map of ``shape`` (C, H, W), all pixels."""
+    return slice_layer(shape, [list(range(c0, c1)), list(range(shape[1])), list(range(shape[2]))], where)
+
+
+def split_sizes(channels: int, part: int) -> list[int]:
+    """Sizes of the parts of ``channels`` cut every ``part`` channels (the last may be smaller), as
+    ``torch.split``, ``torch.chunk`` (``part = ceil(C / n)``) and ONNX Split into equal parts cut."""
+    return [min(part, channels - k) for k in range(0, channels, part)]
+
+
 def pad_layer(shape: tuple[int, ...], pads: list[tuple[int, int]], value: float, mode: str,
               where: str) -> tuple[dict, dict] | None:
     """Zero padding of an activation of ``shape`` ((C, H, W), batch excluded) by ``pads[a] =
@@ -182,6 +193,10 @@ def _merge_move(move: Node, layer: Node) -> Node | None:
                                params={**layer.params, "weight": weight})
 
 
+ARITH = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+"""The constant arithmetic the importers fold (on constants) or take as :func:`affine_params`."""
+
+
 def affine_params(op: str, c: np.ndarray, constant_first: bool, where: str) -> dict[str, np.ndarray]:
     """Batch-norm parameters (``eps`` 0: ``x * gamma + beta``) of ``x op c`` (``c op x`` when
     ``constant_first``) for ``op`` in add, sub, mul, div and a per-channel constant ``c``; a constant
@@ -221,8 +236,8 @@ def channel_constant(value: np.ndarray, shape: tuple[int, ...], where: str) -> n
 
 
 def _bn_scale(bn: Node) -> np.ndarray:
-    p = {k: bn.params[k].astype(np.float64) for k in ("gamma", "var")}
-    return p["gamma"] / np.sqrt(p["var"] + float(bn.attrs["eps"]))
+    """A batch norm's per-channel multiplier ``gamma / sqrt(var + eps)``, in float64."""
+    return bn.params["gamma"].astype(np.float64) / np.sqrt(bn.params["var"].astype(np.float64) + float(bn.attrs["eps"]))
 
 
 def _scale_target(bn: Node, graph: Graph, nodes: dict[str, Node]) -> Node | None:
@@ -251,8 +266,8 @@ def _standalone(bn: Node, shape: tuple[int, ...]) -> Node:
     The chip's arrays then compute it exactly (per-channel 4-b weight quantisation represents a
     single non-zero per output channel exactly), at the cost of an array layer of C rows; the node
     keeps ``lowered_from="batchnorm"`` as a record."""
-    p = {k: bn.params[k].astype(np.float64) for k in ("gamma", "beta", "mean", "var")}
-    scale = p["gamma"] / np.sqrt(p["var"] + float(bn.attrs["eps"]))
+    p = {k: bn.params[k].astype(np.float64) for k in ("beta", "mean")}
+    scale = _bn_scale(bn)
     channels = len(scale)
     weight = np.diag(scale)
     attrs = {k: v for k, v in bn.attrs.items() if k == "act_scale"} | {"lowered_from": "batchnorm"}
@@ -275,8 +290,8 @@ def _folded(layer: Node, bn: Node) -> Node:
     w = layer.params["weight"].astype(np.float64)
     b = layer.params.get("bias")
     b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
-    p = {k: bn.params[k].astype(np.float64) for k in ("gamma", "beta", "mean", "var")}
-    s = p["gamma"] / np.sqrt(p["var"] + float(bn.attrs["eps"]))
+    p = {k: bn.params[k].astype(np.float64) for k in ("beta", "mean")}
+    s = _bn_scale(bn)
     w = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
     b = (b - p["mean"]) * s + p["beta"]
     attrs = {**layer.attrs, **{k: v for k, v in bn.attrs.items() if k == "act_scale"}}

@@ -37,9 +37,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (NON_CHIP_ACTIVATIONS, activation_fix, affine_params, channel_constant,
-                                        dense_grouped_weight, host_output_note, pad_layer, slice_layer,
-                                        squeeze_shape)
+from imcflow.frontend.normalize import (ARITH, NON_CHIP_ACTIVATIONS, activation_fix, affine_params,
+                                        channel_constant, channel_selection, dense_grouped_weight, host_output_note,
+                                        pad_layer, slice_layer, split_sizes, squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -369,8 +369,7 @@ def _transpose(imp: _Importer, node: onnx.NodeProto) -> None:
     the input taken as NCHW; NCHW -> NHWC of a map before a flatten (a Keras-style classifier): kept
     pending for the fully connected layer (:class:`_Transposed`). Any other is refused."""
     if imp.is_const(node):
-        v = imp.values[node.input[0]].value
-        imp.values[node.output[0]] = _Const(np.transpose(v, _attrs(node).get("perm")))
+        _const_transpose(imp, node)
         return
     x = imp.tensor(node, 0)
     perm = list(_attrs(node).get("perm", range(len(imp.shapes[x]), -1, -1)))
@@ -417,14 +416,11 @@ def _add(imp: _Importer, node: onnx.NodeProto) -> None:
     _affine(imp, node)
 
 
-_ARITH = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
-
-
 def _arith(imp: _Importer, node: onnx.NodeProto) -> None:
     """Sub, Mul, Div: of constants, folded; of an activation and a constant, a per-channel affine."""
     vals = [imp.values.get(i) for i in node.input]
     if all(isinstance(v, _Const) for v in vals):
-        imp.values[node.output[0]] = _Const(_ARITH[node.op_type](vals[0].value, vals[1].value))
+        imp.values[node.output[0]] = _Const(ARITH[node.op_type.lower()](vals[0].value, vals[1].value))
     elif all(isinstance(v, _Tensor) for v in vals):
         raise _fail(node, f"{node.op_type} of two activations", "the chip multiplies activations only by weights; "
                     "use a layer, or an Add for residual connections")
@@ -650,16 +646,14 @@ def _split(imp: _Importer, node: onnx.NodeProto) -> None:
     sizes = imp.const(node, 1, required=False)
     sizes = [int(v) for v in sizes.value.reshape(-1)] if sizes is not None else list(a.get("split", []))
     if not sizes:
-        part = -(-shape[0] // len(node.output))
-        sizes = [min(part, shape[0] - k) for k in range(0, shape[0], part)]
+        sizes = split_sizes(shape[0], -(-shape[0] // len(node.output)))
     if sum(sizes) != shape[0] or len(sizes) != len(node.output):
         raise _fail(node, f"split sizes {sizes} for {len(node.output)} outputs of {shape[0]} channels",
                     "give one size per output, adding up to the channels")
     c0 = 0
     for k, (out, size) in enumerate(zip(node.output, sizes)):
         part = helper.make_node("Slice", [node.input[0]], [out], name=f"{_nname(node)}_{k}")
-        keep = [list(range(c0, c0 + size)), list(range(shape[1])), list(range(shape[2]))]
-        _move_layer(imp, part, slice_layer(shape, keep, f"node {_nname(node)!r} (Split)"))
+        _move_layer(imp, part, channel_selection(shape, c0, c0 + size, f"node {_nname(node)!r} (Split)"))
         c0 += size
 
 
@@ -821,6 +815,9 @@ def _const_op(fn: Callable[[list[np.ndarray], dict], np.ndarray]) -> Callable[[_
         args = [imp.values[i].value for i in node.input if i]
         imp.values[node.output[0]] = _Const(np.asarray(fn(args, _attrs(node))))
     return handler
+
+
+_const_transpose = _const_op(lambda args, a: np.transpose(args[0], a.get("perm")))
 
 
 def _axes(args: list[np.ndarray], a: dict) -> tuple[int, ...]:

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (activation_fix, affine_params, channel_constant, dense_grouped_weight,
-                                        host_output_note, pad_layer, slice_layer, squeeze_shape)
+from imcflow.frontend.normalize import (ARITH, activation_fix, affine_params, channel_constant, channel_selection,
+                                        dense_grouped_weight, host_output_note, pad_layer, slice_layer, split_sizes,
+                                        squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 
 
@@ -383,16 +384,6 @@ def _arg(fx: torch.fx.Node, i: int, key: str, default: Any) -> Any:
     return fx.args[i] if len(fx.args) > i else fx.kwargs.get(key, default)
 
 
-def _add(imp: _Importer, fx: torch.fx.Node) -> None:
-    if _arg(fx, 2, "alpha", 1) != 1:
-        raise imp.fail(fx, "add with alpha != 1", "scale the operand with a layer instead")
-    a, b = fx.args[0], _arg(fx, 1, "other", None)
-    if _constant(imp, a) is not None or _constant(imp, b) is not None:
-        _arith(imp, fx, "add")
-        return
-    imp.add(fx, Op.ADD, [imp.tensor(fx, a), imp.tensor(fx, b)])
-
-
 def _constant(imp: _Importer, arg: Any) -> np.ndarray | None:
     """``arg`` as an array when it is a number or a buffer/parameter (or arithmetic of them)."""
     if isinstance(arg, (int, float)) and not isinstance(arg, bool):
@@ -401,7 +392,6 @@ def _constant(imp: _Importer, arg: Any) -> np.ndarray | None:
     return entry[1] if isinstance(entry, tuple) and entry[0] == "const" else None
 
 
-_NUMPY_ARITH = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
 _METHOD_ARITH = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul",
                  "div": "div", "div_": "div"}
 
@@ -416,7 +406,7 @@ def _arith(imp: _Importer, fx: torch.fx.Node, kind: str) -> None:
     a, b = fx.args[0], _arg(fx, 1, "other", None)
     ca, cb = _constant(imp, a), _constant(imp, b)
     if ca is not None and cb is not None:
-        imp.alias[fx.name] = ("const", _NUMPY_ARITH[kind](ca, cb))
+        imp.alias[fx.name] = ("const", ARITH[kind](ca, cb))
         return
     if ca is None and cb is None:
         if kind == "add":
@@ -468,11 +458,8 @@ def _getitem(imp: _Importer, fx: torch.fx.Node) -> None:
         _slice_tensor(imp, fx, entry, index if isinstance(index, tuple) else (index,))
         return
     if isinstance(entry, tuple) and entry[0] == "parts" and isinstance(index, int):
-        x, bounds = entry[1], entry[2]
-        c0, c1 = bounds[index]
-        channels, h, w = imp.shapes[x]
-        keep = [list(range(c0, c1)), list(range(h)), list(range(w))]
-        _move_layer(imp, fx, x, slice_layer(imp.shapes[x], keep, f"node {fx.name!r} ({_op_name(imp, fx)})"))
+        x, (c0, c1) = entry[1], entry[2][index]
+        _move_layer(imp, fx, x, channel_selection(imp.shapes[x], c0, c1, f"node {fx.name!r} ({_op_name(imp, fx)})"))
         return
     if not (isinstance(entry, tuple) and entry[0] == "sizes" and isinstance(index, int)):
         raise imp.fail(fx, "indexing", "only x.shape[0] or x.size()[0] (the batch, for a flatten) is supported")
@@ -507,10 +494,9 @@ def _split(imp: _Importer, fx: torch.fx.Node, how: str) -> None:
                        "split (N, C, H, W) maps along the channels (dim=1) only")
     c = imp.shapes[x][0]
     if how == "chunk":
-        size = -(-c // spec)
-        sizes = [min(size, c - k) for k in range(0, c, size)]
+        sizes = split_sizes(c, -(-c // spec))
     else:
-        sizes = list(spec) if isinstance(spec, (list, tuple)) else [min(spec, c - k) for k in range(0, c, spec)]
+        sizes = list(spec) if isinstance(spec, (list, tuple)) else split_sizes(c, spec)
     if sum(sizes) != c or min(sizes) <= 0:
         raise imp.fail(fx, f"{how} sizes {sizes} of {c} channels", "give sizes that add up to the channels")
     ends = np.cumsum(sizes).tolist()
@@ -656,7 +642,7 @@ def _dropout(imp: _Importer, fx: torch.fx.Node) -> None:
 
 
 _FUNCTIONS: dict[Any, Callable] = {
-    operator.add: _add,
+    operator.add: lambda imp, fx: _arith(imp, fx, "add"),
     operator.sub: lambda imp, fx: _arith(imp, fx, "sub"),
     operator.isub: lambda imp, fx: _arith(imp, fx, "sub"),
     torch.sub: lambda imp, fx: _arith(imp, fx, "sub"),
@@ -670,8 +656,8 @@ _FUNCTIONS: dict[Any, Callable] = {
     getattr: _getattr,
     torch.clamp: _clamp_fn,
     torch.clip: _clamp_fn,
-    operator.iadd: _add,
-    torch.add: _add,
+    operator.iadd: lambda imp, fx: _arith(imp, fx, "add"),
+    torch.add: lambda imp, fx: _arith(imp, fx, "add"),
     torch.cat: _cat,
     torch.concat: _cat,
     torch.relu: _relu,

@@ -1,4 +1,5 @@
-"""Training of zoo networks: float pre-training, then quantisation-aware training with the chip's ADC.
+"""Training of zoo networks (float pre-training, then quantisation-aware training with the chip's ADC),
+and QAT of a user's float network given as an ONNX file.
 
 ``train(TrainConfig(...))`` runs or resumes a run; see :mod:`imcflow.train.loop`.
 """
