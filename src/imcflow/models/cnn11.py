@@ -67,6 +67,82 @@ LAYERS_NP3: tuple[tuple[str, int, int, int, str | None], ...] = tuple(
 LAYERS_NP3C64: tuple[tuple[str, int, int, int, str | None], ...] = tuple(
     (n, 64 if n == "c2" else i, 64 if n == "c1" else o, k, p) for n, i, o, k, p in LAYERS_NP3)
 
+# Residual design study (docs/cnn11.md, "Eighth session"): the same kinds of layers, with ResNet basic-block
+# shortcuts (He et al. 2016). Rows as above plus a role: "a" opens a block, "b" closes it: a "b" layer's
+# BN output adds the input of the "a" layer before it, then ReLU, then the pool. 11 weight layers each.
+RES_LAYERS: tuple[tuple[str, int, int, int, str | None, str | None], ...] = (
+    ("c1", 3, 32, 3, None, None),
+    ("c2", 32, 64, 3, "max", None),
+    ("c3", 64, 128, 3, None, None),
+    ("c4", 128, 128, 3, "max", None),
+    ("c5", 128, 128, 3, None, "a"),
+    ("c6", 128, 128, 3, "max", "b"),
+    ("c7", 128, 128, 3, None, "a"),
+    ("c8", 128, 128, 3, None, "b"),
+    ("c9", 128, 128, 1, None, "a"),
+    ("c10", 128, 128, 1, "gap", "b"),
+)
+# More layers at 16x16: c3 and a block c4-c5 there, a block at 8x8 and a 1x1 block at 4x4; ``c1`` and
+# ``c2`` set the widths at 32x32. "r16": 864,352 weights as cnn11; "r16c64": c1 at 64 channels;
+# "r16w": c1 64 and c2 128 channels.
+def res16_layers(c1: int = 32, c2: int = 64) -> tuple[tuple[str, int, int, int, str | None, str | None], ...]:
+    """Rows for :class:`ResCnn11` with ``c1`` and ``c2`` channels at 32x32 and shortcuts at 16, 8 and 4."""
+    return (("c1", 3, c1, 3, None, None), ("c2", c1, c2, 3, "max", None), ("c3", c2, 128, 3, None, None),
+            ("c4", 128, 128, 3, None, "a"), ("c5", 128, 128, 3, "max", "b"),
+            ("c6", 128, 128, 3, None, "a"), ("c7", 128, 128, 3, None, "b"), ("c8", 128, 128, 3, "max", None),
+            ("c9", 128, 128, 1, None, "a"), ("c10", 128, 128, 1, "gap", "b"))
+
+
+def _pool(pool: str | None) -> list[nn.Module]:
+    if pool == "max":
+        return [nn.MaxPool2d(2)]
+    if pool == "gap":
+        return [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return []
+
+
+class ResCnn11(nn.Module):
+    """A cnn11-style network with basic-block shortcuts, from rows like :data:`RES_LAYERS`."""
+
+    def __init__(self, layers: tuple, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.roles = tuple(row[5] for row in layers)
+        self.convs = nn.ModuleDict({n: nn.Sequential(nn.Conv2d(i, o, k, padding=k // 2, bias=False),
+                                                     nn.BatchNorm2d(o)) for n, i, o, k, _, _ in layers})
+        self.pools = nn.ModuleDict({n: nn.Sequential(*_pool(p)) for n, _, _, _, p, _ in layers})
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(layers[-1][2], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x
+        for (name, conv), role in zip(self.convs.items(), self.roles):
+            if role == "a":
+                skip = x
+            y = conv(x)
+            x = self.pools[name](self.relu(y + skip if role == "b" else y))
+        return self.fc(x)
+
+
+def cnn11_res(num_classes: int = NUM_CLASSES) -> ResCnn11:
+    """Design study: cnn11's layers with shortcuts around c5-c6, c7-c8 and c9-c10."""
+    return ResCnn11(RES_LAYERS, num_classes)
+
+
+def cnn11_r16(num_classes: int = NUM_CLASSES) -> ResCnn11:
+    """Design study: three layers at 16x16 and shortcuts at 16x16, 8x8 and 4x4 (:func:`res16_layers`)."""
+    return ResCnn11(res16_layers(), num_classes)
+
+
+def cnn11_r16c64(num_classes: int = NUM_CLASSES) -> ResCnn11:
+    """Design study: :func:`cnn11_r16` with c1 at 64 channels."""
+    return ResCnn11(res16_layers(64, 64), num_classes)
+
+
+def cnn11_r16w(num_classes: int = NUM_CLASSES) -> ResCnn11:
+    """Design study: :func:`cnn11_r16` with c1 at 64 and c2 at 128 channels."""
+    return ResCnn11(res16_layers(64, 128), num_classes)
+
+
 def _block(in_ch: int, out_ch: int, kernel: int, pool: str | None) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
