@@ -21,6 +21,7 @@ from torch import nn
 
 from imcflow import pipeline
 from imcflow.config.presets import JSSC2022
+from imcflow.models import get_model
 from imcflow.models.cnn11 import LAYERS, LAYERS_NP3, LAYERS_NP3C64, cnn11
 from imcflow.report.flow import compile_program, simulate_report
 from imcflow.report.reproduce import PUBLISHED
@@ -44,6 +45,8 @@ VARIANTS = {
     "no third pool (np3)": LAYERS_NP3,
     "np3 + c1 64 ch": LAYERS_NP3C64,
 }
+# Residual variants (zoo names; docs/cnn11.md, "Eighth session"): built by the zoo, not from LAYERS rows.
+RESIDUAL = ("cifar10-cnn11-res", "cifar10-cnn11-r16", "cifar10-cnn11-r16c64", "cifar10-cnn11-r16w")
 
 
 class _Basic(nn.Module):
@@ -88,8 +91,9 @@ def measure(layers) -> dict:
     r = simulate_report(prog)
     copies = {c.layer: c.n_copies for ph in prog.phases for c in ph.copies if c.copy == 0}
     weights = sum(p.numel() for p in net.parameters() if p.dim() > 1)
+    first = {k.removeprefix("convs."): v for k, v in copies.items()}  # ResCnn11 names its layers convs.*
     return {"img_s": r.throughput_img_s, "img_s_w": r.img_per_s_per_w, "phases": len(prog.phases),
-            "copies": (f"c1 x{copies['c1.0']}, c2 x{copies.get('c2.0', 1)}" if "c1.0" in copies
+            "copies": (f"c1 x{first['c1.0']}, c2 x{first.get('c2.0', 1)}" if "c1.0" in first
                        else f"at most x{max(copies.values())}"), "weights": weights}
 
 
@@ -99,6 +103,9 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.perf_counter()
     nets = dict(VARIANTS)
+    for name in RESIDUAL:
+        torch.manual_seed(0)
+        nets[name.removeprefix("cifar10-cnn11-") + " (residual)"] = get_model(name)
     if args.resnets:
         nets |= {"ResNet-20 (CIFAR)": CifarResNet(3), "ResNet-32 (CIFAR)": CifarResNet(5)}
     rows = {name: measure(layers) for name, layers in nets.items()}

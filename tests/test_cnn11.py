@@ -52,6 +52,35 @@ def test_fx_traces_to_plain_ops() -> None:
     torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name, n_weights", [("cifar10-cnn11-res", 864_352), ("cifar10-cnn11-r16", 864_352),
+                                             ("cifar10-cnn11-r16c64", 883_648), ("cifar10-cnn11-r16w", 994_240)])
+def test_residual_variants(name: str, n_weights: int) -> None:
+    chip = get_preset("jssc2022")
+    model = get_model(name).eval()
+    weight_layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(weight_layers) == 11
+    assert sum(m.weight.numel() for m in weight_layers) == n_weights <= chip.n_cores * chip.array.rows * 64
+    gm = torch.fx.symbolic_trace(model)
+    adds = [n for n in gm.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
+    assert len(adds) == 3  # three basic-block shortcuts
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+
+
+def test_residual_block_adds_its_input() -> None:
+    """A "b" layer adds the input of the "a" layer before it: with the b conv zeroed and its BN an
+    identity, the block's output is relu(relu(a(x)) * 0 + x) = relu(x) = x for x >= 0."""
+    from imcflow.models.cnn11 import ResCnn11
+    rows = (("c1", 4, 4, 3, None, "a"), ("c2", 4, 4, 3, "gap", "b"))
+    model = ResCnn11(rows, num_classes=4).eval()
+    torch.nn.init.zeros_(model.convs["c2"][0].weight)
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.eye(4))
+        model.fc.bias.zero_()
+    x = torch.rand(1, 4, 5, 5)
+    torch.testing.assert_close(model(x), x.mean((2, 3)), rtol=0, atol=1e-6)
+
+
 def test_load_trained_errors_and_roundtrip(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not found"):
         load_trained(tmp_path / "absent.pt")
