@@ -149,11 +149,7 @@ def _block(in_ch: int, out_ch: int, kernel: int, pool: str | None) -> nn.Sequent
         nn.BatchNorm2d(out_ch),
         nn.ReLU(inplace=False),
     ]
-    if pool == "max":
-        layers.append(nn.MaxPool2d(2))
-    elif pool == "gap":
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers, *_pool(pool))
 
 
 def cnn11(num_classes: int = NUM_CLASSES, layers: tuple = LAYERS) -> nn.Sequential:
