@@ -299,17 +299,20 @@ class Partitioner:
         cyc = 1.0 / chip.clock.digital_hz
         return bits_in / port_in_rate(chip) * cyc, bits_out / chip.io.out_bits_per_cycle * cyc
 
-    def items(self, cts: dict[str, tuple[int, int]], rts: dict[str, tuple[int, int]]) -> list[_Item]:
+    def items(self, cts: dict[str, tuple[int, int]], rts: dict[str, tuple[int, int]] | None = None) -> list[_Item]:
+        """The model's view of MVM column tiles ``cts`` with row tiles ``rts`` (default all)."""
         out = []
         for layer, (a, b) in cts.items():
             tl = self.tilings[layer]
-            areas = tuple(tl.tile_rows(rt) * tl.tile_cols(ct) for ct in range(a, b) for rt in range(*rts[layer]))
+            r0, r1 = (rts or {}).get(layer, (0, len(tl.row_tiles)))
+            areas = tuple(tl.tile_rows(rt) * tl.tile_cols(ct) for ct in range(a, b) for rt in range(r0, r1))
             out.append(_Item(layer, tile_time_s(tl, self.chip), tl.pixels, areas, sum(areas)))
         return out
 
-    def packs(self, cts: dict[str, tuple[int, int]], rts: dict[str, tuple[int, int]]) -> bool:
-        """Whether one copy of the phase's tiles packs into the arrays (the placement's packer)."""
-        reqs = [r for layer, c in cts.items() for r in _one_copy_reqs(self.tilings[layer], c, rts[layer])]
+    def packs(self, cts: dict[str, tuple[int, int]], rts: dict[str, tuple[int, int]] | None = None) -> bool:
+        """Whether one copy of the phase's tiles (row tiles ``rts``, default all) packs into the
+        arrays (the placement's packer)."""
+        reqs = [r for layer, c in cts.items() for r in _one_copy_reqs(self.tilings[layer], c, (rts or {}).get(layer))]
         return Packer(self.chip).place_all(sorted(reqs, key=lambda r: (-r.rows * r.cols, r.layer, r.ct, r.rt)))
 
     def area(self, i: int, j: int) -> int:
