@@ -46,7 +46,8 @@ CASES: list[tuple[list[str], str]] = [
     (["compile", "empty.qgraph.json"], "empty.qgraph.json"),
     (["compile", "cnn-tiny", "--batch", "0"], "batch"),
     (["compile", "cnn-tiny", "--chip", "tiny", "--set", "array.rows=8"], "rows"),
-    (["compile", "cnn-tiny", "--chip", "tiny", "--set", "grid_rows=1", "--set", "grid_cols=1"], "layer 'fc'"),
+    (["compile", "cnn-tiny", "--chip", "tiny", "--set", "grid_rows=1", "--set", "grid_cols=1",
+      "--set", "simd.accumulator_bits=8"], "layer 'fc'"),
     (["compile", "cnn-tiny", "--set", "x.y=1"], "x"),
     (["compile", "cnn-tiny", "--objective", "nope"], "nope"),
     # show: missing, corrupt, non-Program and binary files

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from imcflow.cli import main as cli_main
 from imcflow.compiler import compile_qgraph
+from imcflow.compiler.tiling import psum_bits, tile_graph
 from imcflow.config.chip import AdcConfig, ArrayConfig, ChipConfig
 from imcflow.config.presets import JSSC2022, TINY
 from imcflow.errors import CompileError, ConfigError
@@ -38,22 +39,28 @@ def _kernel(node) -> tuple[int, int]:
 
 
 def check_weights_covered(prog: Program) -> None:
-    """Every weight of every layer lands in exactly one tile of each copy: over the phases, the
-    layer's output-channel ranges partition [0, c_out); within a phase every copy holds each
-    (output channel, input channel) of that range in exactly one tile, of the right size."""
+    """Every weight of every layer lands in exactly one tile of each copy: over the phases, every
+    (output channel, input channel) of the layer is held exactly once (each phase's copies all
+    hold the same block: its output-channel range and its group of row tiles, all of them unless
+    the layer spills partial sums), the phases of one output channel hold its row tiles in order,
+    and tiles have the right size."""
     for node in prog.qgraph.mvm_nodes():
         c_out, c_in = node.weight.shape[:2]
         kh, kw = _kernel(node)
+        n_rt = len(row_tiles(c_in, kh, kw, prog.chip.array.rows))
         per_phase = 0
-        oc_seen = np.zeros(c_out, dtype=int)
+        covered = np.zeros((c_out, c_in), dtype=int)
         for phase in prog.phases:
             copies = [c for c in phase.copies if c.layer == node.name]
             if not copies:
                 continue
             lo, hi = copies[0].oc_lo, copies[0].oc_hi
-            assert all((c.oc_lo, c.oc_hi) == (lo, hi) for c in copies), node.name
+            r0, r1 = copies[0].row_group(n_rt)
+            ch_lo, ch_hi = row_tiles(c_in, kh, kw, prog.chip.array.rows)[r0][0], \
+                row_tiles(c_in, kh, kw, prog.chip.array.rows)[r1 - 1][1]
+            assert all((c.oc_lo, c.oc_hi, c.row_group(n_rt)) == (lo, hi, (r0, r1)) for c in copies), node.name
             assert sorted(c.copy for c in copies) == list(range(copies[0].n_copies)), node.name
-            oc_seen[lo:hi] += 1
+            assert (covered[lo:hi, :ch_lo] == 1).all() and (covered[lo:hi, ch_lo:] == 0).all(), node.name
             per_phase += 1
             for copy in range(copies[0].n_copies):
                 seen = np.zeros((c_out, c_in), dtype=int)
@@ -61,16 +68,20 @@ def check_weights_covered(prog: Program) -> None:
                     if t.layer == node.name and t.copy == copy:
                         assert t.rows == (t.ch_hi - t.ch_lo) * kh * kw and t.cols == (t.oc_hi - t.oc_lo) * node.w_bits
                         seen[t.oc_lo:t.oc_hi, t.ch_lo:t.ch_hi] += 1
-                assert (seen[lo:hi] == 1).all(), (node.name, copy)
-                assert (seen[:lo] == 0).all() and (seen[hi:] == 0).all(), (node.name, copy)
-        assert per_phase >= 1 and (oc_seen == 1).all(), node.name
+                assert (seen[lo:hi, ch_lo:ch_hi] == 1).all(), (node.name, copy)
+                assert seen.sum() == (hi - lo) * (ch_hi - ch_lo), (node.name, copy)
+                if copy == 0:
+                    covered += seen
+        assert per_phase >= 1 and (covered == 1).all(), node.name
 
 
 def oversized_layers(g, chip: ChipConfig) -> set[str]:
-    """Layers with more row tiles than the chip has arrays: the only ones the compiler may reject
-    (a column tile's row tiles are summed in one phase; with at most n_cores of them each gets
-    an array, so every other network must compile)."""
-    return {n.name for n in g.mvm_nodes() if len(row_tiles(n.weight.shape[1], *_kernel(n), chip.array.rows)) > chip.n_cores}
+    """Layers with more row tiles than the chip has arrays whose worst-case sum does not fit the
+    SIMD accumulator: the only ones the compiler may reject (their partial sums must be spilled
+    between phases at psum_bits; every other network must compile)."""
+    tilings = tile_graph(g, chip)
+    return {n.name for n in g.mvm_nodes() if len(row_tiles(n.weight.shape[1], *_kernel(n), chip.array.rows)) > chip.n_cores
+            and psum_bits(tilings[n.name], chip) > chip.simd.accumulator_bits}
 
 
 def check_compiles_or_rejects_clearly(g, chip: ChipConfig, objective: str = "throughput") -> Program | None:
@@ -82,7 +93,7 @@ def check_compiles_or_rejects_clearly(g, chip: ChipConfig, objective: str = "thr
         prog = compile_qgraph(g, chip, objective=objective)
     except CompileError as exc:
         named = [name for name in big if f"layer {name!r}" in str(exc)]
-        assert named and "row tile" in str(exc) and f"{chip.n_cores} arrays" in str(exc), (big, str(exc))
+        assert named and "simd.accumulator_bits" in str(exc) and f"{chip.n_cores} arrays" in str(exc), (big, str(exc))
         return None
     prog.verify()
     check_weights_covered(prog)
@@ -121,11 +132,17 @@ def test_random_networks_on_tiny(seed):
     assert prog is not None or oversized_layers(g, TINY)
 
 
-def test_seed7_fc_wider_than_tiny_is_a_clear_error():
+def test_seed7_fc_wider_than_tiny_spills_partial_sums():
+    """fc0 needs 14 row tiles, TINY has 4 arrays: its row tiles are summed over several phases."""
     g = random_qgraph(7, TINY)
-    with pytest.raises(CompileError, match=r"layer 'fc0': one column tile needs 14 row tile\(s\).*4 arrays of 72x32"
-                                           r".*use a chip with more cores or larger arrays"):
-        compile_qgraph(g, TINY)
+    prog = compile_qgraph(g, TINY)
+    groups = [c.row_group(14) for ph in prog.phases for c in ph.copies if c.layer == "fc0" and c.copy == 0]
+    assert len(groups) > 1 and groups[0][0] == 0 and groups[-1][1] == 14
+    check_weights_covered(prog)
+    narrow = dataclasses.replace(TINY, simd=dataclasses.replace(TINY.simd, accumulator_bits=16))
+    with pytest.raises(CompileError, match=r"layer 'fc0': its 14 row tiles do not fit the 4 arrays of 72x32"
+                                           r".*needs \d+ b.*simd.accumulator_bits"):
+        compile_qgraph(g, narrow)
 
 
 def test_cnn11_like_compiles_in_one_phase_with_copies():
@@ -162,11 +179,13 @@ def test_kernel_too_deep_for_array_is_a_compile_error():
     del g
 
 
-def test_layer_wider_than_chip_is_a_compile_error():
+def test_layer_wider_than_chip_spills_or_names_the_accumulator_limit():
     chip = small_chip(1, 2, 72, 32)
     g = chain_qgraph(chip, [("conv", 4, 3), ("flatten",), ("linear", 10)], (40, 4, 4))
-    with pytest.raises(CompileError, match="c0.*row tile.*do not fit the 2 arrays"):
-        compile_qgraph(g, chip)
+    check_weights_covered(compile_qgraph(g, chip))
+    tiny_acc = dataclasses.replace(chip, simd=dataclasses.replace(chip.simd, accumulator_bits=8))
+    with pytest.raises(CompileError, match="c0.*row tiles do not fit the 2 arrays.*simd.accumulator_bits"):
+        compile_qgraph(g, tiny_acc)
 
 
 def test_zero_grid_is_a_config_error():
@@ -255,9 +274,9 @@ def test_impossible_networks_exit_2_naming_layer_and_limit(case, tmp_path, capsy
     elif case == "kernel_deeper_than_array":
         argv, words = [_saved(tmp_path, small), "--chip", "tiny", "--set", "array.rows=8"], \
             ["layer 'c0'", "9 rows per input channel", "8"]
-    elif case == "layer_wider_than_chip":  # seed 7: fc0 needs 14 row tiles summed in one phase
-        argv, words = [_saved(tmp_path, random_qgraph(7, TINY)), "--chip", "tiny"], \
-            ["layer 'fc0'", "14 row tile(s)", "4 arrays of 72x32", "more cores"]
+    elif case == "layer_wider_than_chip":  # seed 7: fc0's 14 row tiles spill sums wider than 16 b
+        argv, words = [_saved(tmp_path, random_qgraph(7, TINY)), "--chip", "tiny", "--set", "simd.accumulator_bits=16"], \
+            ["layer 'fc0'", "14 row tiles", "4 arrays of 72x32", "simd.accumulator_bits"]
     else:
         field = case.removeprefix("zero_")
         argv, words = [_saved(tmp_path, small), "--chip", "tiny", "--set", f"{field}=0"], [field]

@@ -48,13 +48,14 @@ def test_partition_is_the_cheapest_and_every_phase_packs():
     assert len(phases) > 1
     # contiguous: the segments of each phase follow the previous phase's, in graph order
     order = [(s.layer, ct) for s in part.segs for ct in range(*s.cts)]
-    seen = [(layer, ct) for _, cts, _ in phases for layer, (a, b) in cts.items() for ct in range(a, b)]
+    seen = [(layer, ct) for span in phases for layer, (a, b) in span.col_tiles.items() for ct in range(a, b)]
     assert seen == order
-    for _, cts, _ in phases:
-        assert part.packs(cts)
+    for span in phases:
+        assert part.packs(span.col_tiles, span.row_tiles)
     # the dynamic programme beats (or ties) cutting after every segment
     bounds, k = [], 0
-    for _, cts, _ in phases:
+    for span in phases:
+        cts = span.col_tiles
         n = sum(1 for s in part.segs if s.layer in cts and cts[s.layer][0] <= s.cts[0] < cts[s.layer][1])
         bounds.append((k, k + n))
         k += n
@@ -69,7 +70,7 @@ def test_partition_is_the_cheapest_and_every_phase_packs():
 def test_network_that_fits_runs_as_one_resident_phase():
     g = chain_qgraph(JSSC2022, STEM, (3, 32, 32))
     phases = Partitioner(g, tile_graph(g, JSSC2022), JSSC2022).run()
-    assert len(phases) == 1 and phases[0][2] == 0.0
+    assert len(phases) == 1 and phases[0].io_s == 0.0
 
 
 def test_compute_estimate_bisection():

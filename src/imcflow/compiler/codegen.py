@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from imcflow.compiler.placement import PhasePlan, pixel_range
+from imcflow.compiler.placement import PhasePlan, pixel_range, row_group
 from imcflow.compiler.routing import StreamSpec
 from imcflow.compiler.tiling import LayerTiling
 from imcflow.config.chip import ChipConfig
@@ -69,7 +69,13 @@ class _Emitter:
                 and all(getattr(s, k) == v for k, v in match.items())]
 
     def mvm_task(self, layer: str, copy: int, core: int, tiles: list[TileSlot]) -> None:
+        """RECV inputs, MVM every tile; the core of the phase's first row tile of a column tile also
+        RECVs the other row tiles' partial sums (and a spilled accumulator), ACCUMULATEs, then
+        REQUANTs and SENDs activations, or, in a non-final row-tile group, SENDs the accumulator
+        off-chip."""
         tl = self.tilings[layer]
+        r0, r1 = row_group(self.plan.placed, layer)
+        last_group = r1 == len(tl.row_tiles)
         src = self.qgraph.node(layer).inputs[0]
         px_lo, px_hi = pixel_range(tl.pixels, copy, self.plan.copies[layer])
         ins = self._recv_act(core, lambda s: s.tensor == src and any(
@@ -80,20 +86,23 @@ class _Emitter:
                              x_bits=tl.x_bits, x_signed=tl.x_signed, w_bits=tl.w_bits,
                              adc_full_scale_rows=tl.adc_full_scale_rows))
         for t in tiles:
-            if t.row_tile > 0:
+            if t.row_tile != r0:
                 ins += self._sends(core, StreamKind.PSUM, layer, copy=copy, row_tile=t.row_tile, oc_lo=t.oc_lo)
         made: list[tuple[int, int]] = []
         outgoing = [s for s in self.streams if s.kind == StreamKind.ACT and s.src == core and s.tensor == layer
                     and s.px_lo == px_lo]
         for t in tiles:
-            if t.row_tile != 0:
+            if t.row_tile != r0:
                 continue
             rng = dict(layer=layer, copy=copy, oc_lo=t.oc_lo, oc_hi=t.oc_hi, px_lo=px_lo, px_hi=px_hi)
             ins += [Instr(InstrKind.RECV, stream=s.stream_id) for s in self.streams
-                    if s.kind == StreamKind.PSUM and s.dsts == (core,) and s.tensor == layer
+                    if s.kind in (StreamKind.PSUM, StreamKind.ACC) and s.dsts == (core,) and s.tensor == layer
                     and s.copy == copy and s.oc_lo == t.oc_lo]
             if len(tl.row_tiles) > 1:
-                ins.append(Instr(InstrKind.ACCUMULATE, n_parts=len(tl.row_tiles), **rng))
+                ins.append(Instr(InstrKind.ACCUMULATE, n_parts=r1 - r0, row_tile=r0 if r0 > 0 else -1, **rng))
+            if not last_group:
+                ins += self._sends(core, StreamKind.ACC, layer, copy=copy, oc_lo=t.oc_lo)
+                continue
             ins.append(Instr(InstrKind.REQUANT, **rng))
             made.append((t.oc_lo, t.oc_hi))
             ready = [s for s in outgoing if _covered(made, s.oc_lo, s.oc_hi)]
@@ -151,7 +160,8 @@ def emit_phase(plan: PhasePlan, qgraph: QGraph, tilings: dict[str, LayerTiling],
         n = plan.copies[name]
         for k in range(n):
             lo, hi = pixel_range(tl.pixels, k, n)
+            r0, r1 = row_group(plan.placed, name)
             copies.append(LayerCopy(layer=name, copy=k, n_copies=n, px_lo=lo, px_hi=hi,
-                                    oc_lo=tl.col_tiles[a][0], oc_hi=tl.col_tiles[b - 1][1]))
+                                    oc_lo=tl.col_tiles[a][0], oc_hi=tl.col_tiles[b - 1][1], rt_lo=r0, rt_hi=r1))
     return Phase(index=plan.index, nodes=plan.nodes, copies=tuple(copies), tiles=tuple(tiles), cores=tuple(cores),
                  streams=tuple(streams), routes=tuple(Route(stream_id=i, edges=tuple(r)) for i, r in enumerate(routes)))

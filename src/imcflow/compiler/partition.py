@@ -2,9 +2,15 @@
 
 A **segment** is an MVM layer, or a group of its column tiles when the whole layer (one copy) does
 not fit the chip: layers are cut into the fewest equal groups of column tiles that each fit an
-empty chip (all row tiles of a column tile stay together: their partial sums are added in one
-phase). SIMD-only nodes go with the phase of the last MVM segment before them in graph order
-(their inputs are complete by then).
+empty chip, all row tiles of a column tile together (their partial sums are added on chip).
+When even one column tile's row tiles do not fit an empty chip, the layer **spills partial
+sums**: its row tiles are cut into the fewest equal groups that fit, its column tiles into the
+fewest equal groups that fit with one row-tile group, and each (column group, row group) is a
+segment, row groups in order. Such a segment is the only one of its layer in its phase, so the
+groups of a column group run in consecutive phases; a non-final group's accumulators (exact
+integers of :func:`imcflow.compiler.tiling.psum_bits` bits) go to off-chip memory and the next
+group reads them back (their bits count in the phase's port time below). SIMD-only nodes go with
+the phase of the last MVM segment before them in graph order (their inputs are complete by then).
 
 A phase is a run of consecutive segments ``[i, j)``. Its cost per image is estimated as
 
@@ -15,7 +21,8 @@ A phase is a run of consecutive segments ``[i, j)``. Its cost per image is estim
   ``chip.bitplane_s``) packs into the arrays, by first-fit decreasing on tile time (capacity ``T``
   per array) and area (cells per array). This is the same balancing rule the placement uses
   (:mod:`imcflow.compiler.placement`), without block-diagonal sharing (conservative);
-- *io_in* / *io_out*: bits of tensors entering from / leaving to off-chip memory per image over
+- *io_in* / *io_out*: bits of tensors (only the channels the phase's row tiles read) and of
+  spilled accumulators entering from / leaving to off-chip memory per image over
   :func:`port_in_rate` / ``io.out_bits_per_cycle``;
 - *weight load*: the phase's weights over the bus (copies once with
   ``weight_load.broadcast_copies``, else once per copy); *fill*: one image's pass through the
@@ -36,7 +43,7 @@ import math
 from dataclasses import dataclass
 
 from imcflow.compiler.packing import Packer, TileReq
-from imcflow.compiler.tiling import LayerTiling
+from imcflow.compiler.tiling import LayerTiling, psum_bits
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
 from imcflow.ir.qgraph import QGraph
@@ -66,10 +73,15 @@ def port_in_rate(chip: ChipConfig) -> float:
 
 @dataclass(frozen=True)
 class Segment:
-    """Column tiles ``[cts[0], cts[1])`` of MVM layer ``layer`` (all their row tiles)."""
+    """Column tiles ``[cts[0], cts[1])`` and row tiles ``[rts[0], rts[1])`` of MVM layer ``layer``."""
 
     layer: str
     cts: tuple[int, int]
+    rts: tuple[int, int]
+
+    def spills(self, tl: LayerTiling) -> bool:
+        """Whether this segment holds only a group of the layer's row tiles (partial-sum spill)."""
+        return self.rts != (0, len(tl.row_tiles))
 
 
 def tile_time_s(tl: LayerTiling, chip: ChipConfig) -> float:
@@ -77,39 +89,62 @@ def tile_time_s(tl: LayerTiling, chip: ChipConfig) -> float:
     return tl.pixels * tl.x_bits * chip.bitplane_s
 
 
-def _one_copy_reqs(tl: LayerTiling, cts: tuple[int, int]) -> list[TileReq]:
+def _one_copy_reqs(tl: LayerTiling, cts: tuple[int, int], rts: tuple[int, int] | None = None) -> list[TileReq]:
+    rts = rts or (0, len(tl.row_tiles))
     return [TileReq(tl.layer, 0, rt, ct, tl.tile_rows(rt), tl.tile_cols(ct), tl.pixels * tl.x_bits)
-            for ct in range(*cts) for rt in range(len(tl.row_tiles))]
+            for ct in range(*cts) for rt in range(*rts)]
 
 
-def _fits_empty_chip(tl: LayerTiling, cts: tuple[int, int], chip: ChipConfig) -> bool:
-    reqs = sorted(_one_copy_reqs(tl, cts), key=lambda r: (-r.rows * r.cols, r.ct, r.rt))
+def _fits_empty_chip(tl: LayerTiling, cts: tuple[int, int], chip: ChipConfig, rts: tuple[int, int] | None = None) -> bool:
+    reqs = sorted(_one_copy_reqs(tl, cts, rts), key=lambda r: (-r.rows * r.cols, r.ct, r.rt))
     return Packer(chip).place_all(reqs)
 
 
+def _fewest_groups(n: int, start: int, fits) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into the fewest (from ``start``) near-equal consecutive groups that all fit."""
+    groups = max(1, min(n, start))
+    while True:
+        cuts = [(k * n // groups, (k + 1) * n // groups) for k in range(groups)]
+        cuts = [c for c in cuts if c[0] < c[1]]
+        if groups >= n or all(fits(c) for c in cuts):
+            return cuts
+        groups += 1
+
+
+def _check_spill_width(tl: LayerTiling, chip: ChipConfig) -> None:
+    bits = psum_bits(tl, chip)
+    if bits > chip.simd.accumulator_bits:
+        raise CompileError(
+            f"layer {tl.layer!r}: its {len(tl.row_tiles)} row tiles do not fit the {chip.n_cores} arrays of "
+            f"{chip.array.rows}x{chip.array.cols} at once, so their partial sums are spilled off-chip between "
+            f"phases, but the worst-case sum needs {bits} b and the SIMD accumulator holds "
+            f"{chip.simd.accumulator_bits} b (simd.accumulator_bits); raise simd.accumulator_bits, quantise the "
+            f"layer to fewer input or weight bits, or give it fewer inputs")
+
+
 def layer_segments(tilings: dict[str, LayerTiling], chip: ChipConfig) -> list[Segment]:
-    """Segments of every MVM layer, in graph order (see module doc); CompileError when one column
-    tile with its row tiles does not fit an empty chip."""
+    """Segments of every MVM layer, in graph order (see module doc); CompileError when a layer
+    that must spill partial sums could overflow the SIMD accumulator (``simd.accumulator_bits``)."""
     out: list[Segment] = []
+    cells = chip.n_cores * chip.array.rows * chip.array.cols
     for tl in sorted(tilings.values(), key=lambda t: t.index):
-        n = len(tl.col_tiles)
-        for ct in range(n):
-            if not _fits_empty_chip(tl, (ct, ct + 1), chip):
-                raise CompileError(
-                    f"layer {tl.layer!r}: one column tile needs {len(tl.row_tiles)} row tile(s) of up to "
-                    f"{max(tl.tile_rows(r) for r in range(len(tl.row_tiles)))} rows x {tl.tile_cols(ct)} columns "
-                    f"summed in one phase, which do not fit the {chip.n_cores} arrays of "
-                    f"{chip.array.rows}x{chip.array.cols} (the row tiles of a column tile are added on chip, "
-                    f"so they cannot be split over phases); use a chip with more cores or larger arrays, "
-                    f"or give the layer fewer inputs")
-        area = sum(tl.tile_rows(rt) * tl.tile_cols(ct) for ct in range(n) for rt in range(len(tl.row_tiles)))
-        groups = max(1, math.ceil(area / (chip.n_cores * chip.array.rows * chip.array.cols)))
-        while True:
-            cuts = [(k * n // groups, (k + 1) * n // groups) for k in range(groups)]
-            if all(_fits_empty_chip(tl, c, chip) for c in cuts if c[0] < c[1]):
-                break
-            groups += 1
-        out.extend(Segment(tl.layer, c) for c in cuts if c[0] < c[1])
+        n, n_rt = len(tl.col_tiles), len(tl.row_tiles)
+        whole = (0, n_rt)
+        if all(_fits_empty_chip(tl, (ct, ct + 1), chip) for ct in range(n)):
+            area = sum(tl.tile_rows(rt) * tl.tile_cols(ct) for ct in range(n) for rt in range(n_rt))
+            cuts = _fewest_groups(n, math.ceil(area / cells), lambda c: _fits_empty_chip(tl, c, chip))
+            out.extend(Segment(tl.layer, c, whole) for c in cuts)
+            continue
+        _check_spill_width(tl, chip)
+        widest = max(range(n), key=tl.tile_cols)
+        column = sum(tl.tile_rows(rt) for rt in range(n_rt)) * tl.tile_cols(widest)
+        row_cuts = _fewest_groups(n_rt, math.ceil(column / cells),
+                                  lambda r: all(_fits_empty_chip(tl, (ct, ct + 1), chip, r) for ct in range(n)))
+        largest = max(row_cuts, key=lambda r: sum(tl.tile_rows(rt) for rt in range(*r)))
+        per_ct = sum(tl.tile_rows(rt) for rt in range(*largest)) * tl.tile_cols(widest)
+        col_cuts = _fewest_groups(n, math.ceil(n * per_ct / cells),
+                                  lambda c: all(_fits_empty_chip(tl, c, chip, r) for r in row_cuts))
+        out.extend(Segment(tl.layer, c, r) for c in col_cuts for r in row_cuts)
     return out
 
 
@@ -213,30 +248,49 @@ class Partitioner:
         nodes = tuple(n.name for n in self.q.nodes if n.name in cts or n.name in simd)
         return nodes, cts
 
+    def row_groups(self, i: int, j: int) -> dict[str, tuple[int, int]]:
+        """MVM layer -> [first, last) row tiles held by the phase of segments ``[i, j)``."""
+        return {s.layer: s.rts for s in self.segs[i:j]}
+
+    def valid(self, i: int, j: int) -> bool:
+        """Whether segments ``[i, j)`` may form one phase: a segment holding a group of its layer's
+        row tiles (partial-sum spill) is its layer's only segment there."""
+        layers = [s.layer for s in self.segs[i:j]]
+        return all(layers.count(s.layer) == 1 for s in self.segs[i:j] if s.spills(self.tilings[s.layer]))
+
     def _bits(self, tensor: str) -> int:
         spec = self.q.spec(tensor)
         return math.prod(spec.shape) * spec.bits
 
     def io_s(self, i: int, j: int, nodes: tuple[str, ...], cts: dict[str, tuple[int, int]]) -> tuple[float, float]:
-        """(in, out) port time per image of the phase ``[i, j)``."""
+        """(in, out) port time per image of the phase ``[i, j)``: tensors (the channels its row
+        tiles read) and spilled accumulators."""
         here = set(nodes)
-        frac = {}
+        rts = self.row_groups(i, j)
+        frac, read = {}, {}
+        spill_in = spill_out = 0.0
         for name in nodes:
             if name in cts:
                 tl = self.tilings[name]
                 a, b = cts[name]
                 frac[name] = (tl.col_tiles[b - 1][1] - tl.col_tiles[a][0]) / self.q.node(name).out.shape[0]
+                r0, r1 = rts[name]
+                if r1 < len(tl.row_tiles):
+                    frac[name] = 0.0   # not requantised here: its accumulators leave instead
+                acc = (tl.col_tiles[b - 1][1] - tl.col_tiles[a][0]) * tl.pixels * psum_bits(tl, self.chip)
+                spill_in += acc if r0 > 0 else 0
+                spill_out += acc if r1 < len(tl.row_tiles) else 0
+                src = self.q.node(name).inputs[0]
+                ch = (tl.row_tiles[r1 - 1][1] - tl.row_tiles[r0][0]) / self.q.spec(src).shape[0]
+                read[src] = max(read.get(src, 0.0), ch)
             else:
                 frac[name] = 1.0
-        bits_in = 0.0
-        seen = set()
-        for name in nodes:
-            for t in self.q.node(name).inputs:
-                if t in seen:
-                    continue
-                seen.add(t)
-                bits_in += self._bits(t) * (1.0 - frac.get(t, 0.0) if t in here else 1.0)
-        bits_out = 0.0
+                for t in self.q.node(name).inputs:
+                    read[t] = 1.0
+        bits_in = spill_in
+        for t, share in read.items():
+            bits_in += self._bits(t) * share * (1.0 - frac.get(t, 0.0) if t in here else 1.0)
+        bits_out = spill_out
         for name in nodes:
             later = name == self.q.output or any(self.last_seg.get(c, -1) >= j for c in self.consumers.get(name, ()))
             if later:
@@ -245,30 +299,35 @@ class Partitioner:
         cyc = 1.0 / chip.clock.digital_hz
         return bits_in / port_in_rate(chip) * cyc, bits_out / chip.io.out_bits_per_cycle * cyc
 
-    def items(self, cts: dict[str, tuple[int, int]]) -> list[_Item]:
+    def items(self, cts: dict[str, tuple[int, int]], rts: dict[str, tuple[int, int]] | None = None) -> list[_Item]:
+        """The model's view of MVM column tiles ``cts`` with row tiles ``rts`` (default all)."""
         out = []
         for layer, (a, b) in cts.items():
             tl = self.tilings[layer]
-            areas = tuple(tl.tile_rows(rt) * tl.tile_cols(ct) for ct in range(a, b) for rt in range(len(tl.row_tiles)))
+            r0, r1 = (rts or {}).get(layer, (0, len(tl.row_tiles)))
+            areas = tuple(tl.tile_rows(rt) * tl.tile_cols(ct) for ct in range(a, b) for rt in range(r0, r1))
             out.append(_Item(layer, tile_time_s(tl, self.chip), tl.pixels, areas, sum(areas)))
         return out
 
-    def packs(self, cts: dict[str, tuple[int, int]]) -> bool:
-        """Whether one copy of the phase's tiles packs into the arrays (the placement's packer)."""
-        reqs = [r for layer, c in cts.items() for r in _one_copy_reqs(self.tilings[layer], c)]
+    def packs(self, cts: dict[str, tuple[int, int]], rts: dict[str, tuple[int, int]] | None = None) -> bool:
+        """Whether one copy of the phase's tiles (row tiles ``rts``, default all) packs into the
+        arrays (the placement's packer)."""
+        reqs = [r for layer, c in cts.items() for r in _one_copy_reqs(self.tilings[layer], c, (rts or {}).get(layer))]
         return Packer(self.chip).place_all(sorted(reqs, key=lambda r: (-r.rows * r.cols, r.layer, r.ct, r.rt)))
 
     def area(self, i: int, j: int) -> int:
         return sum(self.tilings[s.layer].tile_rows(rt) * self.tilings[s.layer].tile_cols(ct)
-                   for s in self.segs[i:j] for ct in range(*s.cts)
-                   for rt in range(len(self.tilings[s.layer].row_tiles)))
+                   for s in self.segs[i:j] for ct in range(*s.cts) for rt in range(*s.rts))
 
     def cost(self, i: int, j: int) -> float | None:
         """Estimated seconds per image of phase ``[i, j)`` (see module doc); None if it cannot fit."""
+        if not self.valid(i, j):
+            return None
         nodes, cts = self.phase_content(i, j)
-        items = self.items(cts)
+        rts = self.row_groups(i, j)
+        items = self.items(cts, rts)
         got = estimate_compute(items, self.chip)
-        if got is None or (j > i + 1 and not self.packs(cts)):
+        if got is None or (j > i + 1 and not self.packs(cts, rts)):
             return None
         compute, copies = got
         io_in, io_out = self.io_s(i, j, nodes, cts)
@@ -282,18 +341,18 @@ class Partitioner:
         """One segment that the estimate's area packing misses (the real packer fits it): one copy,
         every tile's time in turn (pessimistic)."""
         nodes, cts = self.phase_content(i, j)
-        compute = sum(it.t_s * len(it.areas) for it in self.items(cts))
+        compute = sum(it.t_s * len(it.areas) for it in self.items(cts, self.row_groups(i, j)))
         return max(compute, *self.io_s(i, j, nodes, cts))
 
-    def run(self) -> list[tuple[tuple[str, ...], dict[str, tuple[int, int]], float]]:
-        """The best partition: per phase (nodes, MVM column tiles, off-chip I/O time per image)."""
+    def run(self) -> list[PhaseSpan]:
+        """The best partition (see :class:`PhaseSpan`)."""
         n = len(self.segs)
         if n == 0:
-            return [(tuple(x.name for x in self.q.nodes), {}, 0.0)]
+            return [PhaseSpan(tuple(x.name for x in self.q.nodes), {}, {}, 0.0)]
         cap = self.chip.n_cores * self.chip.array.rows * self.chip.array.cols
         if self.area(0, n) <= cap and self.cost(0, n) is not None:
             nodes, cts = self.phase_content(0, n)
-            return [(nodes, cts, 0.0)]
+            return [PhaseSpan(nodes, cts, self.row_groups(0, n), 0.0)]
         best = [math.inf] * (n + 1)
         back = [0] * (n + 1)
         best[0] = 0.0
@@ -318,16 +377,28 @@ class Partitioner:
         out = []
         for i, j in reversed(cuts):
             nodes, cts = self.phase_content(i, j)
-            out.append((nodes, cts, max(self.io_s(i, j, nodes, cts))))
+            out.append(PhaseSpan(nodes, cts, self.row_groups(i, j), max(self.io_s(i, j, nodes, cts))))
         return out
 
 
-def partition(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
-              ) -> list[tuple[tuple[str, ...], dict[str, tuple[int, int]], float]]:
-    """Phases as (nodes in graph order, MVM layer -> [first, last) column tiles, estimated off-chip
-    I/O seconds per image); see module doc."""
+@dataclass(frozen=True)
+class PhaseSpan:
+    """One phase of the partition."""
+
+    nodes: tuple[str, ...]
+    """Nodes computed (wholly or partly), in graph order."""
+    col_tiles: dict[str, tuple[int, int]]
+    """MVM layer -> [first, last) column tiles."""
+    row_tiles: dict[str, tuple[int, int]]
+    """MVM layer -> [first, last) row tiles (all of them unless the layer spills partial sums)."""
+    io_s: float
+    """Estimated off-chip I/O seconds per image."""
+
+
+def partition(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig) -> list[PhaseSpan]:
+    """The phases, in order (see module doc)."""
     return Partitioner(qgraph, tilings, chip).run()
 
 
-__all__ = ["port_streams", "port_in_rate", "Segment", "layer_segments", "partition", "estimate_compute", "ffd_fits",
+__all__ = ["port_streams", "port_in_rate", "Segment", "PhaseSpan", "layer_segments", "partition", "estimate_compute", "ffd_fits",
            "copies_for", "tile_time_s", "PLAN_BATCH"]

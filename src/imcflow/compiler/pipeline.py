@@ -107,7 +107,7 @@ def _try_route(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
     array_s = max(max(estimate_phase(work, chip).core_array_s.values(), default=0.0), plan.floor_s)
     merge_bits = array_s * chip.clock.digital_hz * chip.ocn.track_bits
     for split in port_splits:
-        specs = phase_streams(qgraph, plan, tilings, later, chip.simd.accumulator_bits, merge_bits, split)
+        specs = phase_streams(qgraph, plan, tilings, later, chip, merge_bits, split)
         try:
             perm, routes = route_phase(plan, qgraph, chip, specs)
         except CompileError:
@@ -126,7 +126,7 @@ def _split(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, pl
     # each half keeps the phase's I/O floor and fill weight (its own I/O is at least as large, as
     # the cut tensor leaves and returns through the ports)
     return [place_phase(qgraph, tilings, chip, objective, plan.index, nodes, cts, plan.floor_s,
-                        fill_weight=plan.fill_weight or 1.0 / PLAN_BATCH) for nodes, cts in halves]
+                        fill_weight=plan.fill_weight or 1.0 / PLAN_BATCH, rts=plan.row_tiles) for nodes, cts in halves]
 
 
 def choose_batch(estimates, chip: ChipConfig, objective: str, batch: int | None,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
@@ -62,14 +62,30 @@ class PhasePlan:
     fill_weight: float = 0.0
     """Weight of one image's latency through the phase in the throughput score: 1 / batch in a
     multi-phase program (the pipeline fills once per batch), 0 for one resident phase."""
+    row_tiles: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """MVM layer -> [first, last) row tiles held in this phase (a layer not named: all of them;
+    fewer when the layer spills partial sums between phases)."""
 
     def acc_array(self, layer: str, copy: int, ct: int) -> int:
-        """Array that accumulates and requantises (layer, copy, column tile): where row tile 0 sits."""
+        """Array that accumulates and requantises (layer, copy, column tile): where the phase's
+        first row tile of the layer sits."""
+        first = first_row_tile(self.placed, layer)
         for p in self.placed:
             q = p.req
-            if q.layer == layer and q.copy == copy and q.ct == ct and q.rt == 0:
+            if q.layer == layer and q.copy == copy and q.ct == ct and q.rt == first:
                 return p.array
         raise KeyError((layer, copy, ct))
+
+
+def first_row_tile(placed, layer: str) -> int:
+    """The first row tile of ``layer`` among ``placed`` tiles: the one whose array accumulates."""
+    return min(p.req.rt for p in placed if p.req.layer == layer)
+
+
+def row_group(placed, layer: str) -> tuple[int, int]:
+    """Row tiles [first, last) of ``layer`` among ``placed`` tiles."""
+    rts = [p.req.rt for p in placed if p.req.layer == layer]
+    return min(rts), max(rts) + 1
 
 
 def pixel_range(pixels: int, copy: int, n_copies: int) -> tuple[int, int]:
@@ -77,12 +93,13 @@ def pixel_range(pixels: int, copy: int, n_copies: int) -> tuple[int, int]:
     return copy * pixels // n_copies, (copy + 1) * pixels // n_copies
 
 
-def _requests(tl: LayerTiling, cts: tuple[int, int], n_copies: int) -> list[TileReq]:
+def _requests(tl: LayerTiling, cts: tuple[int, int], n_copies: int,
+              rts: tuple[int, int] | None = None) -> list[TileReq]:
     out = []
     for k in range(n_copies):
         lo, hi = pixel_range(tl.pixels, k, n_copies)
         for ct in range(*cts):
-            for rt in range(len(tl.row_tiles)):
+            for rt in range(*(rts or (0, len(tl.row_tiles)))):
                 out.append(TileReq(tl.layer, k, rt, ct, tl.tile_rows(rt), tl.tile_cols(ct), (hi - lo) * tl.x_bits))
     return out
 
@@ -184,11 +201,12 @@ def simd_hosts(qgraph: QGraph, nodes: tuple[str, ...], placed: tuple[Placed, ...
     pieces: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     readers: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     ends: set[tuple] = set()
+    first = {layer: first_row_tile(placed, layer) for layer in {p.req.layer for p in placed}}
     for p in placed:
         q = p.req
         load[p.array] += q.bitplanes
         tl = tilings[q.layer]
-        if q.rt == 0:
+        if q.rt == first[q.layer]:
             pieces[q.layer].append((p.array, *tl.col_tiles[q.ct]))
             ends.add((p.array, "out", q.layer, q.copy))
             if q.copy == 0:
@@ -234,15 +252,18 @@ def phase_work_of(qgraph: QGraph, plan_nodes: tuple[str, ...], placed: tuple[Pla
     hosts = simd_hosts(qgraph, plan_nodes, placed, tilings, col_tiles)
     simd: dict[int, int] = defaultdict(int)
     node_ops: dict[str, int] = {}
+    groups = {layer: row_group(placed, layer) for layer in {p.req.layer for p in placed}}
     for p in placed:
         q = p.req
-        if q.rt != 0:
+        r0, r1 = groups[q.layer]
+        if q.rt != r0:
             continue
         tl = tilings[q.layer]
         lo, hi = pixel_range(tl.pixels, q.copy, copies[q.layer])
         oc_lo, oc_hi = tl.col_tiles[q.ct]
         n = (oc_hi - oc_lo) * (hi - lo)
-        simd[p.array] += n * (len(tl.row_tiles) - 1) + 2 * n
+        # adds of the group's row tiles (and of a spilled sum read back); requantise in the last group
+        simd[p.array] += n * (r1 - r0 - 1 + (r0 > 0)) + (2 * n if r1 == len(tl.row_tiles) else 0)
     for name, groups in hosts.items():
         total, channels = node_simd_ops(qgraph, name), qgraph.node(name).out.shape[0]
         for a, lo, hi in groups:
@@ -273,9 +294,12 @@ class Search:
 
     def __init__(self, qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig,
                  nodes: tuple[str, ...], col_tiles: dict[str, tuple[int, int]], objective: str,
-                 floor_s: float = 0.0, caps: dict[str, int] | None = None, fill_weight: float = 0.0):
+                 floor_s: float = 0.0, caps: dict[str, int] | None = None, fill_weight: float = 0.0,
+                 row_tiles: dict[str, tuple[int, int]] | None = None):
         self.qgraph, self.tilings, self.chip = qgraph, tilings, chip
         self.nodes, self.col_tiles, self.objective = nodes, col_tiles, objective
+        self.row_tiles = {layer: (row_tiles or {}).get(layer, (0, len(tilings[layer].row_tiles))) for layer in col_tiles}
+        """MVM layer -> [first, last) row tiles held in this phase."""
         self.floor_s = floor_s
         self.fill_weight = fill_weight
         self.related: dict[str, set[str]] = defaultdict(set)
@@ -299,7 +323,7 @@ class Search:
 
     def pack(self, copies: dict[str, int]) -> tuple[Placed, ...] | None:
         reqs = [r for layer, cts in self.col_tiles.items()
-                for r in _requests(self.tilings[layer], cts, copies[layer])]
+                for r in _requests(self.tilings[layer], cts, copies[layer], self.row_tiles[layer])]
         orders = (lambda r: (-r.bitplanes, -r.rows * r.cols, r.layer, r.copy, r.ct, r.rt),
                   lambda r: (-r.cols, -r.rows, -r.bitplanes, r.layer, r.copy, r.ct, r.rt))
         best, best_score, best_est = None, None, None
@@ -332,7 +356,8 @@ class Search:
         :class:`~imcflow.compiler.packing.Packer`); None if they do not fit."""
         if budget_s <= 0:
             return None
-        reqs = [r for layer, cts in self.col_tiles.items() for r in _requests(self.tilings[layer], cts, copies[layer])]
+        reqs = [r for layer, cts in self.col_tiles.items()
+                for r in _requests(self.tilings[layer], cts, copies[layer], self.row_tiles[layer])]
         packer = Packer(self.chip, budget_s, self.related)
         self.evaluations += 1
         order = sorted(reqs, key=lambda r: (-r.bitplanes, -r.rows * r.cols, r.layer, r.copy, r.ct, r.rt))
@@ -408,7 +433,8 @@ def balanced_search(search: Search, tilings: dict[str, LayerTiling], cts: dict[s
     copies, pack, and keep the packing the objective scores best; stop BALANCE_PATIENCE feasible
     targets after the best. None when not even one copy of every layer packs."""
     times = {layer: tile_time_s(tilings[layer], chip) for layer in cts}
-    work = sum(times[layer] * len(tilings[layer].row_tiles) * (b - a) for layer, (a, b) in cts.items())
+    work = sum(times[layer] * (search.row_tiles[layer][1] - search.row_tiles[layer][0]) * (b - a)
+               for layer, (a, b) in cts.items())
     top = max(times.values(), default=0.0)
     target = work / chip.n_cores if work > 0 else top
     best, best_score, since, tried = None, None, 0, set()
@@ -431,12 +457,13 @@ def balanced_search(search: Search, tilings: dict[str, LayerTiling], cts: dict[s
 
 def place_phase(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, objective: str, index: int,
                 nodes: tuple[str, ...], cts: dict[str, tuple[int, int]], floor_s: float = 0.0,
-                caps: dict[str, int] | None = None, fill_weight: float = 0.0) -> PhasePlan:
-    """Copies and packing of one phase computing ``nodes`` (MVM layers: column tiles ``cts``):
-    the balanced search, then the greedy search for the limiting layers from there. ``floor_s``:
-    the phase's off-chip I/O time per image (compute below it gains nothing); ``caps``: most
-    copies per layer (default: one per output pixel)."""
-    search = Search(qgraph, tilings, chip, nodes, cts, objective, floor_s, caps, fill_weight)
+                caps: dict[str, int] | None = None, fill_weight: float = 0.0,
+                rts: dict[str, tuple[int, int]] | None = None) -> PhasePlan:
+    """Copies and packing of one phase computing ``nodes`` (MVM layers: column tiles ``cts``, row
+    tiles ``rts``, default all): the balanced search, then the greedy search for the limiting
+    layers from there. ``floor_s``: the phase's off-chip I/O time per image (compute below it
+    gains nothing); ``caps``: most copies per layer (default: one per output pixel)."""
+    search = Search(qgraph, tilings, chip, nodes, cts, objective, floor_s, caps, fill_weight, rts)
     got = balanced_search(search, tilings, cts, chip)
     if got is None:
         raise CompileError(f"phase {index}: its tiles do not pack into {chip.n_cores} arrays (internal: "
@@ -445,7 +472,7 @@ def place_phase(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfi
     copies, placed = search.run(*got)
     _, hosts = phase_work_of(qgraph, nodes, placed, tilings, cts, copies)
     return PhasePlan(index=index, nodes=nodes, col_tiles=cts, copies=copies, placed=placed, hosts=hosts,
-                     floor_s=floor_s, fill_weight=fill_weight)
+                     floor_s=floor_s, fill_weight=fill_weight, row_tiles=search.row_tiles)
 
 
 def localised(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,
@@ -454,7 +481,7 @@ def localised(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig,
     I/O floor, if larger): fewer streams, maybe more fill. None if that packing is not new or
     exceeds that time."""
     search = Search(qgraph, tilings, chip, plan.nodes, plan.col_tiles, objective, plan.floor_s,
-                    fill_weight=plan.fill_weight)
+                    fill_weight=plan.fill_weight, row_tiles=plan.row_tiles)
     est = search.score(plan.placed, plan.copies)[1]
     budget = max(plan.floor_s, max(est.core_array_s.values(), default=0.0))
     placed = search.pack_local(plan.copies, budget)
@@ -479,7 +506,7 @@ def fewer_copies(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConf
     most = max(pieces.values())
     caps = {layer: max(1, (3 * n) // 4) if pieces[layer] == most else n for layer, n in copies.items()}
     return place_phase(qgraph, tilings, chip, objective, plan.index, plan.nodes, plan.col_tiles, plan.floor_s, caps,
-                       plan.fill_weight)
+                       plan.fill_weight, plan.row_tiles)
 
 
 def split_plan(plan: PhasePlan) -> tuple[tuple[tuple[str, ...], dict], tuple[tuple[str, ...], dict]] | None:
@@ -519,5 +546,5 @@ def place(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, obj
         raise CompileError(f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     phases = partition(qgraph, tilings, chip)
     fill = 1.0 / PLAN_BATCH if len(phases) > 1 else 0.0
-    return [place_phase(qgraph, tilings, chip, objective, i, nodes, cts, floor_s, fill_weight=fill)
-            for i, (nodes, cts, floor_s) in enumerate(phases)]
+    return [place_phase(qgraph, tilings, chip, objective, i, span.nodes, span.col_tiles, span.io_s, fill_weight=fill,
+                        rts=span.row_tiles) for i, span in enumerate(phases)]

@@ -6,8 +6,12 @@ for tensors made in earlier phases and the graph input) to every array that uses
 whose row tile reads any of the piece's channels and whose copy's receptive fields touch the
 piece's pixels, SIMD hosts) and to the output port when a later phase or the user needs it; one
 stream forks to all of them. Column tiles of one layer copy on one array with the same
-destinations travel as one merged stream (:func:`merge_streams`). Partial sums of row tiles 1..
-go to the array holding row tile 0.
+destinations travel as one merged stream (:func:`merge_streams`). Partial sums of the phase's
+other row tiles go to the array holding its first row tile. A layer holding a group of its row
+tiles (partial-sum spill) makes no activations in a non-final group's phase: its accumulators
+leave by ACC streams to the output port; a later group's phase reads them back by ACC streams
+from the input port. A tensor from the input port carries only the channels the phase's row
+tiles and SIMD hosts read.
 
 **Routing**: logical arrays are first assigned to cores (snake order along the grid in graph order,
 so consecutive layers sit side by side, then pairwise swaps that shorten the streams' total
@@ -31,8 +35,8 @@ import numpy as np
 
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
-from imcflow.compiler.placement import PhasePlan, pixel_range
-from imcflow.compiler.tiling import LayerTiling
+from imcflow.compiler.placement import PhasePlan, pixel_range, row_group
+from imcflow.compiler.tiling import LayerTiling, psum_bits
 from imcflow.ir.program import IN_PORT, OUT_PORT, StreamKind
 from imcflow.ir.qgraph import QGraph, QTensor
 
@@ -73,6 +77,8 @@ def _pieces(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling], te
     if tensor in plan.col_tiles:
         tl = tilings[tensor]
         a, b = plan.col_tiles[tensor]
+        if row_group(plan.placed, tensor)[1] < len(tl.row_tiles):
+            return []   # a non-final row-tile group: its accumulators leave as ACC streams
         out = []
         if a > 0:
             out.append((IN_PORT, 0, tl.col_tiles[a][0], 0, pixels, False))
@@ -83,7 +89,23 @@ def _pieces(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling], te
         return out
     if tensor in plan.hosts:
         return [(a, lo, hi, 0, pixels, True) for a, lo, hi in plan.hosts[tensor]]
-    return [(IN_PORT, 0, channels, 0, pixels, False)]
+    return [(IN_PORT, *_channels_read(qgraph, plan, tilings, tensor, channels), 0, pixels, False)]
+
+
+def _channels_read(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling], tensor: str,
+                   channels: int) -> tuple[int, int]:
+    """Channels [lo, hi) of ``tensor`` that the phase reads: its MVM consumers' row tiles held here
+    (fewer than all in a partial-sum spill group), all of them for SIMD consumers."""
+    lo, hi = channels, 0
+    for name in plan.nodes:
+        if tensor not in qgraph.node(name).inputs:
+            continue
+        if name in plan.col_tiles:
+            r0, r1 = row_group(plan.placed, name)
+            lo, hi = min(lo, tilings[name].row_tiles[r0][0]), max(hi, tilings[name].row_tiles[r1 - 1][1])
+        else:
+            lo, hi = 0, channels
+    return (lo, hi) if lo < hi else (0, channels)
 
 
 def needed_input_pixels(qgraph: QGraph, tl: LayerTiling, copy: int, n_copies: int) -> tuple[int, int]:
@@ -140,9 +162,10 @@ def merge_streams(streams: list[StreamSpec], cap_bits: float) -> list[StreamSpec
 
 
 def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling],
-                  needed_later: set[str], acc_bits: int, merge_bits: float = 0.0,
+                  needed_later: set[str], chip: ChipConfig, merge_bits: float = 0.0,
                   port_split: int = 0) -> list[StreamSpec]:
-    """Every stream of one phase (activations, partial sums, port traffic); activation pieces
+    """Every stream of one phase (activations, partial sums at ``simd.accumulator_bits``, spilled
+    accumulators at :func:`~imcflow.compiler.tiling.psum_bits`, port traffic); activation pieces
     are joined by :func:`merge_streams` up to ``merge_bits`` per stream (0: not joined), and
     pieces from the input port are cut into streams of about ``merge_bits`` (at most
     ``port_split`` of them; 0: no limit)."""
@@ -173,15 +196,41 @@ def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTilin
                                           px_lo, px_hi, (oc_hi - oc_lo) * (px_hi - px_lo) * bits))
     if merge_bits > 0:
         streams = merge_streams(streams, merge_bits)
-    streams += _psum_streams(plan, tilings, acc_bits)
+    streams += _psum_streams(plan, tilings, chip.simd.accumulator_bits)
+    streams += _spill_streams(plan, tilings, chip)
     return streams
+
+
+def _spill_streams(plan: PhasePlan, tilings: dict[str, LayerTiling], chip: ChipConfig) -> list[StreamSpec]:
+    """ACC streams of the phase's row-tile groups: the accumulator of the row tiles before the
+    group from the input port, and (unless the group is the last) the accumulator after it to the
+    output port, per layer copy and column tile, on the array accumulating it."""
+    out = []
+    for layer, (a, b) in plan.col_tiles.items():
+        tl = tilings[layer]
+        r0, r1 = row_group(plan.placed, layer)
+        width = psum_bits(tl, chip)
+        for k in range(plan.copies[layer]):
+            lo, hi = pixel_range(tl.pixels, k, plan.copies[layer])
+            for ct in range(a, b):
+                acc = plan.acc_array(layer, k, ct)
+                oc_lo, oc_hi = tl.col_tiles[ct]
+                bits = (oc_hi - oc_lo) * (hi - lo) * width
+                if r0 > 0:
+                    out.append(StreamSpec(StreamKind.ACC, layer, IN_PORT, (acc,), oc_lo, oc_hi, lo, hi, bits,
+                                          row_tile=r0, copy=k))
+                if r1 < len(tl.row_tiles):
+                    out.append(StreamSpec(StreamKind.ACC, layer, acc, (OUT_PORT,), oc_lo, oc_hi, lo, hi, bits,
+                                          row_tile=r1, copy=k))
+    return out
 
 
 def _psum_streams(plan: PhasePlan, tilings: dict[str, LayerTiling], acc_bits: int) -> list[StreamSpec]:
     out = []
+    first = {layer: row_group(plan.placed, layer)[0] for layer in plan.col_tiles}
     for p in plan.placed:
         q = p.req
-        if q.rt == 0:
+        if q.rt == first[q.layer]:
             continue
         acc = plan.acc_array(q.layer, q.copy, q.ct)
         if acc == p.array:

@@ -44,6 +44,19 @@ class LayerTiling:
         return (hi - lo) * self.w_bits
 
 
+def psum_bits(tl: LayerTiling, chip: ChipConfig) -> int:
+    """Bits of a spilled accumulator value of layer ``tl``: a sign bit plus enough bits for the
+    worst-case magnitude of the sum over ALL its row tiles, in any simulation mode. One row tile's
+    partial sum is ``sum over input bit i, weight bit j of +-2^(i+j) x code``, with ``code`` at most
+    the tile's rows (ideal: exact counts) or ``2^adc.bits - 1`` (ADC codes), so its magnitude is at
+    most ``max code x (2^x_bits - 1) x (2^w_bits - 1)``. VGG-11's 25,088-input classifier at 4 b on
+    jssc2022 needs 24 b (chip.md: accumulators of 24 b or more)."""
+    levels = (1 << chip.adc.bits) - 1
+    bound = sum(max(tl.tile_rows(rt), levels) for rt in range(len(tl.row_tiles)))
+    bound *= ((1 << tl.x_bits) - 1) * ((1 << tl.w_bits) - 1)
+    return bound.bit_length() + 1
+
+
 def _kernel(node: QNode) -> tuple[int, int, int, int]:
     w = node.weight
     if w is None:

@@ -18,6 +18,13 @@ Changes since the first version (all backward compatible: every older Program ke
   them); its source SENDs it after the REQUANT of its last column tile.
 - The destinations of a stream of activations are only the cores that need its pixels: an MVM
   copy receives the pieces that overlap the input rows of its output pixels' receptive fields.
+- *Partial-sum spill*: a phase may hold only a group of row tiles ``[rt_lo, rt_hi)`` of a layer
+  (:class:`LayerCopy`), when a column tile's row tiles do not fit the chip at once. The groups of
+  one column tile run in consecutive phases, in row-tile order. A non-final group's accumulator
+  (the sum of the partial sums of row tiles ``0 .. rt_hi-1``, exact integers) leaves the chip by an
+  ``ACC`` stream to :data:`OUT_PORT`; the next group's phase reads it back by an ``ACC`` stream
+  from :data:`IN_PORT` and its ACCUMULATE adds it to its own row tiles' sums; only the last group
+  REQUANTs. Older Programs have every row tile in one phase (``rt_lo = rt_hi = 0`` means all).
 
 Cores and switches
     Core ``i`` sits at grid position ``(i // chip.grid_cols, i % chip.grid_cols)`` and owns the
@@ -86,9 +93,12 @@ Tasks and instructions
         reference executor does (``imcflow.cima.mvm`` with ``x_bits``, ``w_bits``,
         ``adc_full_scale_rows``). The result is the partial sum (layer, row_tile, oc range, px range).
         Needs the input tensor's channels ``[ch_lo, ch_hi)`` at every pixel of the receptive fields.
-    ``ACCUMULATE``: add the partial sums of row tiles ``0 .. n_parts-1`` of (layer, oc range,
-        px range) in the SIMD (the other row tiles' sums arrive by RECV of PSUM streams).
-        A layer with one row tile has no ACCUMULATE: its only partial sum is the accumulator.
+    ``ACCUMULATE``: add the partial sums of row tiles ``r0 .. r0+n_parts-1`` of (layer, oc range,
+        px range) in the SIMD, ``r0 = max(0, row_tile)`` (the other row tiles' sums arrive by RECV
+        of PSUM streams); when ``r0 > 0`` also add the spilled accumulator of row tiles
+        ``0 .. r0-1`` (received by an ACC stream from IN_PORT). The result is the accumulator of
+        (layer, oc range, px range). A layer with one row tile has no ACCUMULATE: its only partial
+        sum is the accumulator.
     ``REQUANT``: apply the layer's :class:`~imcflow.ir.qgraph.Requant` to the accumulator of
         (layer, oc range, px range): the result is that piece of the layer's output tensor.
     ``MAXPOOL``/``AVGPOOL``/``GLOBAL_AVGPOOL``/``ADD``/``FLATTEN``/``CONCAT``: compute output
@@ -103,7 +113,11 @@ Streams
     A :class:`Stream` carries, once per image, a piece of one tensor: ``tensor`` (a QGraph node
     name or the graph input), channels ``[oc_lo, oc_hi)`` and pixels ``[px_lo, px_hi)`` (``ACT``:
     activations after REQUANT or a SIMD op; ``PSUM``: integer accumulators of row tile
-    ``row_tile`` of layer ``tensor``, sent to the core that ACCUMULATEs). ``src`` is a core or
+    ``row_tile`` of layer ``tensor``, sent to the core that ACCUMULATEs; ``ACC``: the running
+    accumulator of layer ``tensor``, the sum over row tiles ``0 .. row_tile-1``, spilled from the
+    accumulating core to OUT_PORT, or read back from IN_PORT by the core that accumulates the next
+    row-tile group; ``bits`` = channels x pixels x the partial-sum width the compiler chose,
+    enough bits for the layer's worst-case sum). ``src`` is a core or
     :data:`IN_PORT`; ``dsts`` are cores and/or :data:`OUT_PORT`. A core that produces a piece
     needs no stream to use it itself. A :class:`Route` is a tree of directed edges between
     neighbouring switches (plus port edges, see above) rooted at the source (its core's switch, or
@@ -160,6 +174,8 @@ class StreamKind(str, enum.Enum):
     """Integer activations (a piece of a node's output or of the graph input)."""
     PSUM = "psum"
     """Integer partial sums of one row tile, to the core that accumulates them."""
+    ACC = "acc"
+    """A spilled running accumulator (sum of row tiles ``0 .. row_tile-1``), to or from off-chip memory."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +219,14 @@ class LayerCopy:
     oc_lo: int
     oc_hi: int
     """Output channels of the layer computed in this phase (all copies compute the same range)."""
+    rt_lo: int = 0
+    rt_hi: int = 0
+    """Row tiles ``[rt_lo, rt_hi)`` held in this phase (a partial-sum spill group when not all of
+    them); ``rt_hi = 0``: every row tile (Programs written before partial-sum spill)."""
+
+    def row_group(self, n_row_tiles: int) -> tuple[int, int]:
+        """Row tiles ``[lo, hi)`` held in this phase, for a layer of ``n_row_tiles`` row tiles."""
+        return (self.rt_lo, self.rt_hi) if self.rt_hi > 0 else (0, n_row_tiles)
 
 
 @dataclass(frozen=True)
@@ -227,7 +251,7 @@ class Instr:
     w_bits: int = 0
     adc_full_scale_rows: int = 0
     n_parts: int = 0
-    """ACCUMULATE: number of row tiles summed."""
+    """ACCUMULATE: number of row tiles summed (from ``row_tile``, or 0 when it is -1)."""
     stream: int = -1
     """Stream id (SEND, RECV)."""
 
@@ -243,7 +267,9 @@ class Instr:
                     f"x{self.x_bits}{'s' if self.x_signed else 'u'} w{self.w_bits} fs{self.adc_full_scale_rows} "
                     f"tile{self.tile}")
         if op == InstrKind.ACCUMULATE:
-            return f"ACCUMULATE {self.layer}#{self.copy} {self.n_parts} parts {rng}"
+            first = max(0, self.row_tile)
+            carried = f" from rt{first} + spilled sum of rt[0:{first}]" if first > 0 else ""
+            return f"ACCUMULATE {self.layer}#{self.copy} {self.n_parts} parts{carried} {rng}"
         if op == InstrKind.REQUANT:
             return f"REQUANT {self.layer}#{self.copy} {rng}"
         return f"{op.name} {self.layer} oc[{self.oc_lo}:{self.oc_hi}]"
@@ -282,9 +308,10 @@ class Stream:
     bits: int
     """Bits per image."""
     row_tile: int = -1
-    """PSUM only: the row tile whose partial sums this stream carries."""
+    """PSUM: the row tile whose partial sums this stream carries; ACC: the number of row tiles
+    summed in the accumulator it carries."""
     copy: int = 0
-    """PSUM only: the layer copy."""
+    """PSUM and ACC: the layer copy."""
 
 
 @dataclass(frozen=True)
@@ -516,6 +543,10 @@ def _verify_dataflow(prog: Program, phase: Phase) -> None:
                 if ins.op == InstrKind.RECV:
                     receivers[ins.stream].add(cp.core)
     for s in phase.streams:
+        if s.kind == StreamKind.ACC and not ((s.src >= 0 and s.dsts == (OUT_PORT,))
+                                             or (s.src == IN_PORT and len(s.dsts) == 1 and s.dsts[0] >= 0)):
+            _fail(phase, f"stream {s.stream_id} ({s.tensor}): a spilled accumulator goes from one core to OUT_PORT "
+                         f"or from IN_PORT to one core, not {s.src} -> {s.dsts}")
         if s.src != IN_PORT and senders.get(s.stream_id) != s.src:
             _fail(phase, f"stream {s.stream_id} ({s.tensor}): source core {s.src} never SENDs it")
         core_dsts = {d for d in s.dsts if d >= 0}
@@ -542,23 +573,31 @@ def _verify_coverage(prog: Program) -> None:
         c_out, c_in, kh, kw = _wshape(node)
         n_rt = len(row_tiles(c_in, kh, kw, prog.chip.array.rows))
         covered = [0] * c_out
+        next_rt = [0] * c_out   # row-tile groups of a column tile come in order, in consecutive phases
         for phase in prog.phases:
             copies = [c for c in phase.copies if c.layer == node.name]
             if not copies:
                 continue
             oc_range = (copies[0].oc_lo, copies[0].oc_hi)
+            rt_lo, rt_hi = copies[0].row_group(n_rt)
             for c in copies:
                 cells = Counter()
                 for t in phase.tiles:
                     if t.layer == node.name and t.copy == c.copy:
                         for oc in range(t.oc_lo, t.oc_hi):
                             cells[(t.row_tile, oc)] += 1
-                want = {(r, oc) for r in range(n_rt) for oc in range(*oc_range)}
-                if set(cells) != want or any(v != 1 for v in cells.values()):
+                want = {(r, oc) for r in range(rt_lo, rt_hi) for oc in range(*oc_range)}
+                if c.row_group(n_rt) != (rt_lo, rt_hi) or set(cells) != want or any(v != 1 for v in cells.values()):
                     raise CompileError(f"phase {phase.index}: layer {node.name!r} copy {c.copy} does not hold "
-                                       f"each (row tile, output channel) of oc[{oc_range[0]}:{oc_range[1]}] exactly once")
+                                       f"each (row tile, output channel) of rt[{rt_lo}:{rt_hi}] "
+                                       f"oc[{oc_range[0]}:{oc_range[1]}] exactly once")
             for oc in range(*oc_range):
-                covered[oc] += 1
+                if next_rt[oc] != rt_lo or not 0 <= rt_lo < rt_hi <= n_rt:
+                    raise CompileError(f"phase {phase.index}: layer {node.name!r} holds row tiles [{rt_lo}:{rt_hi}) "
+                                       f"of output channel {oc}, but the earlier phases summed row tiles "
+                                       f"[0:{next_rt[oc]}) of its {n_rt}")
+                next_rt[oc] = rt_hi
+                covered[oc] += rt_hi == n_rt
             px = sorted((c.px_lo, c.px_hi) for c in copies)
             n_px = _pixels(node)
             if px[0][0] != 0 or px[-1][1] != n_px or any(a[1] != b[0] for a, b in zip(px, px[1:])):
@@ -595,7 +634,8 @@ def summary(prog: Program) -> str:
             if copies:
                 c0 = copies[0]
                 lines.append(f"  {name:<18} x{len(copies)} copies oc[{c0.oc_lo}:{c0.oc_hi}] "
-                             f"tiles {sum(1 for t in ph.tiles if t.layer == name):>3} on cores {cores}")
+                             f"tiles {sum(1 for t in ph.tiles if t.layer == name):>3} on cores {cores}"
+                             f"{_spill_note(prog, ph, name)}")
             else:
                 hosts = sorted({cp.core for cp in ph.cores for t in cp.tasks
                                 if t.name == name or t.name.startswith(name + "[")})
@@ -606,6 +646,23 @@ def summary(prog: Program) -> str:
             lines.append(f"    s{s.stream_id:<3} {s.kind.value:<4} {s.tensor:<16} {_ep(s.src)} -> "
                          f"{','.join(_ep(d) for d in s.dsts)}  {s.bits} b/img, {hops} links")
     return "\n".join(lines)
+
+
+def _spill_note(prog: Program, phase: Phase, layer: str) -> str:
+    """What a phase holding only a row-tile group of ``layer`` does with its partial sums ('' if none)."""
+    copy = next(c for c in phase.copies if c.layer == layer)
+    if copy.rt_hi <= 0:
+        return ""
+    node = prog.qgraph.node(layer)
+    _, c_in, kh, kw = _wshape(node)
+    n_rt = len(row_tiles(c_in, kh, kw, prog.chip.array.rows))
+    lo, hi = copy.row_group(n_rt)
+    if (lo, hi) == (0, n_rt):
+        return ""
+    acc_bits = sum(s.bits for s in phase.streams if s.kind == StreamKind.ACC and s.tensor == layer and OUT_PORT in s.dsts)
+    reads = f"adds the spilled sum of rt[0:{lo}] from IN, " if lo > 0 else ""
+    tail = f"spills partial sums of rt[0:{hi}] to OUT ({acc_bits} b/img)" if hi < n_rt else "requantises"
+    return f"  row tiles [{lo}:{hi}) of {n_rt}: {reads}{tail}"
 
 
 def _ep(e: int) -> str:

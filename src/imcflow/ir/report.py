@@ -77,6 +77,10 @@ class PhaseReport:
     """Off-chip output port busy time over time_s."""
     load_share: float
     """Weight bus busy time (this phase's loads) over time_s."""
+    spill: str = ""
+    """Layers of which the phase holds only a group of row tiles (partial-sum spill), e.g.
+    ``fc0 rt[3:7) of 14, psums in+out``: 'in' when it reads the earlier groups' accumulators back
+    from off-chip memory, 'out' when it writes its own there (not the last group); '' if none."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ it, so they agree on what a mapping costs. It is deliberately simple and documen
   counts: :func:`layer_latency_s`; layers of one image run one after another) plus its SIMD-only
   nodes; program latency =
   sum over phases of (load time + latency) (batch 1; one-phase programs: weights already loaded).
+- **Partial-sum spill**: a layer whose row tiles are summed over several phases sends its
+  accumulators to off-chip memory as streams to ``OUT_PORT`` and reads them back from ``IN_PORT``,
+  so they count in the ports' bits and in the off-chip energy like any other port stream.
 - **Energy** per image = column evaluations x ``column_eval_j`` + SIMD ops x ``simd_op_j`` + OCN
   bits x hops x ``ocn_bit_hop_j`` + off-chip bits x ``offchip_bit_j`` + weight bits loaded / B x
   ``weight_write_bit_j`` (multi-phase only) + ``static_w`` x per-image time.
@@ -291,7 +294,7 @@ def simd_ops_of(ins, qgraph: QGraph) -> int:
     """SIMD lane operations per image of one instruction (0 for non-SIMD instructions)."""
     n = (ins.oc_hi - ins.oc_lo) * (ins.px_hi - ins.px_lo)
     if ins.op == InstrKind.ACCUMULATE:
-        return n * (ins.n_parts - 1)
+        return n * (ins.n_parts - 1 + (ins.row_tile > 0))   # plus a spilled sum read back
     if ins.op == InstrKind.REQUANT:
         return 2 * n
     if ins.op in (InstrKind.MAXPOOL, InstrKind.AVGPOOL, InstrKind.GLOBAL_AVGPOOL, InstrKind.ADD):

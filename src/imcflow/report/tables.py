@@ -67,7 +67,7 @@ def format_report(r: Report) -> str:
             ["phase", "cores", "time/img", "array %", "in %", "out %", "load %", "nodes"],
             [[str(p.index), str(p.cores), si(p.time_s / r.batch, "s"), f"{100 * p.array_share:.0f}",
               f"{100 * p.io_in_share:.0f}", f"{100 * p.io_out_share:.0f}", f"{100 * p.load_share:.0f}",
-              _node_span(p.nodes)] for p in r.phases]))
+              _node_span(p.nodes) + (f" [spill: {p.spill}]" if p.spill else "")] for p in r.phases]))
     parts.extend(r.notes)
     return "\n\n".join(parts)
 

@@ -7,6 +7,10 @@ pieces, partial sums and accumulators, with masks of what it holds: an MVM, ACCU
 SIMD op or SEND that needs data the core does not hold raises :class:`SimError` naming the
 instruction, so a wrong program is caught, not silently computed from a global store.
 
+A partial-sum spill (ACC streams) keeps the exact int64 accumulators in off-chip memory under
+``("acc", layer, row tiles summed)``: integer addition is associative, so a layer whose row tiles
+are summed over several phases gives the same integers as one summed on chip.
+
 MVM tiles are computed vectorised over the batch (:func:`imcflow.sim.kernels.tile_mvm`, i.e.
 :func:`imcflow.cima.conv.bpbs_conv2d` on the row tile's slice), so whole test sets run quickly.
 """
@@ -169,7 +173,15 @@ def _run_phase(ctx: _Ctx, phase: Phase) -> None:
 
 
 def _key(s) -> object:
-    return ("psum", s.tensor, s.row_tile) if s.kind == StreamKind.PSUM else s.tensor
+    """Where a stream's data lives in a core's memory."""
+    if s.kind == StreamKind.PSUM:
+        return ("psum", s.tensor, s.row_tile)
+    return ("acc", s.tensor) if s.kind == StreamKind.ACC else s.tensor
+
+
+def _offchip_key(s) -> object:
+    """Where a stream's data lives in off-chip memory (an accumulator by the row tiles it sums)."""
+    return ("acc", s.tensor, s.row_tile) if s.kind == StreamKind.ACC else s.tensor
 
 
 def _shape(ctx: _Ctx, s) -> tuple[int, int, int]:
@@ -179,7 +191,7 @@ def _shape(ctx: _Ctx, s) -> tuple[int, int, int]:
 
 
 def _read_piece(ctx: _Ctx, store: _Store, s, what: str) -> np.ndarray:
-    key = _key(s)
+    key = _offchip_key(s) if store is ctx.offchip else _key(s)
     if not store.has(key, (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi)):
         raise _Blocked(f"{what}: the source does not hold {key} oc[{s.oc_lo}:{s.oc_hi}] px[{s.px_lo}:{s.px_hi}]")
     return store.get(key, (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi)).copy()
@@ -200,16 +212,22 @@ def _execute(ctx, phase, core, ins, mem: _Store, loaded, tiles, streams, sent) -
             raise SimError(f"{where}: stream {s.stream_id} has source {s.src}, not this core")
         sent[s.stream_id] = _read_piece(ctx, mem, s, where)
         if OUT_PORT in s.dsts:
-            if s.kind != StreamKind.ACT:
-                raise SimError(f"{where}: only activations may leave the chip (stream {s.stream_id} is {s.kind.value})")
-            ctx.offchip.put(s.tensor, _shape(ctx, s), (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi), sent[s.stream_id])
+            if s.kind == StreamKind.PSUM:
+                raise SimError(f"{where}: a row tile's partial sums may not leave the chip (stream {s.stream_id}); "
+                               f"spill the accumulator (an ACC stream)")
+            ctx.offchip.put(_offchip_key(s), _shape(ctx, s), (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi), sent[s.stream_id])
     elif op == InstrKind.MVM:
         _mvm(ctx, where, core, ins, mem, loaded, tiles)
     elif op == InstrKind.ACCUMULATE:
         node = q.node(ins.layer)
         c, p = (ins.oc_lo, ins.oc_hi), (ins.px_lo, ins.px_hi)
         total = None
-        for rt in range(ins.n_parts):
+        first = max(0, ins.row_tile)
+        if first > 0:  # the accumulator of row tiles 0 .. first-1, read back from off-chip memory
+            if not mem.has(("acc", ins.layer), c, p):
+                raise _Blocked(f"{where}: the spilled sum of row tiles 0..{first - 1} is not on this core")
+            total = mem.get(("acc", ins.layer), c, p).copy()
+        for rt in range(first, first + ins.n_parts):
             if not mem.has(("psum", ins.layer, rt), c, p):
                 raise _Blocked(f"{where}: partial sums of row tile {rt} are not on this core")
             part = mem.get(("psum", ins.layer, rt), c, p)

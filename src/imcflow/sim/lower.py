@@ -17,7 +17,9 @@ op costs (all from the ChipConfig):
 - Stream chunk: ``bits / ocn.track_bits`` cycles on the stream's own track (the compiler gives
   every stream one track per channel), then ``hops x ocn.hop_cycles`` of latency (deepest leaf of
   its route tree). From or to off-chip the port's bandwidth (``io.*_bits_per_cycle``) is a shared
-  resource. Back-pressure: a destination core holds ``buffer.input_bytes`` shared by its incoming
+  resource. A spilled accumulator (ACC stream, ``Stream.bits`` at the compiler's partial-sum
+  width) is written through the output port in its phase and read back through the input port
+  in a later phase, after it was written, and counts as off-chip bits both ways. Back-pressure: a destination core holds ``buffer.input_bytes`` shared by its incoming
   streams; a chunk is sent only when the consumer has finished with the chunk ``capacity`` chunks
   earlier (never fewer than the receptive field needs).
 - LOAD: ``tile bits / weight_load.bus_bits`` cycles on the shared weight bus. A core's tiles of the
@@ -65,6 +67,18 @@ class Lowered:
     notes: list[str] = field(default_factory=list)
 
 
+
+
+def _core_key(s) -> object:
+    """Availability key of a stream's data on a core (as :mod:`imcflow.sim.functional` keeps it)."""
+    if s.kind == StreamKind.PSUM:
+        return ("psum", s.tensor, s.row_tile)
+    return ("acc", s.tensor) if s.kind == StreamKind.ACC else s.tensor
+
+
+def _offchip_key(s) -> object:
+    """Off-chip identity of a stream's data: a tensor, or a spilled accumulator by its row tiles."""
+    return ("acc", s.tensor, s.row_tile) if s.kind == StreamKind.ACC else s.tensor
 
 
 def _add(d: dict, key, c: EventCounts) -> None:
@@ -206,12 +220,12 @@ class _Lowerer:
     def send(self, phase: Phase, s, b: int, avail) -> list[int]:
         chip, pi = self.chip, phase.index
         per_px = s.bits / max(1, (s.oc_hi - s.oc_lo) * (s.px_hi - s.px_lo))
-        key = ("psum", s.tensor, s.row_tile) if s.kind == StreamKind.PSUM else s.tensor
+        key = _core_key(s)
         hops = self.hops.get(s.stream_id, 0)
         by_chunk, ops = {}, []
         chunks = self.chunks(s.tensor, s.px_lo, s.px_hi)
         if s.src == IN_PORT:
-            all_deps = [self.offchip.get((s.tensor, b), []) for _ in chunks]
+            all_deps = [self.offchip.get((_offchip_key(s), b), []) for _ in chunks]
         else:
             all_deps = [self.deps_for(avail, key, s.oc_lo, s.oc_hi, k, k, f"phase {pi} core {s.src} SEND s{s.stream_id}")
                         for k, _, _ in chunks]
@@ -219,7 +233,8 @@ class _Lowerer:
             bits = per_px * (s.oc_hi - s.oc_lo) * (p1 - p0)
             if s.src == IN_PORT:
                 res, rate, core = "io.in", chip.io.in_bits_per_cycle, -1
-                self.out.image_start[b].append(len(self.out.ops))
+                if s.kind == StreamKind.ACT:
+                    self.out.image_start[b].append(len(self.out.ops))
             else:
                 res, rate, core = f"ph{pi}.track{s.stream_id}", chip.ocn.track_bits, s.src
             op = self.new(res, bits / rate * self.cyc, OpKind.IO_IN if s.src == IN_PORT else OpKind.TRANSFER,
@@ -230,7 +245,7 @@ class _Lowerer:
             if OUT_PORT in s.dsts:
                 out_op = self.new("io.out", bits / chip.io.out_bits_per_cycle * self.cyc, OpKind.IO_OUT, [op], -1,
                                   s.tensor, b, phase=pi)
-                self.offchip[(s.tensor, b)].append(out_op)
+                self.offchip[(_offchip_key(s), b)].append(out_op)
                 if s.tensor == self.p.qgraph.output:
                     self.out.image_done[b].append(out_op)
                 c = c + EventCounts(offchip_bits=bits)
@@ -246,7 +261,7 @@ class _Lowerer:
         where = f"phase {pi} core {core} {ins}"
         if ins.op == InstrKind.RECV:
             s = self.streams[ins.stream]
-            key = ("psum", s.tensor, s.row_tile) if s.kind == StreamKind.PSUM else s.tensor
+            key = _core_key(s)
             avail[key].append((s.oc_lo, s.oc_hi, self.sends[(s.stream_id, b)]))
             return []
         if ins.op == InstrKind.SEND:
@@ -260,16 +275,19 @@ class _Lowerer:
             ops = []
             width = ins.oc_hi - ins.oc_lo
             chunks = self.chunks(ins.layer, ins.px_lo, ins.px_hi)
+            first = max(0, ins.row_tile)
             if ins.op == InstrKind.ACCUMULATE:
-                all_deps = [[d for rt in range(ins.n_parts)
-                             for d in self.deps_for(avail, ("psum", ins.layer, rt), ins.oc_lo, ins.oc_hi, k, k, where)]
+                parts = [("psum", ins.layer, rt) for rt in range(first, first + ins.n_parts)]
+                parts += [("acc", ins.layer)] if first > 0 else []   # the spilled sum read back
+                all_deps = [[d for part in parts
+                             for d in self.deps_for(avail, part, ins.oc_lo, ins.oc_hi, k, k, where)]
                             for k, _, _ in chunks]
             else:
                 key = ("acc", ins.layer) if self.n_row_tiles(node) > 1 else ("psum", ins.layer, 0)
                 all_deps = [self.deps_for(avail, key, ins.oc_lo, ins.oc_hi, k, k, where) for k, _, _ in chunks]
             for (k, p0, p1), deps in zip(chunks, all_deps):
                 if ins.op == InstrKind.ACCUMULATE:
-                    n = width * (p1 - p0) * (ins.n_parts - 1)
+                    n = width * (p1 - p0) * (ins.n_parts - 1 + (first > 0))
                 else:
                     n = 2 * width * (p1 - p0)
                 op = self.new(f"core{core}.simd", self.simd_op(core, n), OpKind.SIMD, deps, core, ins.layer, b, phase=pi)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import SimError
-from imcflow.ir.program import Program
+from imcflow.ir.program import IN_PORT, OUT_PORT, Program, StreamKind
 from imcflow.ir.report import CoreReport, LayerReport, PhaseReport, Report
 from imcflow.sim.energy import EventCounts, dynamic_energy_j
 from imcflow.sim.functional import FunctionalStats
@@ -215,8 +215,22 @@ def phase_reports(prog: Program, tr: TimingResult) -> tuple[PhaseReport, ...]:
         out.append(PhaseReport(index=ph.index, nodes=tuple(ph.nodes), cores=n, time_s=time_s,
                                array_share=_share(b["array"], max(1, n) * time_s),
                                io_in_share=_share(b["io_in"], time_s), io_out_share=_share(b["io_out"], time_s),
-                               load_share=_share(b["load"], time_s)))
+                               load_share=_share(b["load"], time_s), spill=_spill_label(ph)))
     return tuple(out)
+
+
+def _spill_label(phase) -> str:
+    """:attr:`PhaseReport.spill` of one phase."""
+    parts = []
+    for c in phase.copies:
+        if c.copy != 0 or c.rt_hi <= 0:
+            continue
+        acc = [s for s in phase.streams if s.kind == StreamKind.ACC and s.tensor == c.layer]
+        ways = [w for w, on in (("in", any(s.src == IN_PORT for s in acc)),
+                                ("out", any(OUT_PORT in s.dsts for s in acc))) if on]
+        if ways:
+            parts.append(f"{c.layer} rt[{c.rt_lo}:{c.rt_hi}), psums {'+'.join(ways)}")
+    return "; ".join(parts)
 
 
 def _share(busy_s: float, capacity_s: float) -> float:
