@@ -33,6 +33,8 @@ from imcflow.ir.graph import Op  # noqa: E402
 from imcflow.ir.program import Program  # noqa: E402
 from imcflow.ir.qgraph import QGraph, receptive_field, window_out  # noqa: E402
 from imcflow.pipeline import load_qgraph, prepare_qat  # noqa: E402
+from imcflow.quant.adc_range import column_counts  # noqa: E402
+from imcflow.quant.fast_exec import run_qgraph_fast  # noqa: E402
 from imcflow.quant.qat import export_qgraph  # noqa: E402
 from imcflow.quant.reference import dequantize_output, quantize_input, run_qgraph  # noqa: E402
 from imcflow.sim import kernels  # noqa: E402
@@ -190,6 +192,20 @@ def test_compiled_dilated_network_equals_reference(chip):
         assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, chip)), mode
 
 
+@pytest.mark.parametrize("mode", ["ideal", "bit_true", "analog"])
+def test_fast_executor_equals_reference(mode):
+    q = load_qgraph(_net(d2=(3, 1), pad2=(3, 1)), TINY, trained=False, input_shape=SHAPE)
+    x = _inputs(q, 3, 1)
+    assert np.array_equal(run_qgraph_fast(q, x, mode, TINY, seed=2), run_qgraph(q, x, mode, TINY, seed=2))
+
+
+def test_adc_range_counts_cover_the_dilated_output():
+    q = load_qgraph(_net(), TINY, trained=False, input_shape=SHAPE)
+    node = q.node("c1")
+    counts = list(column_counts(node, torch.from_numpy(_inputs(q, 2, 0)), q.input.bits, TINY.array.rows))
+    assert len(counts) == q.input.bits and counts[0].shape == (2, 8 * node.w_bits, 12, 12)
+
+
 # --- (c) CIMA conv kernels: fast == reference, bit for bit ----------------------------------------
 
 def _rand(g, shape, bits, signed):
@@ -304,4 +320,14 @@ def test_qat_trains_a_dilated_conv_and_matches_the_integer_export():
         got = net.set_mode("int")(torch.from_numpy(xs)).numpy()
         qat = net.set_mode("qat")(torch.from_numpy(xs)).numpy()
     assert np.array_equal(got, ref.astype(np.float32))
+    assert np.abs(qat - ref).max() <= 16 * qg.spec(qg.output).scale
+
+
+def test_qat_ideal_adc_uses_the_dilated_exact_counts():
+    net = prepare_qat(_net(), SHAPE, TINY, calib=images(16, SHAPE), input_scale=1 / 255)
+    qg = export_qgraph(net)
+    xs = images(4, SHAPE, seed=6)
+    ref = dequantize_output(qg, run_qgraph(qg, quantize_input(qg, xs), "ideal", TINY))
+    with torch.no_grad():
+        qat = net.set_adc("ideal")(torch.from_numpy(xs)).numpy()
     assert np.abs(qat - ref).max() <= 16 * qg.spec(qg.output).scale
