@@ -18,7 +18,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from quant_testnets import images  # noqa: E402
+from quant_testnets import images, plain_int_exec  # noqa: E402
 
 from imcflow.cima import bpbs_conv2d, bpbs_conv2d_ste  # noqa: E402
 from imcflow.cima.conv import planes_conv2d  # noqa: E402
@@ -197,6 +197,12 @@ def test_fast_executor_equals_reference(mode):
     q = load_qgraph(_net(d2=(3, 1), pad2=(3, 1)), TINY, trained=False, input_shape=SHAPE)
     x = _inputs(q, 3, 1)
     assert np.array_equal(run_qgraph_fast(q, x, mode, TINY, seed=2), run_qgraph(q, x, mode, TINY, seed=2))
+
+
+def test_reference_equals_an_independent_integer_conv():
+    q = load_qgraph(_net(d2=(3, 1), pad2=(3, 1)), TINY, trained=False, input_shape=SHAPE)
+    x = _inputs(q, 3, 2)
+    assert np.array_equal(run_qgraph(q, x, "ideal", TINY), plain_int_exec(q, x))
 
 
 def test_adc_range_counts_cover_the_dilated_output():

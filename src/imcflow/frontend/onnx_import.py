@@ -1,7 +1,8 @@
 """ONNX importer: an ``.onnx`` file (or ``onnx.ModelProto``) into a float Graph.
 
-Supported ops: Conv (any dilation, symmetric pads; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
-BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool,
+Supported ops: Conv (symmetric pads; any dilations: the same k*k*C_in rows, the line buffer
+gathering taps d apart, receptive field (k-1)*d+1; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
+BatchNormalization (inference), Relu, Clip, MaxPool (undilated), AveragePool, GlobalAveragePool, GlobalMaxPool,
 ReduceMean and ReduceMax over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax/Sigmoid (left
 to the host: the graph ends at the logits and ``meta["host_output"]`` says so),
 Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit

@@ -1,8 +1,9 @@
 """PyTorch importer: ``torch.fx`` symbolic tracing of an ``nn.Module`` into a float Graph.
 
-Supported: nn.Conv2d (any dilation, zero padding; groups > 1 become a dense block-diagonal conv),
+Supported: nn.Conv2d (zero padding; any dilation, square or rectangular: the same k*k*C_in rows, the line
+buffer gathering taps d apart; groups > 1 become a dense block-diagonal conv),
 nn.Linear, nn.BatchNorm1d/2d (running statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh,
-clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPool2d/
+clamp/clip with a constant lower bound, nn.MaxPool2d (undilated)/AvgPool2d, nn.AdaptiveAvgPool2d/
 AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), and their functions, mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
