@@ -29,6 +29,7 @@ from imcflow.compiler.tiling import tile_graph  # noqa: E402
 from imcflow.config import JSSC2022, TINY, AnalogConfig  # noqa: E402
 from imcflow.errors import ModelError  # noqa: E402
 from imcflow.frontend import load_graph, run_graph  # noqa: E402
+from imcflow.frontend.normalize import normalize  # noqa: E402
 from imcflow.ir.graph import Op  # noqa: E402
 from imcflow.ir.program import Program  # noqa: E402
 from imcflow.ir.qgraph import QGraph, receptive_field, window_out  # noqa: E402
@@ -129,6 +130,17 @@ def test_same_padding_and_one_tap_axes():
     g = load_graph(m, (3, 8, 8))
     convs = [n for n in g.nodes if n.op is Op.CONV]
     assert tuple(convs[0].attrs["padding"]) == (2, 2) and tuple(convs[1].attrs["dilation"]) == (1, 3)
+    x = torch.rand(2, 3, 8, 8)
+    np.testing.assert_allclose(run_graph(g, x.numpy()), m(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_zero_pad_moves_into_a_dilated_conv():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.ReLU(), nn.ZeroPad2d(1), nn.Conv2d(3, 4, 3, padding=1, dilation=2)).eval()
+    g = normalize(load_graph(m, (3, 8, 8)))
+    convs = [n for n in g.nodes if n.op is Op.CONV]
+    assert len(convs) == 1 and tuple(convs[0].attrs["padding"]) == (2, 2)
+    assert tuple(convs[0].attrs["dilation"]) == (2, 2)
     x = torch.rand(2, 3, 8, 8)
     np.testing.assert_allclose(run_graph(g, x.numpy()), m(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
