@@ -57,7 +57,8 @@ def plain_int_exec(qg: QGraph, x: np.ndarray) -> np.ndarray:
         a = vals[n.inputs[0]]
         if n.op in (QOp.CONV, QOp.LINEAR):
             w = torch.from_numpy(n.weight.astype(np.float64))
-            acc = (F.conv2d(a, w, stride=n.stride, padding=n.padding) if n.op is QOp.CONV else a @ w.T)
+            acc = (F.conv2d(a, w, stride=n.stride, padding=n.padding, dilation=n.dilation) if n.op is QOp.CONV
+                   else a @ w.T)
             acc = acc.to(torch.int64)
             shape = (1, -1) + (1,) * (acc.dim() - 2)
             m = torch.from_numpy(n.requant.multiplier).view(shape)

@@ -49,8 +49,9 @@ def grouped_conv():
     return _model([_conv(group=2)], {"w": _w(3, 1, 3, 3)})
 
 
-def dilated_conv():
-    return _model([_conv(dilations=[2, 2])], {"w": _w(4, 3, 3, 3)})
+def dilated_pool():  # dilated convolutions import (tests/test_dilation.py); dilated pooling does not
+    pool = helper.make_node("MaxPool", ["c"], ["y"], name="pool", kernel_shape=[2, 2], dilations=[2, 2])
+    return _model([_conv(out="c"), pool], {"w": _w(4, 3, 3, 3)})
 
 
 def nan_weights():
@@ -108,7 +109,7 @@ ONNX_CASES = {
     other_activation: ["'gate'", "Tanh", "not a chip op", "ReLU or a clamp", "retrain"],
     dynamic_shape: ["'x'", "dynamic", "fixed"],
     grouped_conv: ["'conv'", "Conv", "3 output channels", "2 groups", "divides"],
-    dilated_conv: ["'conv'", "Conv", "dilations", "dilation 1"],
+    dilated_pool: ["'pool'", "MaxPool", "dilations", "dilation 1"],
     nan_weights: ["'conv'", "weight", "NaN", "fix the weights"],
     inf_weights: ["'fc'", "weight", "infinite"],
     channel_mismatch: ["'conv'", "5 input channels", "input has 3"],

@@ -37,7 +37,8 @@ from imcflow.cima.common import Mode, int_range, parse_mode
 from imcflow.cima import fast
 from imcflow.config.chip import AnalogConfig
 from imcflow.errors import CimaError
-from imcflow.ir.qgraph import row_tiles
+from imcflow.ir.qgraph import receptive_field, row_tiles, window_out
+
 
 def _check_int_tensor(t: torch.Tensor, dims: int, bits: int, signed: bool, what: str) -> None:
     if not isinstance(t, torch.Tensor) or t.dim() != dims:
@@ -81,17 +82,21 @@ def _small_int(t: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     return t.to(torch.int16 if bits <= 15 or (signed and bits == 16) else torch.int32)
 
 
-def im2col(x: torch.Tensor, kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
-    """(N*Ho*Wo, C*kh*kw) windows of integer ``x`` (N, C, H, W), zero padded; rows ordered image,
-    output row, output column; columns in the order of ``weight.reshape(c_out, -1)``."""
+def im2col(x: torch.Tensor, kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int],
+           dilation: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """(N*Ho*Wo, C*kh*kw) windows of integer ``x`` (N, C, H, W), zero padded, taps ``dilation``
+    apart; rows ordered image, output row, output column; columns in the order of
+    ``weight.reshape(c_out, -1)``."""
     xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    win = xp.unfold(2, kh, stride[0]).unfold(3, kw, stride[1])   # (N, C, Ho, Wo, kh, kw)
+    eh, ew = receptive_field((kh, kw), dilation)
+    win = xp.unfold(2, eh, stride[0]).unfold(3, ew, stride[1])   # (N, C, Ho, Wo, eh, ew)
+    win = win[..., ::dilation[0], ::dilation[1]]                 # the kh x kw taps
     n, c, ho, wo = win.shape[:4]
     return win.permute(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
 
 
 def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits: int, x_signed: bool,
-                stride=1, padding=0, full_scale: int, mode: str = "bit_true", adc_bits: int, array_rows: int,
+                stride=1, padding=0, dilation=1, full_scale: int, mode: str = "bit_true", adc_bits: int, array_rows: int,
                 w_signed: bool = True, seed: int = 0, analog: AnalogConfig | None = None,
                 out_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """A conv layer as the chip computes it: per row tile, bit-serial inputs, bit-parallel weights,
@@ -100,7 +105,8 @@ def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits
     Args:
         x_int: (N, C, H, W) integer-valued tensor within ``x_bits`` (float32 or an integer dtype).
         w_int: (C_out, C, kh, kw) integer-valued tensor within ``w_bits``.
-        stride, padding: as for ``torch.nn.functional.conv2d`` (zero padding).
+        stride, padding, dilation: as for ``torch.nn.functional.conv2d`` (zero padding); dilation
+            spaces a window's taps and leaves the rows (C * kh * kw) as they are.
         full_scale: ADC full scale in rows, for every row tile.
         mode: "ideal", "bit_true" or "analog" (analog needs ``analog``; see module doc for the draws).
         adc_bits, array_rows: chip.adc.bits and chip.array.rows.
@@ -114,8 +120,9 @@ def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits
     x_bits, w_bits, full_scale, adc_bits, array_rows = map(int, (x_bits, w_bits, full_scale, adc_bits, array_rows))
     c_out, c_in, kh, kw = w_int.shape
     n, _, h, wd = x_int.shape
-    stride, padding = _pair(stride), _pair(padding)
-    ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (wd + 2 * padding[1] - kw) // stride[1] + 1
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    ho = window_out(h, kh, stride[0], padding[0], dilation[0])
+    wo = window_out(wd, kw, stride[1], padding[1], dilation[1])
     tiles = row_tiles(c_in, kh, kw, array_rows)
     streams = ([AnalogStream(analog, seed + t, x_bits, c_out * w_bits) for t in range(len(tiles))]
                if mode is Mode.ANALOG else None)
@@ -123,7 +130,7 @@ def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits
     w_rows = _small_int(w_int.detach(), w_bits, w_signed).reshape(c_out, -1).T     # (C*kh*kw, C_out)
     if mode is not Mode.ANALOG:
         acc = lut_conv(x_small, _small_int(w_int.detach(), w_bits, w_signed), stride=stride, padding=padding,
-                       tiles=tiles, x_bits=x_bits, w_bits=w_bits, x_signed=x_signed, w_signed=w_signed, mode=mode,
+                       dilation=dilation, tiles=tiles, x_bits=x_bits, w_bits=w_bits, x_signed=x_signed, w_signed=w_signed, mode=mode,
                        full_scale=full_scale, adc_bits=adc_bits)
         out = torch.empty((n, c_out, ho, wo), dtype=out_dtype)
         return out.copy_(acc.view(n, ho, wo, c_out).permute(0, 3, 1, 2))   # one pass: layout and dtype
@@ -134,7 +141,7 @@ def bpbs_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits
     for n0 in range(0, n, images):
         done = slice(n0 * ho * wo, min(n, n0 + images) * ho * wo)
         for t, (c0, c1) in enumerate(tiles):
-            x_rows = im2col(x_small[n0:n0 + images, c0:c1], kh, kw, stride, padding)
+            x_rows = im2col(x_small[n0:n0 + images, c0:c1], kh, kw, stride, padding, dilation)
             acc[done] += fast.mvm_kernel(x_rows, w_rows[c0 * kh * kw:c1 * kh * kw], **kernel,
                                          stream=streams[t] if streams else None)
     return acc.view(n, ho, wo, c_out).permute(0, 3, 1, 2).to(out_dtype).contiguous()
@@ -146,7 +153,7 @@ def bpbs_linear(x_int: torch.Tensor, w_int: torch.Tensor, **kw) -> torch.Tensor:
 
 
 def planes_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits: int, x_signed: bool,
-                  stride=1, padding=0, full_scale: int, mode: str = "bit_true", adc_bits: int, array_rows: int,
+                  stride=1, padding=0, dilation=1, full_scale: int, mode: str = "bit_true", adc_bits: int, array_rows: int,
                   w_signed: bool = True, out_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """:func:`bpbs_conv2d` (ideal and bit_true modes) from plain ``conv2d`` calls on whatever device
     the tensors are on (a GPU in QAT): per row tile, input bit-plane i and weight bit j, the column
@@ -166,7 +173,7 @@ def planes_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bi
     for c0, c1 in row_tiles(c_in, kh, kw, array_rows):
         for i in range(x_bits):
             counts = F.conv2d(xp[i, :, c0:c1], wp[:, :, c0:c1].reshape(w_bits * c_out, c1 - c0, kh, kw),
-                              stride=stride, padding=padding)                  # (N, wb * O, Ho, Wo)
+                              stride=stride, padding=padding, dilation=dilation)  # (N, wb * O, Ho, Wo)
             counts = counts.round().to(torch.int64).view(counts.shape[0], w_bits, c_out, *counts.shape[2:])
             for j in range(w_bits):
                 codes = lut[i, j][counts[:, j]]
@@ -190,7 +197,7 @@ class _BpbsSte(torch.autograd.Function):
         x, w = ctx.saved_tensors
         kw = ctx.kw
         g = (grad * (2.0 ** kw["adc_bits"] / kw["full_scale"])).to(x.dtype)
-        conv_kw = dict(stride=kw.get("stride", 1), padding=kw.get("padding", 0))
+        conv_kw = dict(stride=kw.get("stride", 1), padding=kw.get("padding", 0), dilation=kw.get("dilation", 1))
         gx = torch.nn.grad.conv2d_input(x.shape, w.to(x.dtype), g, **conv_kw) if ctx.needs_input_grad[0] else None
         gw = torch.nn.grad.conv2d_weight(x, w.shape, g, **conv_kw).to(w.dtype) if ctx.needs_input_grad[1] else None
         return gx, gw, None
@@ -264,18 +271,20 @@ def _word_bytes(c_in: int, tiles: list[tuple[int, int]]) -> int:
 
 
 def _plane_windows(x_small: torch.Tensor, x_bits: int, kh: int, kw: int, stride: tuple[int, int],
-                   padding: tuple[int, int], word: int) -> torch.Tensor:
+                   padding: tuple[int, int], dilation: tuple[int, int], word: int) -> torch.Tensor:
     """View (N, Ho, Wo, x_bits, kh, kw, C / word) of the zero-padded 0/1 int8 bit-planes of
     ``x_small`` (N, C, H, W), ``word`` bytes (channels) per element, stored (N, H, x_bits, W, C) so
-    that each kernel row of a window (kw x C) is contiguous bytes."""
+    that each kernel row of an undilated window (kw x C) is contiguous bytes; the taps of a
+    dilated window are ``dilation`` rows and columns apart."""
     planes = fast.bit_planes(x_small.permute(0, 2, 3, 1), x_bits, dim=2).contiguous()   # (N, H, xb, W, C)
     planes = F.pad(planes, (0, 0, padding[1], padding[1], 0, 0, padding[0], padding[0])).contiguous()
     n, h, xb, w, c = planes.shape
     planes = planes.view(-1).view(_WORDS[word]).view(n, h, xb, w, c // word)
     c //= word
     s_n, s_h, s_i, s_w, _ = planes.stride()
-    ho, wo = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
-    return planes.as_strided((n, ho, wo, xb, kh, kw, c), (s_n, stride[0] * s_h, stride[1] * s_w, s_i, s_h, s_w, 1))
+    ho, wo = window_out(h, kh, stride[0], 0, dilation[0]), window_out(w, kw, stride[1], 0, dilation[1])
+    return planes.as_strided((n, ho, wo, xb, kh, kw, c),
+                             (s_n, stride[0] * s_h, stride[1] * s_w, s_i, dilation[0] * s_h, dilation[1] * s_w, 1))
 
 
 @contextlib.contextmanager
@@ -312,7 +321,7 @@ def _run_all(fn, items: list, workers: int) -> None:
 
 
 def lut_conv(x_small: torch.Tensor, w_small: torch.Tensor, *, stride: tuple[int, int], padding: tuple[int, int],
-             tiles: list[tuple[int, int]], x_bits: int, w_bits: int, x_signed: bool, w_signed: bool,
+             dilation: tuple[int, int] = (1, 1), tiles: list[tuple[int, int]], x_bits: int, w_bits: int, x_signed: bool, w_signed: bool,
              mode: Mode, full_scale: int, adc_bits: int) -> torch.Tensor:
     """Tile-summed accumulators (N*Ho*Wo, C_out), rows image-major, of a bit_true or ideal conv, as
     float32 (exact: every partial sum < 2**24) or float64.
@@ -330,7 +339,7 @@ def lut_conv(x_small: torch.Tensor, w_small: torch.Tensor, *, stride: tuple[int,
     n = x_small.shape[0]
     o_pad = _padded_outputs(c_out, w_bits)
     word = _word_bytes(c_in, tiles)
-    win = _plane_windows(x_small, x_bits, kh, kw, stride, padding, word)  # (N, Ho, Wo, xb, kh, kw, C/word)
+    win = _plane_windows(x_small, x_bits, kh, kw, stride, padding, dilation, word)  # (N, Ho, Wo, xb, kh, kw, C/word)
     ho, wo = win.shape[1], win.shape[2]
     q = x_bits * w_bits
     max_code = max(r1 - r0 for r0, r1 in tiles) * kh * kw if mode is Mode.IDEAL else (1 << adc_bits) - 1

@@ -75,7 +75,7 @@ def mvm_reference(x: Any, w: Any, x_bits: int, w_bits: int, *, x_signed: bool = 
 
 
 def bpbs_conv2d_reference(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: int, w_bits: int, x_signed: bool,
-                          stride=1, padding=0, full_scale: int, mode: str = "bit_true", adc_bits: int,
+                          stride=1, padding=0, dilation=1, full_scale: int, mode: str = "bit_true", adc_bits: int,
                           array_rows: int, w_signed: bool = True, seed: int = 0,
                           analog: AnalogConfig | None = None, mvm_fn=None) -> np.ndarray:
     """The definition of :func:`imcflow.cima.conv.bpbs_conv2d`: im2col, row tiles, one MVM per
@@ -85,9 +85,10 @@ def bpbs_conv2d_reference(x_int: torch.Tensor, w_int: torch.Tensor, *, x_bits: i
     mvm_fn = mvm_fn or mvm_reference
     c_out, c_in, kh, kw = w_int.shape
     n, _, h, wd = x_int.shape
-    cols = F.unfold(x_int.double(), (kh, kw), padding=padding, stride=stride)   # (N, C*kh*kw, L)
-    ho = (h + 2 * _pair(padding)[0] - kh) // _pair(stride)[0] + 1
-    wo = (wd + 2 * _pair(padding)[1] - kw) // _pair(stride)[1] + 1
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    cols = F.unfold(x_int.double(), (kh, kw), padding=padding, stride=stride, dilation=dilation)  # (N, C*kh*kw, L)
+    ho = (h + 2 * padding[0] - (kh - 1) * dilation[0] - 1) // stride[0] + 1
+    wo = (wd + 2 * padding[1] - (kw - 1) * dilation[1] - 1) // stride[1] + 1
     x_rows = cols.permute(0, 2, 1).reshape(n * ho * wo, -1).round().to(torch.int64).numpy()
     w_rows = w_int.reshape(c_out, -1).T.round().to(torch.int64).numpy()       # (C*kh*kw, C_out)
     chip = dataclasses.replace(

@@ -110,8 +110,8 @@ def _channels_read(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTili
 
 def needed_input_pixels(qgraph: QGraph, tl: LayerTiling, copy: int, n_copies: int) -> tuple[int, int]:
     """Input pixels [lo, hi) (row-major) that copy ``copy`` of layer ``tl`` reads: the input rows its
-    output rows' receptive fields touch (a superset of the exact receptive fields; everything for
-    LINEAR layers and vector inputs)."""
+    output rows' receptive fields touch (a superset of the exact receptive fields, dilated windows
+    included; everything for LINEAR layers and vector inputs)."""
     node = qgraph.node(tl.layer)
     spec = qgraph.spec(node.inputs[0])
     _, pixels = tensor_extent(spec)
@@ -122,7 +122,7 @@ def needed_input_pixels(qgraph: QGraph, tl: LayerTiling, copy: int, n_copies: in
     lo, hi = pixel_range(tl.pixels, copy, n_copies)
     y0, y1 = lo // w_out, (hi - 1) // w_out
     r0 = max(0, y0 * node.stride[0] - node.padding[0])
-    r1 = min(h_in - 1, y1 * node.stride[0] - node.padding[0] + node.kernel[0] - 1)
+    r1 = min(h_in - 1, y1 * node.stride[0] - node.padding[0] + node.span[0] - 1)
     return r0 * w_in, (r1 + 1) * w_in
 
 

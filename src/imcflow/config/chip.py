@@ -114,7 +114,8 @@ class BufferConfig:
     """Per-core buffers."""
 
     input_bytes: int = 16 * 1024
-    """[A] Input line buffer that turns a streamed feature map into kernel windows."""
+    """[A] Input line buffer that turns a streamed feature map into kernel windows (a dilated conv's
+    taps d pixels apart: the window spans (k - 1) * d + 1 rows)."""
     output_bytes: int = 4 * 1024
     """[A] Output buffer."""
     instruction_words: int = 1024

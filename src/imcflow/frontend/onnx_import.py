@@ -1,7 +1,8 @@
 """ONNX importer: an ``.onnx`` file (or ``onnx.ModelProto``) into a float Graph.
 
-Supported ops: Conv (dilation 1, symmetric pads; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
-BatchNormalization (inference), Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool,
+Supported ops: Conv (symmetric pads; any dilations: the same k*k*C_in rows, the line buffer
+gathering taps d apart, receptive field (k-1)*d+1; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
+BatchNormalization (inference), Relu, Clip, MaxPool (undilated), AveragePool, GlobalAveragePool, GlobalMaxPool,
 ReduceMean and ReduceMax over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax/Sigmoid (left
 to the host: the graph ends at the logits and ``meta["host_output"]`` says so),
 Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
@@ -41,6 +42,7 @@ from imcflow.frontend.normalize import (ARITH, NON_CHIP_ACTIVATIONS, activation_
                                         channel_constant, channel_selection, dense_grouped_weight, host_output_note,
                                         pad_layer, slice_layer, split_sizes, squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
+from imcflow.ir.qgraph import receptive_field
 
 
 def from_onnx(model: str | Path | onnx.ModelProto) -> Graph:
@@ -282,13 +284,19 @@ def _pair_attr(node: onnx.NodeProto, a: dict, key: str, default: int) -> tuple[i
     return (int(v[0]), int(v[1]))
 
 
-def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int]) -> dict[str, Any]:
+def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int], dilate: bool = False) -> dict[str, Any]:
+    """Window attributes (kernel, stride, padding and, where ``dilate`` allows it, a dilation)."""
     auto_pad = a.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     stride = _pair_attr(node, a, "strides", 1)
+    dilation = _pair_attr(node, a, "dilations", 1)
+    if dilation != (1, 1) and (not dilate or min(dilation) < 1):
+        raise _fail(node, f"dilations {list(a['dilations'])}",
+                    "use dilation 1 (only Conv takes dilations >= 1; pooling takes none)")
+    span = receptive_field(kernel, dilation)
     pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and stride == (1, 1) and all(k % 2 for k in kernel):
-        pads = [kernel[0] // 2, kernel[1] // 2] * 2  # 'same' with an odd kernel at stride 1 is symmetric
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and stride == (1, 1) and all(e % 2 for e in span):
+        pads = [span[0] // 2, span[1] // 2] * 2  # 'same' with an odd (dilated) window at stride 1 is symmetric
     elif auto_pad == "VALID":
         pads = [0, 0, 0, 0]
     elif auto_pad != "NOTSET":
@@ -296,11 +304,11 @@ def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int]) -> dict[str,
                     "export with explicit symmetric pads")
     if len(pads) != 4 or pads[:2] != pads[2:]:
         raise _fail(node, f"pads {pads} are not symmetric 2-D", "use equal padding on both sides")
-    if _pair_attr(node, a, "dilations", 1) != (1, 1):
-        raise _fail(node, f"dilations {list(a['dilations'])}", "use dilation 1")
     if a.get("ceil_mode", 0):
         raise _fail(node, "ceil_mode=1", "use ceil_mode=0 (pad the input instead)")
-    return {"kernel": kernel, "stride": stride, "padding": (pads[0], pads[1])}
+    attrs = {"kernel": kernel, "stride": stride, "padding": (pads[0], pads[1])}
+    dilation = tuple(d if k > 1 else 1 for k, d in zip(kernel, dilation))  # one tap: no spacing
+    return attrs | ({"dilation": dilation} if dilation != (1, 1) else {})
 
 
 # --- layers -----------------------------------------------------------------------------------
@@ -312,7 +320,7 @@ def _conv(imp: _Importer, node: onnx.NodeProto) -> None:
     if w.value.ndim != 4:
         raise _fail(node, f"weight of shape {w.value.shape} is not 2-D convolution (Cout, Cin, kh, kw)",
                     "use 2-D convolutions only")
-    attrs = _window(node, a, tuple(int(k) for k in w.value.shape[2:]))
+    attrs = _window(node, a, tuple(int(k) for k in w.value.shape[2:]), dilate=True)
     groups = int(a.get("group", 1))
     params = {"weight": w.value}
     if groups != 1:  # no grouped mode on the chip: the equivalent dense, block-diagonal weight

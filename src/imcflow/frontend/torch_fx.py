@@ -1,8 +1,9 @@
 """PyTorch importer: ``torch.fx`` symbolic tracing of an ``nn.Module`` into a float Graph.
 
-Supported: nn.Conv2d (dilation 1, zero padding; groups > 1 become a dense block-diagonal conv),
+Supported: nn.Conv2d (zero padding; any dilation, square or rectangular: the same k*k*C_in rows, the line
+buffer gathering taps d apart; groups > 1 become a dense block-diagonal conv),
 nn.Linear, nn.BatchNorm1d/2d (running statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh,
-clamp/clip with a constant lower bound, nn.MaxPool2d/AvgPool2d, nn.AdaptiveAvgPool2d/
+clamp/clip with a constant lower bound, nn.MaxPool2d (undilated)/AvgPool2d, nn.AdaptiveAvgPool2d/
 AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), and their functions, mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
@@ -31,6 +32,7 @@ from imcflow.frontend.normalize import (ARITH, activation_fix, affine_params, ch
                                         dense_grouped_weight, host_output_note, pad_layer, slice_layer, split_sizes,
                                         squeeze_shape)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
+from imcflow.ir.qgraph import receptive_field
 
 
 def from_torch(module: nn.Module, input_shape: tuple[int, ...], name: str | None = None) -> Graph:
@@ -242,21 +244,24 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
 # --- modules ----------------------------------------------------------------------------------
 
 def _conv(imp: _Importer, fx: torch.fx.Node, m: nn.Conv2d) -> None:
-    if _pair(m.dilation) != (1, 1):
-        raise imp.fail(fx, f"dilation {m.dilation}", "use dilation=1")
     if m.padding_mode != "zeros":
         raise imp.fail(fx, f"padding_mode={m.padding_mode!r}", "use zero padding")
     kernel = _pair(m.kernel_size)
+    dilation = tuple(d if k > 1 else 1 for k, d in zip(kernel, _pair(m.dilation)))  # one tap: no spacing
+    span = receptive_field(kernel, dilation)   # the line buffer gathers taps `dilation` apart
     padding = m.padding
     if isinstance(padding, str):
         if padding == "valid":
             padding = (0, 0)
-        elif all(k % 2 == 1 for k in kernel):
-            padding = (kernel[0] // 2, kernel[1] // 2)
+        elif all(e % 2 == 1 for e in span):
+            padding = (span[0] // 2, span[1] // 2)
         else:
-            raise imp.fail(fx, "padding='same' with an even kernel is asymmetric", "use an odd kernel or explicit padding")
+            raise imp.fail(fx, "padding='same' with an even (dilated) window is asymmetric",
+                           "use an odd kernel or explicit padding")
     params = {"weight": _np(m.weight)}
     attrs = {"kernel": kernel, "stride": _pair(m.stride), "padding": _pair(padding)}
+    if dilation != (1, 1):
+        attrs["dilation"] = dilation
     if m.groups != 1:  # no grouped mode on the chip: the equivalent dense, block-diagonal weight
         params["weight"] = dense_grouped_weight(params["weight"], m.groups, f"module {fx.target!r} (Conv2d)")
         attrs["groups"] = m.groups

@@ -14,7 +14,8 @@ Per op (params | attrs):
 op              params                                                    attrs
 =============== ========================================================= ==========================================
 conv            weight (Cout, Cin, kh, kw); bias (Cout,) optional          kernel (kh, kw), stride (sh, sw),
-                                                                          padding (ph, pw) symmetric zero padding
+                                                                          padding (ph, pw) symmetric zero padding,
+                                                                          dilation (dh, dw) optional (default 1, 1)
 linear          weight (out, in); bias (out,) optional                     -
 batchnorm       gamma, beta, mean, var: each (C,)                          eps (float); normalises axis 0 of the input
 relu            -                                                         -
@@ -48,6 +49,7 @@ import numpy as np
 
 from imcflow.errors import ModelError
 from imcflow.ir.serialize import decode, encode, load_json_object, read_json_file
+from imcflow.ir.qgraph import window_out
 
 
 class Op(str, enum.Enum):
@@ -243,14 +245,16 @@ def _pair(n: Node, key: str, default: tuple[int, int] | None = None) -> tuple[in
 
 
 def _window_out(n: Node, x: tuple[int, ...], kernel: tuple[int, int]) -> tuple[int, int]:
-    """Output (H, W) of a sliding window of ``kernel`` with the node's stride and padding."""
+    """Output (H, W) of a sliding window of ``kernel`` with the node's stride, padding and dilation."""
     stride, padding = _pair(n, "stride", (1, 1)), _pair(n, "padding", (0, 0))
-    if min(stride) < 1 or min(padding) < 0:
-        raise ModelError(f"{n.describe()}: stride {stride} must be >= 1 and padding {padding} >= 0")
-    out = tuple((x[1 + a] + 2 * padding[a] - kernel[a]) // stride[a] + 1 for a in range(2))
+    dilation = _pair(n, "dilation", (1, 1))
+    if min(stride) < 1 or min(padding) < 0 or min(dilation) < 1:
+        raise ModelError(f"{n.describe()}: stride {stride} and dilation {dilation} must be >= 1 and "
+                         f"padding {padding} >= 0")
+    out = tuple(window_out(x[1 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in range(2))
     if min(out) < 1:
-        raise ModelError(f"{n.describe()}: {kernel[0]}x{kernel[1]} window with padding {padding} does not fit "
-                         f"the {x[1]}x{x[2]} input; use a larger input or a smaller kernel")
+        raise ModelError(f"{n.describe()}: {kernel[0]}x{kernel[1]} window (dilation {dilation}) with padding "
+                         f"{padding} does not fit the {x[1]}x{x[2]} input; use a larger input or a smaller kernel")
     return out
 
 

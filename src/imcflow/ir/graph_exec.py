@@ -48,8 +48,8 @@ def run_node(n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     x = xs[0]
     a = n.attrs
     if n.op is Op.CONV:
-        return F.conv2d(x, _p(n, "weight"), _p(n, "bias"), stride=a.get("stride", (1, 1)),
-                        padding=a.get("padding", (0, 0)))
+        return F.conv2d(x, _p(n, "weight"), _p(n, "bias"), stride=tuple(a.get("stride", (1, 1))),
+                        padding=tuple(a.get("padding", (0, 0))), dilation=tuple(a.get("dilation", (1, 1))))
     if n.op is Op.LINEAR:
         return F.linear(x, _p(n, "weight"), _p(n, "bias"))
     if n.op is Op.BATCHNORM:

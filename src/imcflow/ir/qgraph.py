@@ -7,7 +7,8 @@ Conventions (the contract between quantiser, reference executor, compiler and si
   two's complement, per output channel scale.
 - Every weight layer is an MVM (:class:`QOp.CONV` or :class:`QOp.LINEAR`). Its logical matrix has
   rows in the order of ``weight.reshape(c_out, -1)`` (input channel major, then kernel row, then
-  kernel column) and ``c_out * w_bits`` physical columns.
+  kernel column) and ``c_out * w_bits`` physical columns. A dilated conv (``dilation`` d) has the
+  same rows: only its window's taps lie d pixels apart (receptive field ``(k - 1) * d + 1``).
 - Row tiles: a layer deeper than one array is split by input channels with :func:`row_tiles`;
   each tile is one MVM through its own ADCs (``adc_full_scale_rows`` for every tile of the layer),
   and the SIMD adds the tiles' accumulators digitally. Column tiling does not change results.
@@ -123,6 +124,9 @@ class QNode:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     """Symmetric zero padding (top/bottom, left/right); max pooling pads with -inf."""
+    dilation: tuple[int, int] = (1, 1)
+    """CONV only: distance between a window's taps. The rows stay ``C_in * kh * kw``; the input
+    line buffer gathers taps ``dilation`` pixels apart (receptive field :func:`receptive_field`)."""
     # ADD
     add_multipliers: tuple[int, ...] = ()
     add_shift: int = 0
@@ -136,6 +140,11 @@ class QNode:
         """Rows of the logical matrix: C_in * kh * kw."""
         assert self.weight is not None
         return int(np.prod(self.weight.shape[1:]))
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """Input rows and columns one output pixel's window spans (the dilated kernel)."""
+        return receptive_field(self.kernel, self.dilation)
 
     @property
     def c_out(self) -> int:
@@ -257,6 +266,16 @@ def _verify_other(n: QNode, ins: list[QTensor]) -> None:
                 raise QuantError(f"node {n.name!r} ({n.op.value}): its inputs and output need the same bits, "
                                  f"signedness and scale; input has ({x.bits}, {x.signed}, {x.scale}), output "
                                  f"({n.out.bits}, {n.out.signed}, {n.out.scale})")
+
+
+def receptive_field(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """Extent ``(k - 1) * d + 1`` per axis of a ``kernel`` window whose taps are ``dilation`` apart."""
+    return tuple((int(k) - 1) * int(d) + 1 for k, d in zip(kernel, dilation))
+
+
+def window_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """Output length of a sliding window along one axis (zero padding on both sides)."""
+    return (size + 2 * padding - (kernel - 1) * dilation - 1) // stride + 1
 
 
 def row_tiles(c_in: int, kh: int, kw: int, array_rows: int) -> list[tuple[int, int]]:

@@ -32,16 +32,16 @@ def column_counts(node: QNode, x: torch.Tensor, x_bits: int, array_rows: int):
     w = torch.from_numpy(node.weight.astype(np.int64))
     if node.op is QOp.LINEAR:
         x, w = x.reshape(x.shape[0], -1)[:, :, None, None], w[:, :, None, None]
-        stride, padding = 1, 0
+        stride, padding, dilation = 1, 0, 1
     else:
-        stride, padding = node.stride, node.padding
+        stride, padding, dilation = node.stride, node.padding, node.dilation
     c_out, c_in, kh, kw = w.shape
     wb = torch.stack([(w >> j) & 1 for j in range(node.w_bits)], dim=1).reshape(c_out * node.w_bits, c_in, kh, kw)
     wb = wb.to(torch.float32)
     for c0, c1 in row_tiles(c_in, kh, kw, array_rows):
         for i in range(x_bits):
             xb = ((x[:, c0:c1] >> i) & 1).to(torch.float32)
-            yield F.conv2d(xb, wb[:, c0:c1], stride=stride, padding=padding)
+            yield F.conv2d(xb, wb[:, c0:c1], stride=stride, padding=padding, dilation=dilation)
 
 
 def pick_calibrated_full_scale(node: QNode, x: torch.Tensor, x_bits: int, chip: ChipConfig,

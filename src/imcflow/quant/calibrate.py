@@ -284,7 +284,8 @@ def _mvm_node(step, specs, chip, spec: QuantSpec, full_scale, weight, bias, s_w,
     if node.op is Op.CONV:
         kh, kw = w.shape[2:]
         geo = dict(kernel=(int(kh), int(kw)), stride=tuple(node.attrs.get("stride", (1, 1))),
-                   padding=tuple(node.attrs.get("padding", (0, 0))))
+                   padding=tuple(node.attrs.get("padding", (0, 0))),
+                   dilation=tuple(node.attrs.get("dilation", (1, 1))))
     else:
         kh = kw = 1
         geo = {}

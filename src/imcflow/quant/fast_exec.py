@@ -55,13 +55,12 @@ def mvm_layer_fast(node: QNode, x_spec: QTensor, x: torch.Tensor, mode: str, chi
     xin = x if node.op is QOp.CONV else x.reshape(x.shape[0], -1)[:, :, None, None]
     w4 = w if node.op is QOp.CONV else w[:, :, None, None]
     kw = dict(x_bits=x_spec.bits, w_bits=node.w_bits, x_signed=x_spec.signed, stride=node.stride,
-              padding=node.padding, full_scale=node.adc_full_scale_rows, mode=mode, adc_bits=chip.adc.bits,
+              padding=node.padding, dilation=node.dilation, full_scale=node.adc_full_scale_rows, mode=mode, adc_bits=chip.adc.bits,
               array_rows=chip.array.rows, analog=chip.analog, out_dtype=torch.float64)
     if node.op is QOp.LINEAR:
-        kw.update(stride=1, padding=0)
+        kw.update(stride=1, padding=0, dilation=1)
     if mode == "ideal":  # ideal codes are exact counts: the accumulator is the integer convolution
-        acc = _int_conv(xin, w4, node.stride if node.op is QOp.CONV else 1,
-                        node.padding if node.op is QOp.CONV else 0)
+        acc = _int_conv(xin, w4, kw["stride"], kw["padding"], kw["dilation"])
     elif mode == "analog":
         per_tile = max(1, chip.array.cols // node.w_bits)
         parts = [cima.bpbs_conv2d(xin, w4[o0:o0 + per_tile], seed=tile_seed(seed, index, ct), **kw)
@@ -75,12 +74,12 @@ def mvm_layer_fast(node: QNode, x_spec: QTensor, x: torch.Tensor, mode: str, chi
     return requant_torch(node.requant, acc, num, den)
 
 
-def _int_conv(x: torch.Tensor, w: torch.Tensor, stride, padding) -> torch.Tensor:
+def _int_conv(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation) -> torch.Tensor:
     """Exact integer convolution (integer-valued float result): float32 when every partial sum stays
     below 2**24, else float64."""
     bound = int(x.abs().max()) * int(w.abs().max()) * w[0].numel() if x.numel() and w.numel() else 0
     dtype = torch.float32 if bound < (1 << 24) else torch.float64
-    return F.conv2d(x.to(dtype), w.to(dtype), stride=stride, padding=padding).round_()
+    return F.conv2d(x.to(dtype), w.to(dtype), stride=stride, padding=padding, dilation=dilation).round_()
 
 
 def _floor_div(total: torch.Tensor, count: int) -> torch.Tensor:

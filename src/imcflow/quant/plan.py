@@ -113,7 +113,8 @@ def float_node(node: Node, xs: list[torch.Tensor], weight: torch.Tensor | None =
         b = bias if bias is not None else (torch.from_numpy(node.bias) if node.bias is not None else None)
         if node.op is Op.LINEAR:
             return F.linear(x, w, b)
-        return F.conv2d(x, w, b, stride=a.get("stride", (1, 1)), padding=a.get("padding", (0, 0)))
+        return F.conv2d(x, w, b, stride=tuple(a.get("stride", (1, 1))), padding=tuple(a.get("padding", (0, 0))),
+                        dilation=tuple(a.get("dilation", (1, 1))))
     if node.op is Op.BATCHNORM:
         raise QuantError(f"{node.describe()}: op not supported by the quantiser")
     return run_node(node, xs)

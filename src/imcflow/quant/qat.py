@@ -267,10 +267,12 @@ class QatNet(nn.Module):
         kwargs = dict(x_bits=x_spec.bits, w_bits=self.w_bits[step.name], x_signed=x_spec.signed, full_scale=fs,
                       adc_bits=self.chip.adc.bits, array_rows=self.chip.array.rows, out_dtype=torch.float32)
         if conv:
-            kwargs.update(stride=tuple(node.attrs.get("stride", (1, 1))), padding=tuple(node.attrs.get("padding", (0, 0))))
+            kwargs.update(stride=tuple(node.attrs.get("stride", (1, 1))), padding=tuple(node.attrs.get("padding", (0, 0))),
+                          dilation=tuple(node.attrs.get("dilation", (1, 1))))
         if self.chip.adc.lossless or self.adc == "ideal":  # exact counts: the integer product itself
             f = torch.nn.functional
-            acc = (f.conv2d(x_int, w_int, stride=kwargs.get("stride", 1), padding=kwargs.get("padding", 0))
+            acc = (f.conv2d(x_int, w_int, stride=kwargs.get("stride", 1), padding=kwargs.get("padding", 0),
+                            dilation=kwargs.get("dilation", 1))
                    if conv else f.linear(x_int, w_int))
         else:
             ste = cima.bpbs_conv2d_ste if conv else cima.bpbs_linear_ste

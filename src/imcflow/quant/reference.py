@@ -30,7 +30,7 @@ from imcflow import cima
 from imcflow.config.chip import ChipConfig
 from imcflow.config.presets import get_preset
 from imcflow.errors import DataError, QuantError
-from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, row_tiles
+from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, row_tiles, window_out
 from imcflow.quant.requant import apply_add, avg_round, round_half_up
 
 MODES = ("ideal", "bit_true", "analog")
@@ -119,14 +119,15 @@ def run_node(qgraph: QGraph, node: QNode, ins: list[np.ndarray], mode: str, chip
 
 
 def im2col(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-           padding: tuple[int, int]) -> tuple[np.ndarray, int, int]:
-    """(N, C, H, W) int64 -> ((N*OH*OW, C*kh*kw) int64, OH, OW), zero padding; columns in
-    ``weight.reshape(c_out, -1)`` order (channel, kernel row, kernel column)."""
+           padding: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[np.ndarray, int, int]:
+    """(N, C, H, W) int64 -> ((N*OH*OW, C*kh*kw) int64, OH, OW), zero padding, taps ``dilation``
+    apart; columns in ``weight.reshape(c_out, -1)`` order (channel, kernel row, kernel column)."""
     n = x.shape[0]
     # float64 holds every activation integer exactly (|x| < 2**53).
-    cols = F.unfold(torch.from_numpy(x.astype(np.float64)), kernel_size=kernel, stride=stride, padding=padding)
-    oh = (x.shape[2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
-    ow = (x.shape[3] + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    cols = F.unfold(torch.from_numpy(x.astype(np.float64)), kernel_size=kernel, stride=stride, padding=padding,
+                    dilation=dilation)
+    oh = window_out(x.shape[2], kernel[0], stride[0], padding[0], dilation[0])
+    ow = window_out(x.shape[3], kernel[1], stride[1], padding[1], dilation[1])
     mat = cols.transpose(1, 2).reshape(n * oh * ow, -1).numpy().astype(np.int64)
     return mat, oh, ow
 
@@ -137,7 +138,7 @@ def mvm_layer_acc(node: QNode, x_spec: QTensor, x: np.ndarray, mode: str, chip: 
     scale ``(num, shift)``: real ``x@w`` ~ ``acc * num / 2**shift``."""
     if node.op is QOp.CONV:
         kh, kw = node.weight.shape[2:]
-        mat, oh, ow = im2col(x, (kh, kw), node.stride, node.padding)
+        mat, oh, ow = im2col(x, (kh, kw), node.stride, node.padding, node.dilation)
     else:
         kh = kw = 1
         mat = x.reshape(x.shape[0], -1)

@@ -312,8 +312,10 @@ def _mvm(ctx: _Ctx, where: str, core: int, ins, mem: _Store, loaded: set[int], t
     node = q.node(ins.layer)
     src = node.inputs[0]
     c_in, h, w = _chw(q.spec(src))
-    kernel, stride, padding = (node.kernel, node.stride, node.padding) if node.op == QOp.CONV else ((1, 1), (1, 1), (0, 0))
-    need = kernels.needed_pixels(h, w, tuple(kernel), tuple(stride), tuple(padding), ins.px_lo, ins.px_hi)
+    conv = node.op == QOp.CONV
+    kernel, stride, padding = (node.kernel, node.stride, node.padding) if conv else ((1, 1), (1, 1), (0, 0))
+    dilation = tuple(node.dilation) if conv else (1, 1)
+    need = kernels.needed_pixels(h, w, tuple(kernel), tuple(stride), tuple(padding), ins.px_lo, ins.px_hi, dilation)
     if not mem.has(src, (ins.ch_lo, ins.ch_hi), need):
         raise _Blocked(f"{where}: input {src!r} ch[{ins.ch_lo}:{ins.ch_hi}] is not on this core for the "
                        f"receptive fields of px[{ins.px_lo}:{ins.px_hi}]")
@@ -339,7 +341,7 @@ def _mvm(ctx: _Ctx, where: str, core: int, ins, mem: _Store, loaded: set[int], t
         full = kernels.tile_mvm(x, wt, kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding),
                                 px_lo=ins.px_lo, px_hi=ins.px_hi, x_bits=ins.x_bits or spec.bits, x_signed=spec.signed,
                                 w_bits=node.w_bits, full_scale=node.adc_full_scale_rows, mode=ctx.mode, chip=ctx.chip,
-                                seed=seed)
+                                seed=seed, dilation=dilation)
         for a, b in group:
             if (a, b) != (ins.oc_lo, ins.oc_hi):
                 ctx.cache[key + (a, b)] = full[:, a - lo:b - lo]
@@ -348,10 +350,11 @@ def _mvm(ctx: _Ctx, where: str, core: int, ins, mem: _Store, loaded: set[int], t
     mem.put(("psum", ins.layer, ins.row_tile), (ctx.n, oc, oh * ow), (ins.oc_lo, ins.oc_hi),
             (ins.px_lo, ins.px_hi), acc)
     if ctx.stats is not None:
-        _record(ctx.stats, t.tile_id, x, kernel, stride, padding, ins, spec)
+        _record(ctx.stats, t.tile_id, x, kernel, stride, padding, dilation, ins, spec)
 
 
-def _record(stats: FunctionalStats, tile_id: int, x: np.ndarray, kernel, stride, padding, ins, spec) -> None:
+def _record(stats: FunctionalStats, tile_id: int, x: np.ndarray, kernel, stride, padding, dilation, ins,
+            spec) -> None:
     """Measured input activity of a tile: vectors, bit-planes with any 1, ones (rows driven)."""
     import torch
     import torch.nn.functional as F
@@ -362,7 +365,7 @@ def _record(stats: FunctionalStats, tile_id: int, x: np.ndarray, kernel, stride,
     ones = 0
     for i in range(bits):
         plane = ((xi >> i) & 1).float()
-        cols = F.unfold(plane, kernel, padding=padding, stride=stride)[:, :, ins.px_lo:ins.px_hi]
+        cols = F.unfold(plane, kernel, padding=padding, stride=stride, dilation=dilation)[:, :, ins.px_lo:ins.px_hi]
         s = cols.sum(1)  # (N, px)
         nz += int((s > 0).sum())
         ones += int(s.sum())

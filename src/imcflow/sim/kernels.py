@@ -16,19 +16,20 @@ import torch.nn.functional as F
 
 from imcflow.cima.conv import bpbs_conv2d
 from imcflow.config.chip import ChipConfig
+from imcflow.ir.qgraph import receptive_field, window_out
 
 
-def out_size(h: int, k: int, s: int, p: int) -> int:
-    return (h + 2 * p - k) // s + 1
+def out_size(h: int, k: int, s: int, p: int, d: int = 1) -> int:
+    return window_out(h, k, s, p, d)
 
 
 @functools.lru_cache(maxsize=512)
 def needed_pixels(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                  px_lo: int, px_hi: int) -> np.ndarray:
+                  px_lo: int, px_hi: int, dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
     """Sorted flat indices of input pixels that output pixels ``[px_lo, px_hi)`` of a conv read
-    (padding excluded)."""
+    (padding excluded; a dilated window reads only its taps)."""
     idx = torch.arange(1, h * w + 1, dtype=torch.float64).view(1, 1, h, w)
-    cols = F.unfold(idx, kernel, padding=padding, stride=stride)[0]  # (kh*kw, L)
+    cols = F.unfold(idx, kernel, padding=padding, stride=stride, dilation=dilation)[0]  # (kh*kw, L)
     used = cols[:, px_lo:px_hi].reshape(-1).long()
     used = used[used > 0] - 1
     return np.unique(used.numpy())
@@ -36,20 +37,21 @@ def needed_pixels(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, in
 
 def tile_mvm(x: np.ndarray, w: np.ndarray, *, kernel: tuple[int, int], stride: tuple[int, int],
              padding: tuple[int, int], px_lo: int, px_hi: int, x_bits: int, x_signed: bool, w_bits: int,
-             full_scale: int, mode: str, chip: ChipConfig, seed: int) -> np.ndarray:
+             full_scale: int, mode: str, chip: ChipConfig, seed: int,
+             dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
     """Accumulators (N, oc, px_hi - px_lo) int64 of one row tile: ``x`` (N, c, H, W) (integer values,
     any dtype) holds the tile's input channels, ``w`` (oc, c, kh, kw) its weights. Only the input
-    rows that the output rows holding the pixel range read are padded and convolved (vectorised
-    over the batch with :func:`imcflow.cima.conv.bpbs_conv2d`)."""
+    rows that the output rows holding the pixel range read (their dilated receptive field) are
+    padded and convolved (vectorised over the batch with :func:`imcflow.cima.conv.bpbs_conv2d`)."""
     n, _, h, wd = x.shape
-    kh, kw = kernel
-    ow = out_size(wd, kw, stride[1], padding[1])
+    eh, _ = receptive_field(kernel, dilation)
+    ow = out_size(wd, kernel[1], stride[1], padding[1], dilation[1])
     y0, y1 = px_lo // ow, (px_hi - 1) // ow
-    lo, hi = y0 * stride[0] - padding[0], y1 * stride[0] - padding[0] + kh   # input rows [lo, hi)
+    lo, hi = y0 * stride[0] - padding[0], y1 * stride[0] - padding[0] + eh   # input rows [lo, hi)
     crop = torch.from_numpy(np.ascontiguousarray(x[:, :, max(0, lo):min(h, hi)], dtype=np.float32))
     crop = F.pad(crop, (padding[1], padding[1], max(0, -lo), max(0, hi - h)))
     acc = bpbs_conv2d(crop, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)),
-                      x_bits=x_bits, w_bits=w_bits, x_signed=x_signed, stride=stride, padding=0,
+                      x_bits=x_bits, w_bits=w_bits, x_signed=x_signed, stride=stride, padding=0, dilation=dilation,
                       full_scale=full_scale, mode=mode, adc_bits=chip.adc.bits, array_rows=chip.array.rows,
                       seed=seed, analog=chip.analog, out_dtype=torch.int64).numpy()
     flat = acc.reshape(n, acc.shape[1], -1)

@@ -325,8 +325,8 @@ class _Lowerer:
             y0, y1 = max(y0, px[0] // w_out), min(y1, (px[1] - 1) // w_out)
         if node.op in (QOp.ADD, QOp.CONCAT):
             return y0 // r_in, y1 // r_in
-        kh, sh, ph = node.kernel[0], node.stride[0], node.padding[0]
-        lo, hi = max(0, y0 * sh - ph), min(h_in - 1, y1 * sh - ph + kh - 1)
+        eh, sh, ph = node.span[0], node.stride[0], node.padding[0]   # a dilated window spans (k-1)*d+1 rows
+        lo, hi = max(0, y0 * sh - ph), min(h_in - 1, y1 * sh - ph + eh - 1)
         return lo // r_in, hi // r_in
 
     def mvm(self, phase: Phase, core: int, ins, b: int, avail, tkey, where) -> list[int]:
@@ -423,12 +423,12 @@ class _Lowerer:
                     op.space_deps = tuple(sorted(set(op.space_deps) | extra))
 
     def min_window(self, s) -> int:
-        """Chunks a consumer may need at once (receptive field rows), plus one being filled."""
+        """Chunks a consumer may need at once (receptive field rows, dilated), plus one being filled."""
         _, h, _, r = self.geom(s.tensor)
         kh = 1
         for n in self.p.qgraph.nodes:
             if s.tensor in n.inputs and n.op in (QOp.CONV, QOp.MAXPOOL, QOp.AVGPOOL):
-                kh = max(kh, n.kernel[0])
+                kh = max(kh, n.span[0])
             if s.tensor in n.inputs and n.op in (QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.LINEAR):
                 kh = max(kh, h)
         return math.ceil(kh / r) + 2
