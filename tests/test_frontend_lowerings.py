@@ -862,3 +862,35 @@ def test_other_transposes_of_activations_are_refused(tmp_path):
     with pytest.raises(ModelError, match="is a map transposed to NHWC; a transpose to NHWC is taken only before a "
                                          "flatten and a fully connected layer"):
         load_graph(path)
+
+
+class ShapeWindow(nn.Module):
+    """Global pooling written with the map's own sizes, as keyword-spotting DS-CNNs write it."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.conv = nn.Conv2d(1, 4, (3, 2), padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        window = {"shape": lambda: y.shape[2:], "size": lambda: y.size()[-2:],
+                  "batch": lambda: y.shape[:2], "empty": lambda: y.shape[4:]}[self.form]()
+        return self.fc(F.avg_pool2d(y, window).flatten(1))
+
+
+@pytest.mark.parametrize("form", ["shape", "size"])
+def test_pooling_window_from_the_maps_sizes(form):
+    """F.avg_pool2d(y, y.shape[2:]) on a non-square map is a global average pool."""
+    torch.manual_seed(3)
+    m = ShapeWindow(form).eval()
+    x = torch.rand(2, 1, 7, 5)
+    g = load_graph(m, (1, 7, 5))
+    np.testing.assert_allclose(run_graph(g, x.numpy()), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("form,match", [("batch", r"x.shape\[:2\]"), ("empty", r"x.shape\[4:\]")])
+def test_pooling_window_from_the_batch_is_refused(form, match):
+    with pytest.raises(ModelError, match=match):
+        load_graph(ShapeWindow(form).eval(), (1, 7, 5))

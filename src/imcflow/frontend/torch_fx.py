@@ -4,7 +4,8 @@ Supported: nn.Conv2d (zero padding; any dilation, square or rectangular: the sam
 buffer gathering taps d apart; groups > 1 become a dense block-diagonal conv),
 nn.Linear, nn.BatchNorm1d/2d (running statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh,
 clamp/clip with a constant lower bound, nn.MaxPool2d (undilated)/AvgPool2d, nn.AdaptiveAvgPool2d/
-AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), and their functions, mean/amax over dims (2, 3) (global pooling),
+AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), and their functions (a pooling window
+may be given by the map's own sizes, ``x.shape[2:]``, ``x.size(3)``), mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
 semantics), slicing ``x[:, c0:c1, ::s, ::s]`` (and chunk/split of the channels) and zero padding (``F.pad``, nn.ZeroPad2d: channels, or
@@ -466,8 +467,12 @@ def _getitem(imp: _Importer, fx: torch.fx.Node) -> None:
         x, (c0, c1) = entry[1], entry[2][index]
         _move_layer(imp, fx, x, channel_selection(imp.shapes[x], c0, c1, f"node {fx.name!r} ({_op_name(imp, fx)})"))
         return
+    if isinstance(entry, tuple) and entry[0] == "sizes" and isinstance(index, slice):
+        imp.alias[fx.name] = ("size_slice", entry[1], index)   # x.shape[2:], for a pooling window
+        return
     if not (isinstance(entry, tuple) and entry[0] == "sizes" and isinstance(index, int)):
-        raise imp.fail(fx, "indexing", "only x.shape[0] or x.size()[0] (the batch, for a flatten) is supported")
+        raise imp.fail(fx, "indexing", "only x.shape[0] or x.size()[0] (the batch, for a flatten), or feature "
+                       "sizes as a pooling window (x.shape[2:], x.size(3)), are supported")
     imp.alias[fx.name] = ("size", entry[1], index)
 
 
@@ -559,19 +564,30 @@ def _pool_fn(op: Op) -> Callable:
 
 
 def _static_size(imp: _Importer, fx: torch.fx.Node, arg: Any) -> Any:
-    """``arg`` with ``x.size(k)`` / ``x.shape[k]`` / ``x.size()[k]`` of a feature axis (k > 0) replaced
-    by its static size (the input shape is fixed), as in ``F.avg_pool2d(x, x.size()[3])``."""
+    """``arg`` with ``x.size(k)`` / ``x.shape[k]`` / ``x.size()[k]`` of a feature axis (k > 0), or the
+    feature sizes ``x.shape[2:]``, replaced by static sizes (the input shape is fixed), as in
+    ``F.avg_pool2d(x, x.size()[3])`` or ``F.avg_pool2d(x, x.shape[2:])``."""
     if isinstance(arg, (tuple, list)):
         return type(arg)(_static_size(imp, fx, a) for a in arg)
     entry = imp.alias.get(arg.name) if isinstance(arg, torch.fx.Node) else None
-    if not (isinstance(entry, tuple) and entry[0] == "size"):
+    if not (isinstance(entry, tuple) and entry[0] in ("size", "size_slice")):
         return arg
     full = (None, *imp.shapes[imp.tensor(fx, entry[1])])
+    if entry[0] == "size_slice":  # x.shape[2:]
+        dims = range(len(full))[entry[2]]
+        if 0 in dims or not dims:
+            raise imp.fail(fx, f"a window size given by x.shape[{_slice_text(entry[2])}]",
+                           "give the pooling window the feature-map sizes (x.shape[2:]) or numbers")
+        return tuple(full[d] for d in dims)
     dim = entry[2] + len(full) if entry[2] < 0 else entry[2]
     if not 0 < dim < len(full):
         raise imp.fail(fx, f"a window size given by {'the batch size' if dim == 0 else f'axis {entry[2]}'}",
                        "give the pooling window a feature-map size (x.size(2) or x.size(3)) or a number")
     return full[dim]
+
+
+def _slice_text(s: slice) -> str:
+    return ":".join("" if v is None else str(v) for v in (s.start, s.stop)) + ("" if s.step is None else f":{s.step}")
 
 
 def _adaptive_fn(cls: type) -> Callable:
