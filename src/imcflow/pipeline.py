@@ -205,6 +205,8 @@ def check_inputs(x: np.ndarray, input_shape: tuple[int, ...], what: str = "input
         x = x[:, :, None, :]
     if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != tuple(input_shape):
         want = "(N, " + ", ".join(str(s) for s in input_shape) + ")"
+        if len(input_shape) == 3 and input_shape[1] == 1:
+            want = f"(N, {input_shape[0]}, {input_shape[2]}) or {want}"
         raise DataError(f"{what} have shape {tuple(x.shape)}; the model expects {want} (batch first, float "
                         f"values in the model's input domain, e.g. pixel / 255)")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
