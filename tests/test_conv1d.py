@@ -135,6 +135,34 @@ def test_other_1d_ops_match_pytorch(tmp_path):
     assert tuple(conv.attrs["dilation"]) == (1, 2) and tuple(conv.attrs["padding"]) == (0, 2)
 
 
+class MorePools(nn.Module):
+    """Zero padding before an unpadded conv, channel chunks, functional pools, amax(-1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Sequential(nn.ZeroPad1d(2), nn.Conv1d(4, 8, 5), nn.ReLU(), nn.AvgPool1d(2))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        a, b = torch.chunk(self.c(x), 2, dim=1)
+        return self.fc(F.max_pool1d(F.pad(a + b, (1, 1)), 2).amax(-1))
+
+
+def test_more_1d_pooling_and_padding(tmp_path):
+    torch.manual_seed(4)
+    m = MorePools().eval()
+    x = _features(3, seed=6, shape=(4, 12))
+    want = m(torch.from_numpy(x)).detach().numpy()
+    for source, graph in _graphs(m, tmp_path, (4, 12)):
+        np.testing.assert_allclose(_out(normalize(graph), x), want, rtol=1e-4, atol=1e-5, err_msg=source)
+    conv = next(n for n in normalize(load_graph(m, (4, 12))).nodes if n.op is Op.CONV)
+    assert tuple(conv.attrs["padding"]) == (0, 2)  # the ZeroPad1d moved into the conv
+    m.c[3] = nn.AdaptiveAvgPool1d(6)  # to a size that divides L: the fixed pool (TorchScript cannot export it)
+    pool = next(n for n in load_graph(m, (4, 12)).nodes if n.op is Op.AVGPOOL)
+    assert tuple(pool.attrs["kernel"]) == (1, 2)
+    np.testing.assert_allclose(_out(load_graph(m, (4, 12)), x), want, rtol=1e-4, atol=1e-5)
+
+
 def test_batchnorm1d_after_flatten_still_works():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.BatchNorm1d(4 * 36), nn.ReLU(), nn.Linear(144, 3)).eval()
