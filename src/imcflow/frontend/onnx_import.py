@@ -11,6 +11,11 @@ ConstantOfShape on constants); Squeeze of an (N, C, 1, 1) map to (N, C) is a fla
 Mul, Div of a map and a per-channel constant become a batch norm (``x * scale + shift``); Slice of a
 map (channel selection, subsampling ``::s`` of H and W), Split of its channels and Pad with zeros (channels, or H and W
 symmetrically) become 1x1 layers with 0/1 weights (:mod:`imcflow.frontend.normalize`).
+A rank-3 input (N, C, L) makes a 1-D network, imported as the 2-D network of height 1
+(:func:`imcflow.frontend.normalize.map_of_1d`): Conv with a 3-D weight (kernel (1, k)), 1-D
+MaxPool/AveragePool, GlobalAveragePool/GlobalMaxPool, ReduceMean/ReduceMax over the last axis, and
+the ops above on (N, C, L) tensors; torch.export's Unsqueeze to (N, C, 1, L) and Squeeze back around
+a 2-D op are taken as the map itself.
 Channels-last (Keras/tf2onnx) files: a Transpose of the NHWC input to NCHW is the input layout,
 and a Transpose to NHWC before the flatten of a dense layer permutes that layer's weight columns.
 

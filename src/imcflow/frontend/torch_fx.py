@@ -11,8 +11,12 @@ semantics), slicing ``x[:, c0:c1, ::s, ::s]`` (and chunk/split of the channels) 
 H and W symmetrically) as 1x1 layers with 0/1 weights that normalisation fuses (the option-A
 shortcut of CIFAR ResNets) or moves into the conv that reads them, + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
 or one value per channel (input normalisation ``(x - mean) / std``: a per-channel affine), and a final softmax, log_softmax or sigmoid over the classes (left to the host: the
-graph ends at the logits, ``meta["host_output"]``). Anything else raises a ModelError naming the traced node,
-its op and the fix.
+graph ends at the logits, ``meta["host_output"]``). 1-D networks (``input_shape=(C, L)``) are the 2-D
+networks of height 1 (:func:`imcflow.frontend.normalize.map_of_1d`): nn.Conv1d (kernel (1, k), stride
+(1, s), padding (0, p), dilation (1, d), groups), BatchNorm1d, MaxPool1d/AvgPool1d, AdaptiveAvgPool1d/
+AdaptiveMaxPool1d, their functions, ZeroPad1d/ConstantPad1d and F.pad, mean/amax over dim 2 (-1),
+squeeze(-1), and the ops above on (N, C, L) tensors. Anything else raises a ModelError naming the
+traced node, its op and the fix.
 """
 
 from __future__ import annotations
