@@ -5,7 +5,8 @@
 For each network (random weights: timing and energy do not depend on them), in PyTorch and as an
 ONNX file from the TorchScript exporter: whether it imports, how many layers and arrays the
 normalised network needs, weight phases, and the event simulation's img/s and img/s/W at 32 x 32
-(CIFAR-size) input. A network the chip cannot run prints the one-line error a user would see.
+(CIFAR-size) input (the 1-D keyword-spotting net: 40 MFCCs x 98 frames, inferences/s). A network the
+chip cannot run prints the one-line error a user would see.
 """
 
 from __future__ import annotations
@@ -146,14 +147,43 @@ class SwishNet(nn.Module):
         return self.net(x)
 
 
+class TcBlock(nn.Module):
+    """TC-ResNet residual block: two 9-tap temporal convs, a strided 1x1 conv shortcut."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv1d(c_in, c_out, 9, 2, 4, bias=False), nn.BatchNorm1d(c_out)
+        self.c2, self.b2 = nn.Conv1d(c_out, c_out, 9, 1, 4, bias=False), nn.BatchNorm1d(c_out)
+        self.short = nn.Sequential(nn.Conv1d(c_in, c_out, 1, 2, bias=False), nn.BatchNorm1d(c_out), nn.ReLU())
+
+    def forward(self, x):
+        return F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))) + self.short(x))
+
+
+class TcResNet8(nn.Module):
+    """Choi et al. 2019's TC-ResNet8 for keyword spotting: 1-D convs over time, MFCCs as channels."""
+
+    input_shape = (40, 98)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv1d(40, 16, 3, 1, 1, bias=False)
+        self.blocks = nn.Sequential(TcBlock(16, 24), TcBlock(24, 32), TcBlock(32, 48))
+        self.fc = nn.Linear(48, 12)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool1d(self.blocks(self.stem(x)), 1).squeeze(-1))
+
+
 NETWORKS = {"VGG-style": Vgg, "ResNet-20, option A": ResNet20A, "MobileNetV2 blocks": MobileV2,
-            "DenseNet-style": DenseTiny, "input normalisation + softmax": Normalised, "SiLU (refused)": SwishNet}
+            "DenseNet-style": DenseTiny, "input normalisation + softmax": Normalised, "SiLU (refused)": SwishNet,
+            "TC-ResNet8 (1-D, 40 x 98)": TcResNet8}
 
 
-def measure(source) -> dict:
+def measure(source, shape: tuple[int, ...]) -> dict:
     """Import, compile and simulate ``source`` (a module or an ONNX path) on jssc2022."""
     try:
-        q = pipeline.load_qgraph(source, JSSC2022, trained=False, input_shape=(3, 32, 32))
+        q = pipeline.load_qgraph(source, JSSC2022, trained=False, input_shape=shape)
         prog = compile_program(q, JSSC2022)
         r = simulate_report(prog)
     except ImcflowError as exc:
@@ -169,12 +199,13 @@ def main() -> int:
         for name, cls in NETWORKS.items():
             torch.manual_seed(0)
             model = cls().eval()
+            shape = getattr(cls, "input_shape", (3, 32, 32))
             path = Path(tmp) / "net.onnx"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, torch.rand(1, 3, 32, 32), str(path), dynamo=False)
+                torch.onnx.export(model, torch.rand(1, *shape), str(path), dynamo=False)
             for how, source in (("PyTorch", model), ("ONNX", path)):
-                r = measure(source)
+                r = measure(source, shape)
                 if "error" in r:
                     print(f"{name:31} {how:8} error: {r['error'][:150]}")
                 else:

@@ -119,6 +119,8 @@ def prepare_qat(model: str | Path | torch.nn.Module | Graph, input_shape: tuple[
     graph = load_float_graph(model, input_shape, seed=seed)
     if input_scale is None:
         input_scale = _default_input_scale(model, graph)
+    if calib is not None:
+        calib = check_inputs(calib, graph.input_shape, "calibration inputs")
     return _prepare_qat_graph(graph, chip, w_bits=w_bits, a_bits=a_bits, first_in_bits=first_in_bits,
                               calib=calib, input_scale=input_scale, seed=seed, adc_full_scale=adc_full_scale)
 
@@ -178,7 +180,8 @@ def _shipped_qgraph(name: str, chip: ChipConfig) -> QGraph | None:
 
 def _ptq(model, chip: ChipConfig, calib, trained: bool, seed: int, input_shape, spec: QuantSpec) -> QGraph:
     graph = load_float_graph(model, input_shape, trained, seed)
-    data = synthetic_calibration(graph.input_shape, seed=seed) if calib is None else calib
+    data = synthetic_calibration(graph.input_shape, seed=seed) if calib is None else \
+        check_inputs(calib, graph.input_shape, "calibration inputs")
     spec = dataclasses.replace(spec, input_scale=_default_input_scale(model, graph))
     is_trained = graph.meta.get("trained", True)
     meta = {"trained": is_trained, "calibration_data": "synthetic" if calib is None else "given"}
@@ -195,10 +198,15 @@ def _ptq(model, chip: ChipConfig, calib, trained: bool, seed: int, input_shape, 
 
 
 def check_inputs(x: np.ndarray, input_shape: tuple[int, ...], what: str = "inputs") -> np.ndarray:
-    """Float inputs (N, *input_shape) as float32; DataError naming the expected shape otherwise."""
+    """Float inputs (N, *input_shape) as float32; DataError naming the expected shape otherwise. A 1-D
+    network's inputs (N, C, L) are taken as its (N, C, 1, L) maps (:func:`imcflow.frontend.normalize.map_of_1d`)."""
     x = np.asarray(x)
+    if len(input_shape) == 3 and input_shape[1] == 1 and x.shape[1:] == (input_shape[0], input_shape[2]):
+        x = x[:, :, None, :]
     if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != tuple(input_shape):
         want = "(N, " + ", ".join(str(s) for s in input_shape) + ")"
+        if len(input_shape) == 3 and input_shape[1] == 1:
+            want = f"(N, {input_shape[0]}, {input_shape[2]}) or {want}"
         raise DataError(f"{what} have shape {tuple(x.shape)}; the model expects {want} (batch first, float "
                         f"values in the model's input domain, e.g. pixel / 255)")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):

@@ -11,7 +11,7 @@ from typing import Any
 
 from imcflow.errors import ModelError
 from imcflow.ir.graph_exec import run_graph
-from imcflow.frontend.normalize import normalize
+from imcflow.frontend.normalize import map_of_1d, normalize
 from imcflow.ir.graph import Graph
 
 __all__ = ["load_graph", "normalize", "run_graph"]
@@ -19,7 +19,8 @@ __all__ = ["load_graph", "normalize", "run_graph"]
 
 def load_graph(model: str | Path | Any, input_shape: tuple[int, ...] | None = None) -> Graph:
     """Import ``model``: a zoo name (see :mod:`imcflow.models`), a path to an ``.onnx`` file, or a
-    ``torch.nn.Module`` (then ``input_shape`` (C, H, W) is required). Raises ModelError."""
+    ``torch.nn.Module`` (then ``input_shape`` (C, H, W), or (C, L) for a 1-D network, is required).
+    Raises ModelError."""
     if isinstance(model, (str, Path)):
         path = Path(model)
         if path.suffix.lower() == ".onnx" or path.exists():
@@ -46,7 +47,8 @@ def load_graph(model: str | Path | Any, input_shape: tuple[int, ...] | None = No
 
 
 def _check_shape(graph: Graph, input_shape: tuple[int, ...] | None) -> Graph:
-    if input_shape is not None and tuple(input_shape) != graph.input_shape:
+    if input_shape is not None and tuple(input_shape) != graph.input_shape and \
+            not (len(input_shape) == 2 and map_of_1d(tuple(input_shape)) == graph.input_shape):  # a 1-D network
         raise ModelError(f"the ONNX model {graph.name!r} takes inputs of shape {graph.input_shape}, not "
                          f"{tuple(input_shape)}; re-export it for that shape or drop input_shape")
     return graph

@@ -360,6 +360,34 @@ def squeeze_shape(shape: tuple[int, ...], dims: list[int] | None) -> tuple[tuple
     return tuple(s for a, s in enumerate(shape, start=1) if a not in axes), None
 
 
+# --- 1-D networks ------------------------------------------------------------------------------
+# A 1-D network (Conv1d over (N, C, L) features, e.g. keyword spotting on MFCCs) is imported as the
+# 2-D network of height 1: its (N, C, L) tensors are (N, C, 1, L) maps, a 1-D window k (stride s,
+# padding p, dilation d) the 2-D window (1, k) (stride (1, s), padding (0, p), dilation (1, d)). The
+# chip maps such a conv like any other (C_in * k rows), so the rest of the flow sees ordinary maps.
+
+def map_of_1d(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The (C, 1, L) map (batch excluded) that holds a 1-D network's (C, L) tensor."""
+    return (shape[0], 1, shape[1])
+
+
+def view_1d(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The (C, L) tensor a 1-D network sees of its (C, 1, L) map (batch excluded)."""
+    return (shape[0], shape[2])
+
+
+def per_axis_of_1d(items: list, height: object) -> list:
+    """Per-axis values of an (N, C, L) tensor (batch first) as those of its (N, C, 1, L) map, the
+    height's being ``height`` (a slice keeps row [0], a pad adds (0, 0))."""
+    return [*items[:2], height, *items[2:]]
+
+
+def input_layout_1d(shape: tuple[int, ...]) -> str:
+    """What reports say about a 1-D network's input of ``shape`` (C, L)."""
+    return (f"1-D network: inputs (N, C, L) = (N, {shape[0]}, {shape[1]}) are taken as maps of height 1, "
+            f"(N, {shape[0]}, 1, {shape[1]}); feed either shape")
+
+
 NON_CHIP_ACTIVATIONS = ("LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "HardSwish", "HardSigmoid", "Tanh",
                         "Softplus", "Softsign", "Mish", "ThresholdedRelu", "SiLU")
 """Activations (ONNX op names; the PyTorch importer maps its modules and functions onto them) that

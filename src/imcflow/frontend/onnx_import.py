@@ -11,6 +11,11 @@ ConstantOfShape on constants); Squeeze of an (N, C, 1, 1) map to (N, C) is a fla
 Mul, Div of a map and a per-channel constant become a batch norm (``x * scale + shift``); Slice of a
 map (channel selection, subsampling ``::s`` of H and W), Split of its channels and Pad with zeros (channels, or H and W
 symmetrically) become 1x1 layers with 0/1 weights (:mod:`imcflow.frontend.normalize`).
+A rank-3 input (N, C, L) makes a 1-D network, imported as the 2-D network of height 1
+(:func:`imcflow.frontend.normalize.map_of_1d`): Conv with a 3-D weight (kernel (1, k)), 1-D
+MaxPool/AveragePool, GlobalAveragePool/GlobalMaxPool, ReduceMean/ReduceMax over the last axis, and
+the ops above on (N, C, L) tensors; torch.export's Unsqueeze to (N, C, 1, L) and Squeeze back around
+a 2-D op are taken as the map itself.
 Channels-last (Keras/tf2onnx) files: a Transpose of the NHWC input to NCHW is the input layout,
 and a Transpose to NHWC before the flatten of a dense layer permutes that layer's weight columns.
 
@@ -40,7 +45,8 @@ from onnx import helper, numpy_helper
 from imcflow.errors import ModelError
 from imcflow.frontend.normalize import (ARITH, NON_CHIP_ACTIVATIONS, activation_fix, affine_params,
                                         channel_constant, channel_selection, dense_grouped_weight, host_output_note,
-                                        pad_layer, slice_layer, split_sizes, squeeze_shape)
+                                        input_layout_1d, map_of_1d, pad_layer, per_axis_of_1d, slice_layer,
+                                        split_sizes, squeeze_shape, view_1d)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 from imcflow.ir.qgraph import receptive_field
 
@@ -144,10 +150,11 @@ class _Importer:
         self.nodes: list[Node] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.meta: dict[str, Any] = {"source": "onnx"}
-        self.onnx_shapes = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
+        self.onnx_shapes = {vi.name: vi for vi in list(g.value_info) + list(g.output) + list(g.input)}
         self.host_output: tuple[str, str, str] | None = None  # (node name, output, op) of a final Softmax
         self.batch: int | None = None
         self.input_name = ""
+        self.one_d = False  # a 1-D network: ONNX's (N, C, L) tensors are the graph's (N, C, 1, L) maps
 
     # --- driver ---------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -193,11 +200,24 @@ class _Importer:
             raise ModelError(f"ONNX input {vi.name!r} is not float32; export the model with a float input")
         self.values[vi.name] = _Tensor(vi.name)
         self.shapes[vi.name] = tuple(shape[1:])
+        if len(shape) == 3:
+            self.one_d = True
+            self.shapes[vi.name] = map_of_1d(tuple(shape[1:]))
+            self.meta["input_layout"] = input_layout_1d(tuple(shape[1:]))
         self.input_name = vi.name
         self.batch = shape[0]  # a fixed export batch (torch.onnx.export's default) or None
-        return vi.name, tuple(shape[1:])
+        return vi.name, self.shapes[vi.name]
 
     # --- helpers --------------------------------------------------------------------------
+    def user_shape(self, node: onnx.NodeProto, i: int = 0) -> tuple[int, ...]:
+        """The shape (batch excluded) ONNX gives input ``i``, a tensor: a 1-D network's (C, 1, L) maps
+        are (C, L) where ONNX declares rank 3 (or declares nothing)."""
+        shape = self.shapes[self.tensor(node, i)]
+        vi = self.onnx_shapes.get(node.input[i])
+        rank = len(vi.type.tensor_type.shape.dim) if vi is not None and vi.type.tensor_type.HasField("shape") \
+            else 3 if self.one_d else 4
+        return view_1d(shape) if len(shape) == 3 and rank == 3 else shape
+
     def tensor(self, node: onnx.NodeProto, i: int) -> str:
         v = self.values.get(node.input[i]) if i < len(node.input) else None
         if isinstance(v, _Squeezed):
@@ -249,6 +269,8 @@ class _Importer:
         if vi is None or not vi.type.tensor_type.HasField("shape"):
             return
         dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if len(dims) == 3 and len(shape) == 3 and shape[1] == 1:  # a 1-D network's (N, C, L) tensor
+            shape = view_1d(shape)
         if dims and all(d is not None for d in dims[1:]) and tuple(dims[1:]) != shape:
             raise _fail(node, f"ONNX declares output shape {tuple(dims[1:])} but the op computes {shape}",
                         "re-export the model so that declared shapes match")
@@ -280,8 +302,16 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
 def _pair_attr(node: onnx.NodeProto, a: dict, key: str, default: int) -> tuple[int, int]:
     v = a.get(key, [default, default])
     if len(v) != 2:
-        raise _fail(node, f"{key}={list(v)} is not 2-D", "use 2-D (N, C, H, W) operations")
+        raise _fail(node, f"{key}={list(v)} is not 1-D or 2-D", "use 1-D (N, C, L) or 2-D (N, C, H, W) operations")
     return (int(v[0]), int(v[1]))
+
+
+def _window_of_1d(a: dict) -> dict:
+    """A 1-D window's attributes (kernel_shape, strides, dilations, pads) as its height-1 2-D window's."""
+    out = {k: [1, *v] if k in ("kernel_shape", "strides", "dilations") and len(v) == 1 else v for k, v in a.items()}
+    if len(a.get("pads", [])) == 2:
+        out["pads"] = [0, a["pads"][0], 0, a["pads"][1]]
+    return out
 
 
 def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int], dilate: bool = False) -> dict[str, Any]:
@@ -317,14 +347,17 @@ def _conv(imp: _Importer, node: onnx.NodeProto) -> None:
     a = _attrs(node)
     x = imp.tensor(node, 0)
     w = imp.const(node, 1)
-    if w.value.ndim != 4:
-        raise _fail(node, f"weight of shape {w.value.shape} is not 2-D convolution (Cout, Cin, kh, kw)",
-                    "use 2-D convolutions only")
-    attrs = _window(node, a, tuple(int(k) for k in w.value.shape[2:]), dilate=True)
+    weight = w.value
+    if weight.ndim == 3:  # a 1-D conv: the height-1 2-D conv
+        weight, a = weight[:, :, None, :], _window_of_1d(a)
+    if weight.ndim != 4:
+        raise _fail(node, f"weight of shape {w.value.shape} is not a 1-D or 2-D convolution (Cout, Cin, [kh,] kw)",
+                    "use 1-D or 2-D convolutions only")
+    attrs = _window(node, a, tuple(int(k) for k in weight.shape[2:]), dilate=True)
     groups = int(a.get("group", 1))
-    params = {"weight": w.value}
+    params = {"weight": weight}
     if groups != 1:  # no grouped mode on the chip: the equivalent dense, block-diagonal weight
-        params["weight"] = dense_grouped_weight(w.value, groups, f"node {node.name!r} (Conv)")
+        params["weight"] = dense_grouped_weight(weight, groups, f"node {node.name!r} (Conv)")
         attrs["groups"] = groups
     b = imp.const(node, 2, required=False)
     if b is not None:
@@ -443,7 +476,7 @@ def _affine(imp: _Importer, node: onnx.NodeProto) -> None:
     i = 0 if isinstance(imp.values.get(node.input[0]), _Tensor) else 1
     x = imp.tensor(node, i)
     where = f"node {_nname(node)!r} ({node.op_type})"
-    c = channel_constant(imp.const(node, 1 - i).value, imp.shapes[x], where)
+    c = channel_constant(imp.const(node, 1 - i).value, imp.user_shape(node, i), where)
     params = affine_params(node.op_type.lower(), c, constant_first=i == 1, where=where)
     imp.add(node, Op.BATCHNORM, [x], {"eps": 0.0, "source_op": node.op_type}, params)
 
@@ -478,6 +511,8 @@ def _pool(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
         a = _attrs(node)
         if len(node.output) > 1 and node.output[1]:
             raise _fail(node, "pooling indices output is used", "do not use the indices")
+        if len(a.get("kernel_shape", [])) == 1:  # a 1-D pool: the height-1 2-D pool
+            a = _window_of_1d(a)
         kernel = _pair_attr(node, a, "kernel_shape", 1)
         attrs = _window(node, a, kernel)
         if op is Op.AVGPOOL and attrs["padding"] != (0, 0) and not a.get("count_include_pad", 0):
@@ -511,17 +546,17 @@ def _global_pool(imp: _Importer, node: onnx.NodeProto, op: Op, x: str, check_sha
 
 
 def _reduce_spatial(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
-    """ReduceMean / ReduceMax over the two spatial axes: global average / max pooling (then a flatten
-    without keepdims)."""
+    """ReduceMean / ReduceMax over the two spatial axes (the last of an (N, C, L) tensor): global
+    average / max pooling (then a flatten without keepdims)."""
     def handler(imp: _Importer, node: onnx.NodeProto) -> None:
         a = _attrs(node)
         x = imp.tensor(node, 0)
         axes = _node_axes(imp, node) or []
-        rank = len(imp.shapes[x]) + 1
-        if rank != 4 or sorted(ax % rank for ax in axes) != [2, 3]:
+        rank = len(imp.user_shape(node)) + 1
+        if len(imp.shapes[x]) != 3 or sorted(ax % rank for ax in axes) != list(range(2, rank)):
             raise _fail(node, f"{node.op_type} over axes {axes} of a rank-{rank} tensor",
-                        f"reduce over the spatial axes (2, 3) of an NCHW map only (a global "
-                        f"{'average' if op is Op.GLOBAL_AVGPOOL else 'max'} pool)")
+                        f"reduce over the spatial axes (2, 3) of an NCHW map, or axis 2 (-1) of an (N, C, L) "
+                        f"tensor, only (a global {'average' if op is Op.GLOBAL_AVGPOOL else 'max'} pool)")
         keep = int(a.get("keepdims", 1))
         pooled = _global_pool(imp, node, op, x, check_shape=bool(keep))
         if not keep:
@@ -575,7 +610,7 @@ def _concat(imp: _Importer, node: onnx.NodeProto) -> None:
         imp.values[node.output[0]] = _Const(np.concatenate([imp.values[i].value for i in node.input], axis=axis))
         return
     inputs = [imp.tensor(node, i) for i in range(len(node.input))]
-    if axis not in (1, -3) or any(len(imp.shapes[i]) != 3 for i in inputs):
+    if axis % (len(imp.user_shape(node)) + 1) != 1 or any(len(imp.shapes[i]) != 3 for i in inputs):
         raise _fail(node, f"concatenation along axis {axis}", "concatenate (N, C, H, W) maps along channels (axis 1)")
     imp.add(node, Op.CONCAT, inputs, {"axis": 0})
 
@@ -605,7 +640,7 @@ def _slice(imp: _Importer, node: onnx.NodeProto) -> None:
         axes = np.asarray(a.get("axes", range(len(starts))))
         steps = np.ones(len(starts), np.int64)
     v = imp.values.get(node.input[0])
-    full = v.value.shape if isinstance(v, _Const) else (1, *imp.shapes[imp.tensor(node, 0)])
+    full = v.value.shape if isinstance(v, _Const) else (1, *imp.user_shape(node))
     index = [list(range(size)) for size in full]
     for ax, st, en, sp in zip(axes, starts, ends, steps):
         ax = int(ax) + len(full) if ax < 0 else int(ax)
@@ -616,7 +651,10 @@ def _slice(imp: _Importer, node: onnx.NodeProto) -> None:
         imp.values[node.output[0]] = _Const(v.value[np.ix_(*index)], v.bits)
         return
     where = f"node {_nname(node)!r} (Slice)"
-    _move_layer(imp, node, slice_layer(full[1:], index[1:], where))
+    shape = imp.shapes[imp.tensor(node, 0)]
+    if full[1:] != shape:  # a 1-D network's (N, C, L) tensor: its map's one row
+        index = per_axis_of_1d(index, [0])
+    _move_layer(imp, node, slice_layer(shape, index[1:], where))
 
 
 def _pad(imp: _Importer, node: onnx.NodeProto) -> None:
@@ -624,7 +662,7 @@ def _pad(imp: _Importer, node: onnx.NodeProto) -> None:
     zeros, on channels or symmetrically on H and W, as a 1x1 layer (:func:`pad_layer`)."""
     a = _attrs(node)
     x = imp.tensor(node, 0)
-    rank = len(imp.shapes[x]) + 1
+    rank = len(imp.user_shape(node)) + 1
     if len(node.input) > 1:
         pads = imp.const(node, 1).value.reshape(-1)
         value = imp.const(node, 2, required=False) if len(node.input) > 2 and node.input[2] else None
@@ -636,6 +674,8 @@ def _pad(imp: _Importer, node: onnx.NodeProto) -> None:
     per_axis = [(0, 0)] * rank
     for k, ax in enumerate(axes):
         per_axis[ax] = (int(pads[k]), int(pads[k + len(axes)]))
+    if rank != len(imp.shapes[x]) + 1:  # a 1-D network's (N, C, L) tensor: its map's height is not padded
+        per_axis = per_axis_of_1d(per_axis, (0, 0))
     mode = a.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     where = f"node {_nname(node)!r} (Pad)"
@@ -649,8 +689,9 @@ def _split(imp: _Importer, node: onnx.NodeProto) -> None:
     x = imp.tensor(node, 0)
     shape = imp.shapes[x]
     axis = int(a.get("axis", 0))
-    if len(shape) != 3 or axis not in (1, -3):
-        raise _fail(node, f"split along axis {axis} of a {(1, *shape)} tensor", "split maps along channels (axis 1)")
+    if len(shape) != 3 or axis % (len(imp.user_shape(node)) + 1) != 1:
+        raise _fail(node, f"split along axis {axis} of a {(1, *imp.user_shape(node))} tensor",
+                    "split maps along channels (axis 1)")
     sizes = imp.const(node, 1, required=False)
     sizes = [int(v) for v in sizes.value.reshape(-1)] if sizes is not None else list(a.get("split", []))
     if not sizes:
@@ -812,7 +853,7 @@ def _constant(imp: _Importer, node: onnx.NodeProto) -> None:
 
 def _shape(imp: _Importer, node: onnx.NodeProto) -> None:
     v = imp.values.get(node.input[0])
-    shape = v.value.shape if isinstance(v, _Const) else (1, *imp.shapes[imp.tensor(node, 0)])
+    shape = v.value.shape if isinstance(v, _Const) else (1, *imp.user_shape(node))
     imp.values[node.output[0]] = _Const(np.array(shape, np.int64))
 
 
@@ -839,6 +880,16 @@ def _unsqueeze(args: list[np.ndarray], a: dict) -> np.ndarray:
     return out
 
 
+def _unsqueeze_1d(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Unsqueeze of a 1-D network's (N, C, L) tensor at axis 2: its (N, C, 1, L) map, as torch.export
+    writes 1-D pooling (Unsqueeze, a 2-D op, Squeeze)."""
+    axes = _node_axes(imp, node) or []
+    if not (imp.one_d and len(imp.user_shape(node)) == 2 and [ax % 4 for ax in axes] == [2]):
+        raise _fail(node, f"unsqueeze of an activation along axes {axes}", "only a 1-D network's (N, C, L) tensor "
+                    "unsqueezed at axis 2 (its (N, C, 1, L) map) maps to the chip; keep activations 4-D (NCHW)")
+    imp.alias(node)
+
+
 def _squeeze(imp: _Importer, node: onnx.NodeProto) -> None:
     """Squeeze: on constants (shape arithmetic), or an (N, C, 1, 1) map to (N, C), which is a flatten."""
     if imp.is_const(node):
@@ -846,12 +897,15 @@ def _squeeze(imp: _Importer, node: onnx.NodeProto) -> None:
         imp.values[node.output[0]] = _Const(np.squeeze(args[0], axis=_axes(args, _attrs(node)) or None))
         return
     v = imp.values.get(node.input[0])
-    x, shape = (v.source, v.shape) if isinstance(v, _Squeezed) else (imp.tensor(node, 0), None)
+    x, shape = (v.source, v.shape) if isinstance(v, _Squeezed) else (imp.tensor(node, 0), imp.user_shape(node))
     dims = _node_axes(imp, node)
     if dims is None:
         raise _fail(node, "Squeeze without axes (torch.squeeze(x)): at an exported batch of 1 it removes the "
                           "batch axis too", "squeeze the spatial axes by number, x.squeeze(-1).squeeze(-1), or flatten")
-    out, problem = squeeze_shape(shape or imp.shapes[x], dims)
+    if imp.one_d and len(shape) == 3 and shape[1] == 1 and [d % 4 for d in dims] == [2]:
+        imp.alias(node)  # the height of a map: the 1-D network's (N, C, L) tensor it holds (torch.export's pools)
+        return
+    out, problem = squeeze_shape(shape, dims)
     if problem:
         raise _fail(node, problem, "only squeezing an (N, C, 1, 1) map to (N, C) (a flatten) is supported")
     if len(out) > 1:
@@ -914,7 +968,7 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "Constant": _constant,
     "Shape": _shape,
     "Gather": _const_op(lambda args, a: np.take(args[0], args[1], axis=a.get("axis", 0))),
-    "Unsqueeze": _const_op(_unsqueeze),
+    "Unsqueeze": lambda imp, node: (_const_op(_unsqueeze) if imp.is_const(node) else _unsqueeze_1d)(imp, node),
     "Squeeze": _squeeze,
     "Slice": _slice,
     "Pad": _pad,

@@ -12,8 +12,12 @@ semantics), slicing ``x[:, c0:c1, ::s, ::s]`` (and chunk/split of the channels) 
 H and W symmetrically) as 1x1 layers with 0/1 weights that normalisation fuses (the option-A
 shortcut of CIFAR ResNets) or moves into the conv that reads them, + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
 or one value per channel (input normalisation ``(x - mean) / std``: a per-channel affine), and a final softmax, log_softmax or sigmoid over the classes (left to the host: the
-graph ends at the logits, ``meta["host_output"]``). Anything else raises a ModelError naming the traced node,
-its op and the fix.
+graph ends at the logits, ``meta["host_output"]``). 1-D networks (``input_shape=(C, L)``) are the 2-D
+networks of height 1 (:func:`imcflow.frontend.normalize.map_of_1d`): nn.Conv1d (kernel (1, k), stride
+(1, s), padding (0, p), dilation (1, d), groups), BatchNorm1d, MaxPool1d/AvgPool1d, AdaptiveAvgPool1d/
+AdaptiveMaxPool1d, their functions, ZeroPad1d/ConstantPad1d and F.pad, mean/amax over dim 2 (-1),
+squeeze(-1), and the ops above on (N, C, L) tensors. Anything else raises a ModelError naming the
+traced node, its op and the fix.
 """
 
 from __future__ import annotations
@@ -30,21 +34,24 @@ from torch import nn
 
 from imcflow.errors import ModelError
 from imcflow.frontend.normalize import (ARITH, activation_fix, affine_params, channel_constant, channel_selection,
-                                        dense_grouped_weight, host_output_note, pad_layer, slice_layer, split_sizes,
-                                        squeeze_shape)
+                                        dense_grouped_weight, host_output_note, input_layout_1d, map_of_1d, pad_layer,
+                                        per_axis_of_1d, slice_layer, split_sizes, squeeze_shape, view_1d)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 from imcflow.ir.qgraph import receptive_field
 
 
 def from_torch(module: nn.Module, input_shape: tuple[int, ...], name: str | None = None) -> Graph:
-    """Trace ``module`` (inference semantics) on inputs of ``input_shape`` (C, H, W), no batch."""
+    """Trace ``module`` (inference semantics) on inputs of ``input_shape`` (C, H, W), no batch; a
+    1-D network's (C, L) inputs are held as (C, 1, L) maps (:func:`map_of_1d`)."""
     if not isinstance(module, nn.Module):
         raise ModelError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
     if input_shape is None:
-        raise ModelError("a torch module needs an input shape (C, H, W) without batch, e.g. input_shape=(3, 32, 32)")
+        raise ModelError("a torch module needs an input shape (C, H, W) without batch, e.g. input_shape=(3, 32, 32) "
+                         "((C, L) for a 1-D network)")
     shape = tuple(int(s) for s in input_shape)
     if not shape or min(shape) <= 0:
-        raise ModelError(f"input shape {tuple(input_shape)} must be positive static sizes (C, H, W) without batch")
+        raise ModelError(f"input shape {tuple(input_shape)} must be positive static sizes (C, H, W) without batch "
+                         f"((C, L) for a 1-D network)")
     try:
         traced = torch.fx.symbolic_trace(module)
     except Exception as exc:  # user code may raise anything while being traced
@@ -61,6 +68,9 @@ class _Importer:
 
     def __init__(self, gm: torch.fx.GraphModule, input_shape: tuple[int, ...], name: str) -> None:
         self.gm, self.input_shape, self.name = gm, input_shape, name
+        self.one_d = len(input_shape) == 2  # a 1-D network: its (N, C, L) tensors are (N, C, 1, L) maps
+        if self.one_d:
+            self.input_shape = map_of_1d(input_shape)
         self.modules = dict(gm.named_modules())
         self.nodes: list[Node] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -68,6 +78,8 @@ class _Importer:
         self.input_name = ""
         self.output = ""
         self.meta: dict[str, Any] = {"source": "torch"}
+        if self.one_d:
+            self.meta["input_layout"] = input_layout_1d(input_shape)
 
     def run(self) -> Graph:
         for fx in self.gm.graph.nodes:
@@ -79,6 +91,11 @@ class _Importer:
         return Graph(self.name, self.input_name, self.input_shape, tuple(self.nodes), self.output, meta=self.meta)
 
     # --- helpers --------------------------------------------------------------------------
+    def user_shape(self, x: str) -> tuple[int, ...]:
+        """Tensor ``x``'s shape (batch excluded) as the model sees it: a 1-D network's maps are (C, L)."""
+        shape = self.shapes[x]
+        return view_1d(shape) if self.one_d and len(shape) == 3 else shape
+
     def squeezed(self, arg: Any) -> tuple | None:
         """("squeezed", source tensor, shape) when ``arg`` is an (N, C, 1, 1) map squeezed part-way."""
         partial = self.alias.get(arg.name) if isinstance(arg, torch.fx.Node) else None
@@ -151,7 +168,17 @@ class _Importer:
             raise self.fail(fx, "unsupported activation", activation_fix(_ACTIVATION_MODULES[type(m)]))
         if handler is None:
             raise self.fail(fx, "unsupported module", f"use only {', '.join(sorted(t.__name__ for t in _MODULES))}")
+        self.check_dims(fx, m)
         handler(self, fx, m)
+
+    def check_dims(self, fx: torch.fx.Node, m: nn.Module) -> None:
+        """A 1-D window module must read an (N, C, L) tensor, a 2-D one an (N, C, H, W) map."""
+        dims = 1 if isinstance(m, _MODULES_1D) else 2 if isinstance(m, _MODULES_2D) else 0
+        shape = self.user_shape(self.tensor(fx, fx.args[0]))
+        if dims and len(shape) != dims + 1:
+            raise self.fail(fx, f"a {dims}-D conv/pooling window on a tensor of shape {shape} (batch excluded)",
+                            "give the 2-D modules (Conv2d, MaxPool2d, ...) (N, C, H, W) maps, input_shape (C, H, W), "
+                            "and the 1-D ones (Conv1d, MaxPool1d, ...) (N, C, L) tensors, input_shape (C, L)")
 
     def visit_function(self, fx: torch.fx.Node) -> None:
         handler = _FUNCTIONS.get(fx.target)
@@ -244,11 +271,20 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
 
 # --- modules ----------------------------------------------------------------------------------
 
-def _conv(imp: _Importer, fx: torch.fx.Node, m: nn.Conv2d) -> None:
+def _window(m: nn.Module, key: str, fill: int) -> tuple[int, int]:
+    """Window attribute ``key`` of a 2-D module, or of a 1-D one as its height-1 2-D window
+    (``fill`` for the height: 1 for a kernel, stride or dilation, 0 for padding)."""
+    v = getattr(m, key)
+    if isinstance(m, _MODULES_1D):
+        return (fill, int(v if isinstance(v, int) else v[0]))
+    return _pair(v)
+
+
+def _conv(imp: _Importer, fx: torch.fx.Node, m: nn.Conv1d | nn.Conv2d) -> None:
     if m.padding_mode != "zeros":
         raise imp.fail(fx, f"padding_mode={m.padding_mode!r}", "use zero padding")
-    kernel = _pair(m.kernel_size)
-    dilation = tuple(d if k > 1 else 1 for k, d in zip(kernel, _pair(m.dilation)))  # one tap: no spacing
+    kernel = _window(m, "kernel_size", 1)
+    dilation = tuple(d if k > 1 else 1 for k, d in zip(kernel, _window(m, "dilation", 1)))  # one tap: no spacing
     span = receptive_field(kernel, dilation)   # the line buffer gathers taps `dilation` apart
     padding = m.padding
     if isinstance(padding, str):
@@ -259,12 +295,14 @@ def _conv(imp: _Importer, fx: torch.fx.Node, m: nn.Conv2d) -> None:
         else:
             raise imp.fail(fx, "padding='same' with an even (dilated) window is asymmetric",
                            "use an odd kernel or explicit padding")
-    params = {"weight": _np(m.weight)}
-    attrs = {"kernel": kernel, "stride": _pair(m.stride), "padding": _pair(padding)}
+    elif isinstance(m, nn.Conv1d):
+        padding = (0, int(padding[0]))
+    params = {"weight": _np(m.weight if isinstance(m, nn.Conv2d) else m.weight[:, :, None, :])}
+    attrs = {"kernel": kernel, "stride": _window(m, "stride", 1), "padding": _pair(padding)}
     if dilation != (1, 1):
         attrs["dilation"] = dilation
     if m.groups != 1:  # no grouped mode on the chip: the equivalent dense, block-diagonal weight
-        params["weight"] = dense_grouped_weight(params["weight"], m.groups, f"module {fx.target!r} (Conv2d)")
+        params["weight"] = dense_grouped_weight(params["weight"], m.groups, f"module {fx.target!r} ({type(m).__name__})")
         attrs["groups"] = m.groups
     if m.bias is not None:
         params["bias"] = _np(m.bias)
@@ -292,18 +330,18 @@ def _clamp(imp: _Importer, fx: torch.fx.Node, lo: float, hi: float) -> None:
     imp.add(fx, Op.CLAMP, [imp.tensor(fx, fx.args[0])], {"min": float(lo), "max": float(hi)})
 
 
-def _pool(imp: _Importer, fx: torch.fx.Node, m: nn.MaxPool2d | nn.AvgPool2d) -> None:
-    kernel = _pair(m.kernel_size)
-    stride = _pair(m.stride) if m.stride is not None else kernel
-    padding = _pair(m.padding)
+def _pool(imp: _Importer, fx: torch.fx.Node, m: nn.MaxPool1d | nn.MaxPool2d | nn.AvgPool1d | nn.AvgPool2d) -> None:
+    kernel = _window(m, "kernel_size", 1)
+    stride = _window(m, "stride", 1) if m.stride is not None else kernel
+    padding = _window(m, "padding", 0)
     if m.ceil_mode:
         raise imp.fail(fx, "ceil_mode=True", "use ceil_mode=False (pad the input instead)")
-    if isinstance(m, nn.MaxPool2d):
-        if _pair(m.dilation) != (1, 1) or m.return_indices:
+    if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
+        if _window(m, "dilation", 1) != (1, 1) or m.return_indices:
             raise imp.fail(fx, "dilated pooling or return_indices", "use dilation=1, return_indices=False")
         op = Op.MAXPOOL
     else:
-        if m.divisor_override is not None or (not m.count_include_pad and padding != (0, 0)):
+        if getattr(m, "divisor_override", None) is not None or (not m.count_include_pad and padding != (0, 0)):
             raise imp.fail(fx, "average pooling whose divisor is not the kernel area",
                            "use count_include_pad=True and no divisor_override")
         op = Op.AVGPOOL
@@ -319,12 +357,15 @@ def _global_pool(imp: _Importer, fx: torch.fx.Node, src: str, kind: str) -> None
         imp.add(fx, Op.MAXPOOL, [src], {"kernel": hw, "stride": hw, "padding": (0, 0)})
 
 
-def _adaptive(imp: _Importer, fx: torch.fx.Node, m: nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d) -> None:
-    kind = "max" if isinstance(m, nn.AdaptiveMaxPool2d) else "average"
+def _adaptive(imp: _Importer, fx: torch.fx.Node, m: nn.Module) -> None:
+    """nn.AdaptiveAvgPool1d/2d, nn.AdaptiveMaxPool1d/2d (a 1-D one's output size L' is (1, L'))."""
+    kind = "max" if isinstance(m, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)) else "average"
     if kind == "max" and m.return_indices:
         raise imp.fail(fx, "adaptive max pooling that returns indices", "use return_indices=False")
     src = imp.tensor(fx, fx.args[0])
     size = m.output_size
+    if isinstance(m, _MODULES_1D):
+        size = (1, size if isinstance(size, int) or size is None else size[0])
     size = (size, size) if isinstance(size, int) else tuple(size)
     hw = imp.shapes[src][1:]
     size = tuple(h if s is None else s for s, h in zip(size, hw))
@@ -338,8 +379,8 @@ def _adaptive(imp: _Importer, fx: torch.fx.Node, m: nn.AdaptiveAvgPool2d | nn.Ad
                 {"kernel": window, "stride": window, "padding": (0, 0)})
     else:
         raise imp.fail(fx, f"adaptive {kind} pooling of a {hw} map to {size} (unequal windows)",
-                       f"use an output size that divides the map, (1, 1), or a fixed "
-                       f"{'Max' if kind == 'max' else 'Avg'}Pool2d")
+                       f"use an output size that divides the map, 1, or a fixed "
+                       f"{'Max' if kind == 'max' else 'Avg'}Pool{'1d' if isinstance(m, _MODULES_1D) else '2d'}")
 
 
 def _flatten_module(imp: _Importer, fx: torch.fx.Node, m: nn.Flatten) -> None:
@@ -360,7 +401,20 @@ _ACTIVATION_FUNCTIONS: dict[Any, str] = {
     F.hardswish: "HardSwish", F.hardsigmoid: "HardSigmoid", torch.tanh: "Tanh", F.tanh: "Tanh",
     F.softplus: "Softplus", F.softsign: "Softsign", F.mish: "Mish", F.silu: "SiLU"}
 
+_MODULES_1D = (nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.ZeroPad1d,
+               nn.ConstantPad1d)
+"""Modules of 1-D networks: they read (N, C, L) tensors (the graph's (N, C, 1, L) maps)."""
+_MODULES_2D = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.ZeroPad2d,
+               nn.ConstantPad2d)
+
 _MODULES: dict[type, Callable] = {
+    nn.Conv1d: _conv,
+    nn.MaxPool1d: _pool,
+    nn.AvgPool1d: _pool,
+    nn.AdaptiveAvgPool1d: _adaptive,
+    nn.AdaptiveMaxPool1d: _adaptive,
+    nn.ZeroPad1d: lambda imp, fx, m: _pad_module(imp, fx, m),
+    nn.ConstantPad1d: lambda imp, fx, m: _pad_module(imp, fx, m),
     nn.Conv2d: _conv,
     nn.Linear: _linear,
     nn.BatchNorm2d: _batchnorm,
@@ -422,7 +476,7 @@ def _arith(imp: _Importer, fx: torch.fx.Node, kind: str) -> None:
                        "layer, or + for residual connections")
     x = imp.tensor(fx, b if ca is not None else a)
     where = f"node {fx.name!r} ({_op_name(imp, fx)})"
-    c = channel_constant(ca if ca is not None else cb, imp.shapes[x], where)
+    c = channel_constant(ca if ca is not None else cb, imp.user_shape(x), where)
     params = affine_params(kind, c, constant_first=ca is not None, where=where)
     imp.add(fx, Op.BATCHNORM, [x], {"eps": 0.0, "source_op": kind}, params)
 
@@ -430,9 +484,9 @@ def _arith(imp: _Importer, fx: torch.fx.Node, kind: str) -> None:
 def _cat(imp: _Importer, fx: torch.fx.Node) -> None:
     tensors = _arg(fx, 0, "tensors", ())
     dim = _arg(fx, 1, "dim", 0)
-    if dim not in (1, -3):
-        raise imp.fail(fx, f"concatenation along dim {dim}", "concatenate along channels (dim=1)")
     inputs = [imp.tensor(fx, t) for t in tensors]
+    if not inputs or dim % (len(imp.user_shape(inputs[0])) + 1) != 1:
+        raise imp.fail(fx, f"concatenation along dim {dim}", "concatenate along channels (dim=1)")
     if any(len(imp.shapes[i]) != 3 for i in inputs):
         raise imp.fail(fx, "concatenation of non-feature-map tensors", "concatenate (N, C, H, W) feature maps")
     imp.add(fx, Op.CONCAT, inputs, {"axis": 0})
@@ -478,7 +532,7 @@ def _getitem(imp: _Importer, fx: torch.fx.Node) -> None:
 
 
 def _slice_tensor(imp: _Importer, fx: torch.fx.Node, x: str, index: tuple) -> None:
-    full = (1, *imp.shapes[x])
+    full = (1, *imp.user_shape(x))
     if any(i is Ellipsis for i in index):
         k = index.index(Ellipsis)
         index = index[:k] + (slice(None),) * (len(full) - len(index) + 1) + index[k + 1:]
@@ -489,7 +543,9 @@ def _slice_tensor(imp: _Importer, fx: torch.fx.Node, x: str, index: tuple) -> No
     if (index[0].start, index[0].stop, index[0].step) not in ((None, None, None), (0, None, None), (0, None, 1)):
         raise imp.fail(fx, "slices the batch axis", "slice only channels or subsample H and W")
     keep = [list(range(*i.indices(size))) for i, size in zip(index, full)]
-    _move_layer(imp, fx, x, slice_layer(full[1:], keep[1:], f"node {fx.name!r} ({_op_name(imp, fx)})"))
+    if full[1:] != imp.shapes[x]:  # a 1-D network's (N, C, L) tensor: its map's one row
+        keep = per_axis_of_1d(keep, [0])
+    _move_layer(imp, fx, x, slice_layer(imp.shapes[x], keep[1:], f"node {fx.name!r} ({_op_name(imp, fx)})"))
 
 
 
@@ -499,8 +555,8 @@ def _split(imp: _Importer, fx: torch.fx.Node, how: str) -> None:
     x = imp.tensor(fx, fx.args[0])
     spec = _arg(fx, 1, "chunks" if how == "chunk" else "split_size_or_sections", None)
     dim = _arg(fx, 2, "dim", 0)
-    if len(imp.shapes[x]) != 3 or dim not in (1, -3):
-        raise imp.fail(fx, f"{how} along dim {dim} of a {(1, *imp.shapes[x])} tensor",
+    if len(imp.shapes[x]) != 3 or dim % (len(imp.user_shape(x)) + 1) != 1:
+        raise imp.fail(fx, f"{how} along dim {dim} of a {(1, *imp.user_shape(x))} tensor",
                        "split (N, C, H, W) maps along the channels (dim=1) only")
     c = imp.shapes[x][0]
     if how == "chunk":
@@ -519,18 +575,21 @@ def _pad_fn(imp: _Importer, fx: torch.fx.Node) -> None:
     _pad(imp, fx, tuple(_arg(fx, 1, "pad", ())), _arg(fx, 2, "mode", "constant"), 0.0 if value is None else value)
 
 
-def _pad_module(imp: _Importer, fx: torch.fx.Node, m: nn.ZeroPad2d | nn.ConstantPad2d) -> None:
+def _pad_module(imp: _Importer, fx: torch.fx.Node, m: nn.Module) -> None:
+    """nn.ZeroPad1d/2d, nn.ConstantPad1d/2d."""
     _pad(imp, fx, tuple(m.padding), "constant", float(m.value))
 
 
 def _pad(imp: _Importer, fx: torch.fx.Node, pad: tuple, mode: str, value: Any) -> None:
     x = imp.tensor(fx, fx.args[0])
-    full = (1, *imp.shapes[x])
+    full = (1, *imp.user_shape(x))
     if len(pad) % 2 or len(pad) > 2 * len(full) or not all(isinstance(v, int) for v in pad):
         raise imp.fail(fx, f"pad {pad}", "give integer (before, after) pairs, last axis first")
     per_axis = [(0, 0)] * len(full)
     for k in range(len(pad) // 2):
         per_axis[len(full) - 1 - k] = (pad[2 * k], pad[2 * k + 1])
+    if full[1:] != imp.shapes[x]:  # a 1-D network's (N, C, L) tensor: its map's height is not padded
+        per_axis = per_axis_of_1d(per_axis, (0, 0))
     where = f"node {fx.name!r} ({_op_name(imp, fx)})"
     _move_layer(imp, fx, x, pad_layer(imp.shapes[x], per_axis, float(value), mode, where))
 
@@ -549,17 +608,18 @@ def _relu(imp: _Importer, fx: torch.fx.Node) -> None:
     imp.add(fx, Op.RELU, [imp.tensor(fx, fx.args[0])])
 
 
-def _pool_fn(op: Op) -> Callable:
-    """F.max_pool2d / F.avg_pool2d, checked like the modules."""
+def _pool_fn(cls: type) -> Callable:
+    """F.max_pool1d/2d / F.avg_pool1d/2d, checked like the modules (``cls``)."""
     def handler(imp: _Importer, fx: torch.fx.Node) -> None:
         kernel = _static_size(imp, fx, _arg(fx, 1, "kernel_size", None))
         stride = _static_size(imp, fx, _arg(fx, 2, "stride", None))
-        cls = nn.MaxPool2d if op is Op.MAXPOOL else nn.AvgPool2d
         kwargs = {k: v for k, v in fx.kwargs.items() if k not in ("input", "kernel_size", "stride")}
-        names = ("padding", "dilation", "ceil_mode", "return_indices") if op is Op.MAXPOOL else \
+        names = ("padding", "dilation", "ceil_mode", "return_indices") if cls in (nn.MaxPool1d, nn.MaxPool2d) else \
             ("padding", "ceil_mode", "count_include_pad", "divisor_override")
         kwargs.update(dict(zip(names, fx.args[3:])))
-        _pool(imp, fx, cls(kernel, stride or None, **kwargs))
+        m = cls(kernel, stride or None, **kwargs)
+        imp.check_dims(fx, m)
+        _pool(imp, fx, m)
     return handler
 
 
@@ -572,7 +632,7 @@ def _static_size(imp: _Importer, fx: torch.fx.Node, arg: Any) -> Any:
     entry = imp.alias.get(arg.name) if isinstance(arg, torch.fx.Node) else None
     if not (isinstance(entry, tuple) and entry[0] in ("size", "size_slice")):
         return arg
-    full = (None, *imp.shapes[imp.tensor(fx, entry[1])])
+    full = (None, *imp.user_shape(imp.tensor(fx, entry[1])))
     if entry[0] == "size_slice":  # x.shape[2:]
         dims = range(len(full))[entry[2]]
         if 0 in dims or not dims:
@@ -591,12 +651,16 @@ def _slice_text(s: slice) -> str:
 
 
 def _adaptive_fn(cls: type) -> Callable:
-    return lambda imp, fx: _adaptive(imp, fx, cls(_arg(fx, 1, "output_size", None)))
+    def handler(imp: _Importer, fx: torch.fx.Node) -> None:
+        m = cls(_arg(fx, 1, "output_size", None))
+        imp.check_dims(fx, m)
+        _adaptive(imp, fx, m)
+    return handler
 
 
 def _spatial_reduce(kind: str) -> Callable:
-    """torch.mean / torch.amax (or the methods) over the spatial dims (2, 3): global average / max
-    pooling, then a flatten unless keepdim."""
+    """torch.mean / torch.amax (or the methods) over the spatial dims (2, 3), or dim 2 of a 1-D
+    network's (N, C, L) tensor: global average / max pooling, then a flatten unless keepdim."""
     what = "mean" if kind == "average" else "amax"
 
     def handler(imp: _Importer, fx: torch.fx.Node) -> None:
@@ -604,10 +668,11 @@ def _spatial_reduce(kind: str) -> Callable:
         dims = _arg(fx, 1, "dim", None)
         dims = [dims] if isinstance(dims, int) else list(dims or [])
         keep = bool(_arg(fx, 2, "keepdim", False))
-        rank = len(imp.shapes[src]) + 1
-        if rank != 4 or sorted(d % rank for d in dims) != [2, 3]:
+        rank = len(imp.user_shape(src)) + 1
+        if len(imp.shapes[src]) != 3 or sorted(d % rank for d in dims) != list(range(2, rank)):
             raise imp.fail(fx, f"{what} over dims {dims} of a rank-{rank} tensor",
-                           f"reduce over the spatial dims (2, 3) of an NCHW map only (a global {kind} pool)")
+                           f"reduce over the spatial dims (2, 3) of an NCHW map, or dim 2 (-1) of an (N, C, L) "
+                           f"tensor, only (a global {kind} pool)")
         _global_pool(imp, fx, src, kind)
         if not keep:
             imp.add(fx, Op.FLATTEN, [imp.alias[fx.name]])
@@ -621,12 +686,13 @@ def _squeeze(imp: _Importer, fx: torch.fx.Node) -> None:
         src, shape = partial[1], partial[2]
     else:
         src = imp.tensor(fx, fx.args[0])
-        shape = imp.shapes[src]
+        shape = imp.user_shape(src)
     dims = _arg(fx, 1, "dim", None)
     dims = [dims] if isinstance(dims, int) else (None if dims is None else list(dims))
     out, problem = squeeze_shape(shape, dims)
     if problem:
-        raise imp.fail(fx, problem, "only squeezing an (N, C, 1, 1) map to (N, C) (a flatten) is supported")
+        raise imp.fail(fx, problem, "only squeezing an (N, C, 1, 1) map (or an (N, C, 1) tensor) to (N, C) "
+                       "(a flatten) is supported")
     if len(out) > 1:  # part-way, as x.squeeze(-1).squeeze(-1) goes: the next squeeze finishes it
         imp.alias[fx.name] = ("squeezed", src, out)
     elif len(imp.shapes[src]) == 1:
@@ -688,8 +754,12 @@ _FUNCTIONS: dict[Any, Callable] = {
     torch.flatten: lambda imp, fx: imp.reshape(fx, "flatten"),
     torch.reshape: lambda imp, fx: imp.reshape(fx, "reshape"),
     F.dropout: _dropout,
-    F.max_pool2d: _pool_fn(Op.MAXPOOL),
-    F.avg_pool2d: _pool_fn(Op.AVGPOOL),
+    F.max_pool1d: _pool_fn(nn.MaxPool1d),
+    F.avg_pool1d: _pool_fn(nn.AvgPool1d),
+    F.max_pool2d: _pool_fn(nn.MaxPool2d),
+    F.avg_pool2d: _pool_fn(nn.AvgPool2d),
+    F.adaptive_avg_pool1d: _adaptive_fn(nn.AdaptiveAvgPool1d),
+    F.adaptive_max_pool1d: _adaptive_fn(nn.AdaptiveMaxPool1d),
     F.adaptive_avg_pool2d: _adaptive_fn(nn.AdaptiveAvgPool2d),
     F.adaptive_max_pool2d: _adaptive_fn(nn.AdaptiveMaxPool2d),
     torch.mean: _mean,
