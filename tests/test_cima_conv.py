@@ -75,17 +75,19 @@ def test_analog_conv_is_seeded():
     assert (a - b).abs().mean() < 0.05 * b.abs().mean() + 225
 
 
-def test_ste_forward_is_bit_true_and_backward_is_scaled_conv_gradient():
+@pytest.mark.parametrize("size, padding, dilation", [(5, 1, 1), (9, 2, 2)])
+def test_ste_forward_is_bit_true_and_backward_is_scaled_conv_gradient(size, padding, dilation):
     g = torch.Generator().manual_seed(3)
-    x, w = _rand(g, (2, 10, 5, 5), 4, False), _rand(g, (3, 10, 3, 3), 4, True)
-    kw = dict(x_bits=4, w_bits=4, x_signed=False, stride=2, padding=1, full_scale=72, adc_bits=8, array_rows=36)
+    x, w = _rand(g, (2, 10, size, size), 4, False), _rand(g, (3, 10, 3, 3), 4, True)
+    kw = dict(x_bits=4, w_bits=4, x_signed=False, stride=2, padding=padding, dilation=dilation, full_scale=72,
+              adc_bits=8, array_rows=36)
     xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
     out = bpbs_conv2d_ste(xs, ws, **kw)
     assert torch.equal(out, bpbs_conv2d(x, w, mode="bit_true", **kw))
     up = torch.randn(out.shape, generator=g, dtype=out.dtype)
     (out * up).sum().backward()
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-    (F.conv2d(xr, wr, stride=2, padding=1) * (256 / 72) * up.float()).sum().backward()
+    (F.conv2d(xr, wr, stride=2, padding=padding, dilation=dilation) * (256 / 72) * up.float()).sum().backward()
     torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-5, atol=1e-4)
     assert xs.grad.dtype == torch.float32 and ws.grad.dtype == torch.float32

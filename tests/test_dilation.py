@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from quant_testnets import images, plain_int_exec  # noqa: E402
 
-from imcflow.cima import bpbs_conv2d, bpbs_conv2d_ste  # noqa: E402
+from imcflow.cima import bpbs_conv2d  # noqa: E402
 from imcflow.cima.conv import planes_conv2d  # noqa: E402
 from imcflow.cima.reference import bpbs_conv2d_reference  # noqa: E402
 from imcflow.compiler.pipeline import compile_qgraph  # noqa: E402
@@ -306,22 +306,6 @@ def test_routing_sends_the_dilated_rows():
 
 
 # --- (e) QAT -------------------------------------------------------------------------------------
-
-def test_ste_backward_is_the_dilated_conv_gradient():
-    g = torch.Generator().manual_seed(3)
-    x, w = _rand(g, (2, 10, 9, 9), 4, False), _rand(g, (3, 10, 3, 3), 4, True)
-    kw = dict(x_bits=4, w_bits=4, x_signed=False, stride=2, padding=2, dilation=2, full_scale=72, adc_bits=8,
-              array_rows=36)
-    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
-    out = bpbs_conv2d_ste(xs, ws, **kw)
-    assert torch.equal(out, bpbs_conv2d(x, w, mode="bit_true", **kw))
-    up = torch.randn(out.shape, generator=g, dtype=out.dtype)
-    (out * up).sum().backward()
-    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-    (F.conv2d(xr, wr, stride=2, padding=2, dilation=2) * (256 / 72) * up.float()).sum().backward()
-    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-5, atol=1e-4)
-
 
 def test_qat_trains_a_dilated_conv_and_matches_the_integer_export():
     net = prepare_qat(_net(), SHAPE, TINY, calib=images(16, SHAPE), input_scale=1 / 255)

@@ -313,6 +313,20 @@ class Stream:
     copy: int = 0
     """PSUM and ACC: the layer copy."""
 
+    @property
+    def core_key(self) -> object:
+        """What the stream's data is in a core's memory: a tensor, a row tile's partial sums, or a
+        layer's accumulator (the simulator's functional store and its timing both key by it)."""
+        if self.kind == StreamKind.PSUM:
+            return ("psum", self.tensor, self.row_tile)
+        return ("acc", self.tensor) if self.kind == StreamKind.ACC else self.tensor
+
+    @property
+    def offchip_key(self) -> object:
+        """What the stream's data is in off-chip memory: a tensor, or a spilled accumulator by the
+        number of row tiles it sums."""
+        return ("acc", self.tensor, self.row_tile) if self.kind == StreamKind.ACC else self.tensor
+
 
 @dataclass(frozen=True)
 class Route:

@@ -172,18 +172,6 @@ def _run_phase(ctx: _Ctx, phase: Phase) -> None:
         raise SimError(f"phase {phase.index}: deadlock, tasks wait for data never produced: {'; '.join(blocked[:4])}")
 
 
-def _key(s) -> object:
-    """Where a stream's data lives in a core's memory."""
-    if s.kind == StreamKind.PSUM:
-        return ("psum", s.tensor, s.row_tile)
-    return ("acc", s.tensor) if s.kind == StreamKind.ACC else s.tensor
-
-
-def _offchip_key(s) -> object:
-    """Where a stream's data lives in off-chip memory (an accumulator by the row tiles it sums)."""
-    return ("acc", s.tensor, s.row_tile) if s.kind == StreamKind.ACC else s.tensor
-
-
 def _shape(ctx: _Ctx, s) -> tuple[int, int, int]:
     node_or_in = ctx.prog.qgraph.spec(s.tensor)
     c, h, w = _chw(node_or_in)
@@ -191,7 +179,7 @@ def _shape(ctx: _Ctx, s) -> tuple[int, int, int]:
 
 
 def _read_piece(ctx: _Ctx, store: _Store, s, what: str) -> np.ndarray:
-    key = _offchip_key(s) if store is ctx.offchip else _key(s)
+    key = s.offchip_key if store is ctx.offchip else s.core_key
     if not store.has(key, (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi)):
         raise _Blocked(f"{what}: the source does not hold {key} oc[{s.oc_lo}:{s.oc_hi}] px[{s.px_lo}:{s.px_hi}]")
     return store.get(key, (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi)).copy()
@@ -205,7 +193,7 @@ def _execute(ctx, phase, core, ins, mem: _Store, loaded, tiles, streams, sent) -
         s = streams[ins.stream]
         if core not in s.dsts:
             raise SimError(f"{where}: core is not a destination of stream {s.stream_id}")
-        mem.put(_key(s), _shape(ctx, s), (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi), sent[s.stream_id])
+        mem.put(s.core_key, _shape(ctx, s), (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi), sent[s.stream_id])
     elif op == InstrKind.SEND:
         s = streams[ins.stream]
         if s.src != core:
@@ -215,7 +203,7 @@ def _execute(ctx, phase, core, ins, mem: _Store, loaded, tiles, streams, sent) -
             if s.kind == StreamKind.PSUM:
                 raise SimError(f"{where}: a row tile's partial sums may not leave the chip (stream {s.stream_id}); "
                                f"spill the accumulator (an ACC stream)")
-            ctx.offchip.put(_offchip_key(s), _shape(ctx, s), (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi), sent[s.stream_id])
+            ctx.offchip.put(s.offchip_key, _shape(ctx, s), (s.oc_lo, s.oc_hi), (s.px_lo, s.px_hi), sent[s.stream_id])
     elif op == InstrKind.MVM:
         _mvm(ctx, where, core, ins, mem, loaded, tiles)
     elif op == InstrKind.ACCUMULATE:

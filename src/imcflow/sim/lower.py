@@ -69,18 +69,6 @@ class Lowered:
 
 
 
-def _core_key(s) -> object:
-    """Availability key of a stream's data on a core (as :mod:`imcflow.sim.functional` keeps it)."""
-    if s.kind == StreamKind.PSUM:
-        return ("psum", s.tensor, s.row_tile)
-    return ("acc", s.tensor) if s.kind == StreamKind.ACC else s.tensor
-
-
-def _offchip_key(s) -> object:
-    """Off-chip identity of a stream's data: a tensor, or a spilled accumulator by its row tiles."""
-    return ("acc", s.tensor, s.row_tile) if s.kind == StreamKind.ACC else s.tensor
-
-
 def _add(d: dict, key, c: EventCounts) -> None:
     d[key] = d.get(key, EventCounts()) + c
 
@@ -220,12 +208,12 @@ class _Lowerer:
     def send(self, phase: Phase, s, b: int, avail) -> list[int]:
         chip, pi = self.chip, phase.index
         per_px = s.bits / max(1, (s.oc_hi - s.oc_lo) * (s.px_hi - s.px_lo))
-        key = _core_key(s)
+        key = s.core_key
         hops = self.hops.get(s.stream_id, 0)
         by_chunk, ops = {}, []
         chunks = self.chunks(s.tensor, s.px_lo, s.px_hi)
         if s.src == IN_PORT:
-            all_deps = [self.offchip.get((_offchip_key(s), b), []) for _ in chunks]
+            all_deps = [self.offchip.get((s.offchip_key, b), []) for _ in chunks]
         else:
             all_deps = [self.deps_for(avail, key, s.oc_lo, s.oc_hi, k, k, f"phase {pi} core {s.src} SEND s{s.stream_id}")
                         for k, _, _ in chunks]
@@ -245,7 +233,7 @@ class _Lowerer:
             if OUT_PORT in s.dsts:
                 out_op = self.new("io.out", bits / chip.io.out_bits_per_cycle * self.cyc, OpKind.IO_OUT, [op], -1,
                                   s.tensor, b, phase=pi)
-                self.offchip[(_offchip_key(s), b)].append(out_op)
+                self.offchip[(s.offchip_key, b)].append(out_op)
                 if s.tensor == self.p.qgraph.output:
                     self.out.image_done[b].append(out_op)
                 c = c + EventCounts(offchip_bits=bits)
@@ -261,7 +249,7 @@ class _Lowerer:
         where = f"phase {pi} core {core} {ins}"
         if ins.op == InstrKind.RECV:
             s = self.streams[ins.stream]
-            key = _core_key(s)
+            key = s.core_key
             avail[key].append((s.oc_lo, s.oc_hi, self.sends[(s.stream_id, b)]))
             return []
         if ins.op == InstrKind.SEND:
