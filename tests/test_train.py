@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from imcflow.cli import main
+from imcflow.errors import DataError
 from imcflow.models.cnn11 import load_trained
 from imcflow.train import TrainConfig, TrainError, train
 from imcflow.train.augment import cutout, cutout_reference, random_crop_flip, random_crop_flip_reference
@@ -63,16 +64,18 @@ def test_cutout_fast_equals_reference() -> None:
     assert torch.equal(cutout(images, 0, torch.Generator()), images)
 
 
-def test_augment_fast_equals_reference() -> None:
-    images = torch.randint(0, 256, (9, 3, 8, 8), dtype=torch.uint8)
-    fast = random_crop_flip(images, 3, torch.Generator().manual_seed(5))
-    slow = random_crop_flip_reference(images, 3, torch.Generator().manual_seed(5))
+@pytest.mark.parametrize("shape,flip", [((9, 3, 8, 8), True), ((9, 1, 5, 11), True), ((9, 1, 5, 11), False)])
+def test_augment_fast_equals_reference(shape, flip) -> None:
+    images = torch.randint(0, 256, shape, dtype=torch.uint8)
+    fast = random_crop_flip(images, 3, torch.Generator().manual_seed(5), flip=flip)
+    slow = random_crop_flip_reference(images, 3, torch.Generator().manual_seed(5), flip=flip)
     assert torch.equal(fast, slow)
     assert fast.dtype == torch.uint8 and fast.shape == images.shape
     assert not torch.equal(fast, images)  # it does move pixels
     # zero shift and no flip leave an image unchanged: pad 0 means only flips happen
     flipped = random_crop_flip(images, 0, torch.Generator().manual_seed(1))
     assert all(torch.equal(f, i) or torch.equal(f, i.flip(2)) for f, i in zip(flipped, images))
+    assert torch.equal(random_crop_flip(images, 0, torch.Generator().manual_seed(1), flip=False), images)
 
 
 def test_interrupted_run_resumes_where_it_stopped(fake_cifar: Path, tmp_path: Path) -> None:
@@ -267,12 +270,12 @@ def test_recompute_batchnorm_gives_plain_averages() -> None:
     recompute_batchnorm(net, images, "cpu", seed=1, batch_size=10)
     assert not net.training and net[1].momentum == 0.1  # eval mode, momentum restored
     # the same crops: the running mean is the mean of the two batches' means
-    from imcflow.train.augment import random_crop_flip
-    from imcflow.train.loop import PAD_PX, to_model_input
+    from imcflow.train.augment import augment
+    from imcflow.train.loop import to_model_input
 
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        means = [net[0](to_model_input(random_crop_flip(images[i:i + 10], PAD_PX, gen), "cpu")).mean((0, 2, 3))
+        means = [net[0](to_model_input(augment(images[i:i + 10], "crop-flip", gen), "cpu")).mean((0, 2, 3))
                  for i in (0, 10)]
     assert torch.allclose(net[1].running_mean, (means[0] + means[1]) / 2, atol=1e-5)
 
@@ -366,7 +369,7 @@ def test_onnx_training_refuses_other_input_shapes_and_export(fake_cifar: Path, t
     from torch import nn
     path = tmp_path / "mnist.onnx"
     _export_onnx(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval(), torch.rand(1, 1, 28, 28), path)
-    with pytest.raises(TrainError, match=r"takes \(1, 28, 28\) inputs; imcflow train trains on CIFAR-10"):
+    with pytest.raises(DataError, match=r"is read as CIFAR-10 .* takes \(1, 28, 28\) inputs and gives 10 outputs"):
         train(_cfg(fake_cifar, tmp_path / "o", tmp_path / "c", model=str(path), epochs_float=0, epochs_qat=1))
     assert main(["train", str(path), "--data", str(fake_cifar), "--out", str(tmp_path / "o"), "--export"]) == 2
     assert "an ONNX network's result is the run folder's qat.qgraph.json" in capsys.readouterr().err

@@ -10,14 +10,23 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     """Add the ``train`` subcommand."""
-    p = subparsers.add_parser("train", help="train a zoo model (float, then quantisation-aware); resumable",
+    p = subparsers.add_parser("train", help="train a zoo model (float, then quantisation-aware), or QAT of an "
+                                            "ONNX network; on CIFAR-10 or your own .npy images; resumable",
                               description=__doc__.splitlines()[0])
-    p.add_argument("model", help="zoo model name, e.g. cifar10-cnn11, or an .onnx float CIFAR-10 network "
-                                 "(pixel / 255 inputs; QAT only: --epochs-float 0 --epochs-qat N)")
-    p.add_argument("--data", help="CIFAR-10 folder (train.tar.gz/test.tar.gz or python batches); needed to train")
+    p.add_argument("model", help="zoo model name, e.g. cifar10-cnn11, or an .onnx float image classifier of any "
+                                 "(C, H, W) input and class count (pixel / 255 inputs; QAT only: --epochs-float 0 "
+                                 "--epochs-qat N)")
+    p.add_argument("--data", help="CIFAR-10 folder (train.tar.gz/test.tar.gz or python batches), or a folder of "
+                                  "train_x.npy, train_y.npy, test_x.npy, test_y.npy: uint8 images (N, H, W, C) or "
+                                  "(N, C, H, W) (the layout that fits the model's input shape; refused when both "
+                                  "fit) and integer labels (N,) in [0, classes); needed to train")
     p.add_argument("--out", required=True, help="run folder; an existing last.ckpt there is resumed")
     p.add_argument("--epochs-float", type=int, default=30, help="float pre-training epochs (default 30)")
     p.add_argument("--epochs-qat", type=int, default=0, help="quantisation-aware epochs after the float phase")
+    p.add_argument("--augment", choices=("crop-flip", "crop", "none"), default="crop-flip",
+                   help="training augmentation: random crop of the zero-padded image (1/8 of the side, 4 px for "
+                        "32x32) and horizontal flip (default, as for CIFAR-10); 'crop' without the flip, for "
+                        "digits, text and signs, which a mirror changes (MNIST, SVHN, GTSRB); 'none'")
     p.add_argument("--cutout", type=int, default=0, metavar="PX",
                    help="Cutout augmentation: zero a PX x PX square of each training image (default 0: off)")
     p.add_argument("--adc-full-scale", choices=("calibrated", "rows"), default="calibrated",
@@ -70,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if args.export_only:
         return _export(args)
     if not args.data:
-        raise TrainError("imcflow train needs --data DIR (the CIFAR-10 folder) unless --export-only is given")
+        raise TrainError("imcflow train needs --data DIR (the CIFAR-10 folder, or a folder of train_x.npy, "
+                         "train_y.npy, test_x.npy, test_y.npy) unless --export-only is given")
     if args.threads is not None:
         if args.threads < 1:
             raise TrainError(f"--threads {args.threads}: must be >= 1")
@@ -81,10 +91,11 @@ def run(args: argparse.Namespace) -> int:
         lr_float=args.lr, lr_qat=args.lr_qat,
         seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test, cache_dir=args.cache_dir,
         resume_from=args.resume_from, init_from=args.init_from, device=args.device, bf16=args.bf16, swa=args.swa, chip=args.chip,
-        adc_full_scale=args.adc_full_scale, cutout_px=args.cutout, distill_from=tuple(args.distill_from),
+        adc_full_scale=args.adc_full_scale, augment=args.augment, cutout_px=args.cutout, distill_from=tuple(args.distill_from),
         distill_weight=args.distill_weight, distill_temp=args.distill_temp)
     print(f"imcflow train {args.model}: out={args.out} threads={torch.get_num_threads()} "
-          f"epochs float={cfg.epochs_float} qat={cfg.epochs_qat} batch={cfg.batch_size} seed={cfg.seed}"
+          f"epochs float={cfg.epochs_float} qat={cfg.epochs_qat} batch={cfg.batch_size} seed={cfg.seed} "
+          f"augment={cfg.augment}"
           + (f" teachers={len(cfg.distill_from)}" if cfg.distill_from else ""), flush=True)
 
     def on_epoch(r) -> None:

@@ -1,41 +1,58 @@
 """Batched data augmentation on uint8 NCHW tensors: random crop with zero padding, horizontal flip.
 
 Done in torch on whole batches (no PIL per image): an index gather picks each image's crop window.
+``augment(images, mode, generator)`` applies one of :data:`AUGMENTS`: "crop-flip" (CIFAR-10's), "crop"
+(no mirroring: for digits, text and signs, which a flip changes) or "none".
 """
 
 from __future__ import annotations
 
 import torch
 
+AUGMENTS: tuple[str, ...] = ("crop-flip", "crop", "none")
 
-def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+
+def crop_pad(h: int, w: int) -> int:
+    """Zero padding of the random crop: 1/8 of the shorter side (4 px for CIFAR-10's 32 x 32), at least 1."""
+    return max(1, round(min(h, w) / 8))
+
+
+def augment(images: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """``images`` (uint8 N, C, H, W) augmented by ``mode`` (one of :data:`AUGMENTS`); "none" draws nothing."""
+    if mode == "none":
+        return images
+    return random_crop_flip(images, crop_pad(*images.shape[2:]), generator, flip=mode == "crop-flip")
+
+
+def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
     """Each image of ``images`` (uint8 N, C, H, W) shifted by a random crop of its ``pad``-px zero-padded
-    copy, then mirrored left-right with probability 1/2. Draws from ``generator`` only."""
+    copy, then (``flip``) mirrored left-right with probability 1/2. Draws from ``generator`` only."""
     n, c, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
+    mirror = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
     rows = dy[:, None] + torch.arange(h)[None, :]                          # (n, h)
     cols = torch.arange(w)[None, :].expand(n, w)
-    cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]    # (n, w), mirrored when flipped
+    cols = torch.where(mirror[:, None], cols.flip(1), cols) + dx[:, None]    # (n, w), mirrored when flipped
     idx_n = torch.arange(n)[:, None, None, None]
     idx_c = torch.arange(c)[None, :, None, None]
     return padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def random_crop_flip_reference(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip_reference(images: torch.Tensor, pad: int, generator: torch.Generator,
+                               flip: bool = True) -> torch.Tensor:
     """Slow per-image version of :func:`random_crop_flip` (same draws, same result): the spec."""
     n, _, h, w = images.shape
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
+    mirror = torch.rand(n, generator=generator) < 0.5 if flip else [False] * n
     out = torch.empty_like(images)
     for i in range(n):
         canvas = torch.zeros(images.shape[1], h + 2 * pad, w + 2 * pad, dtype=images.dtype)
         canvas[:, pad:pad + h, pad:pad + w] = images[i]
         crop = canvas[:, int(dy[i]):int(dy[i]) + h, int(dx[i]):int(dx[i]) + w]
-        out[i] = crop.flip(2) if flip[i] else crop
+        out[i] = crop.flip(2) if mirror[i] else crop
     return out
 
 

@@ -29,7 +29,8 @@ def command_from_config(cfg: dict) -> str:
     """The ``imcflow train`` command line that reproduces a run with config ``cfg`` (a TrainConfig as dict)."""
     default = TrainConfig(data_root="", out_dir="")
     flags = [("epochs_float", "--epochs-float"), ("epochs_qat", "--epochs-qat"),
-             ("qat_ideal_epochs", "--qat-ideal-epochs"), ("batch_size", "--batch-size"), ("cutout_px", "--cutout"),
+             ("qat_ideal_epochs", "--qat-ideal-epochs"), ("batch_size", "--batch-size"), ("augment", "--augment"),
+             ("cutout_px", "--cutout"),
              ("lr_float", "--lr"), ("lr_qat", "--lr-qat"), ("seed", "--seed"), ("limit_train", "--limit-train"),
              ("limit_test", "--limit-test"), ("device", "--device"), ("chip", "--chip"),
              ("adc_full_scale", "--adc-full-scale")]

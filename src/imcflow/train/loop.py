@@ -2,8 +2,8 @@
 
 Recipe (chosen for few epochs on a CPU): SGD with Nesterov momentum 0.9, weight decay 5e-4 on
 conv/linear weights, label smoothing 0.1, batch 256, a one-cycle learning rate per batch in the float
-phase and a cosine decay in the QAT phase; augmentation is a random crop of the 4-px zero-padded image
-and a horizontal flip, done on uint8 tensors in memory (:mod:`imcflow.train.augment`). With ``swa``
+phase and a cosine decay in the QAT phase; augmentation (``augment``) is a random crop of the zero-padded
+image (4 px for 32 x 32) and a horizontal flip, done on uint8 tensors in memory (:mod:`imcflow.train.augment`). With ``swa``
 the float phase is stochastic weight averaging instead: a constant rate, and the mean of the
 per-epoch weights (batch norms re-estimated) as its result.
 
@@ -12,11 +12,16 @@ epoch, RNG states, best accuracy, history) and, when the test accuracy improved,
 (a bare state_dict). Started again with the same ``out_dir`` it continues from ``last.ckpt``; a
 resumed run draws the same random numbers as an uninterrupted one. ``resume_from`` starts a new
 ``out_dir`` from a checkpoint or a bare float state_dict (then only the QAT phase runs).
+
+The data are CIFAR-10 or a user's four .npy files (:mod:`imcflow.data.npy`), told apart by the folder's
+contents; images must fit the network's input shape and labels its outputs. A checkpoint records the
+data it trained on (format, shapes, a digest, the augmentation): a resume on other data is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,16 +33,20 @@ import torch
 from torch import nn
 
 from imcflow.data import load_cifar10
-from imcflow.models import get_model
+from imcflow.data.npy import FILES as NPY_FILES
+from imcflow.data.npy import is_npy_dataset, load_npy
+from imcflow.errors import DataError
+from imcflow.models import get_model, input_shape
 from imcflow.quant.calibrate import ADC_FULL_SCALES
-from imcflow.train.augment import cutout, random_crop_flip
+from imcflow.train.augment import AUGMENTS, augment, cutout
 from imcflow.train.checkpoint import (FORMAT, TrainError, float_weights, is_full_checkpoint, load_checkpoint,
                                      save_atomic)
 from imcflow.train.distill import Teachers, distill_loss
 
 PHASES = ("float", "qat")
 LAST = "last.ckpt"
-PAD_PX = 4
+CIFAR10_SHAPE = (3, 32, 32)
+CIFAR10_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,8 @@ class TrainConfig:
     """Everything that decides a training run (recorded in every checkpoint)."""
 
     data_root: str
-    """CIFAR-10 folder or archive (see :func:`imcflow.data.load_cifar10`)."""
+    """CIFAR-10 folder or archive (see :func:`imcflow.data.load_cifar10`), or a folder of the four .npy
+    files of a user's dataset (see :mod:`imcflow.data.npy`)."""
     out_dir: str
     """Run folder: last.ckpt, best-float.pt, float.pt, best-qat.pt, qat.pt."""
     model: str = "cifar10-cnn11"
@@ -62,6 +72,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    augment: str = "crop-flip"
+    """Training-image augmentation, one of :data:`imcflow.train.augment.AUGMENTS`: "crop-flip" (random
+    crop and horizontal flip), "crop" (no flip: for digits and text, which a mirror changes) or "none"."""
     cutout_px: int = 0
     """Side of the Cutout square (DeVries and Taylor, 2017) applied after crop and flip in every
     phase; 0 = off."""
@@ -137,10 +150,11 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class _Data:
-    train_x: torch.Tensor  # uint8 N, 3, 32, 32
+    train_x: torch.Tensor  # uint8 N, C, H, W
     train_y: torch.Tensor  # int64 N
     test_x: torch.Tensor
     test_y: torch.Tensor
+    identity: dict  # what a checkpoint records to refuse a resume on other data (see _data_identity)
 
 
 def train(cfg: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None = None,
@@ -154,7 +168,9 @@ def train(cfg: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None = Non
     if cfg.device == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     ckpt = _starting_checkpoint(cfg)
-    data = _load_data(cfg)
+    data = _load_data(cfg, *_model_io(cfg))
+    if ckpt is not None:
+        _check_same_data(ckpt, data, cfg)
     history = [EpochRecord(**r) for r in ckpt["history"]] if ckpt else []
     best = dict(ckpt["best_acc"]) if ckpt else {}
     float_state = ckpt.get("float_model") if ckpt else None
@@ -182,6 +198,8 @@ def _check_config(cfg: TrainConfig) -> None:
             raise TrainError(f"--{name.replace('_', '-')} = {value}: must be {'>= 1' if name == 'batch_size' else '>= 0'}")
     if cfg.adc_full_scale not in ADC_FULL_SCALES:
         raise TrainError(f"--adc-full-scale {cfg.adc_full_scale!r}: choose one of {', '.join(ADC_FULL_SCALES)}")
+    if cfg.augment not in AUGMENTS:
+        raise TrainError(f"--augment {cfg.augment!r}: choose one of {', '.join(AUGMENTS)}")
     if not 0 <= cfg.cutout_px <= 32:
         raise TrainError(f"--cutout {cfg.cutout_px}: must be from 0 (off) to 32 pixels")
     if not 0 <= cfg.qat_ideal_epochs <= cfg.epochs_qat:
@@ -206,9 +224,9 @@ def is_onnx_model(model: str) -> bool:
 
 
 def _check_onnx_model(cfg: TrainConfig) -> None:
-    """An ONNX network is trained by QAT alone, from the float weights in the file, on CIFAR-10."""
+    """An ONNX network is trained by QAT alone, from the float weights in the file."""
     if not Path(cfg.model).is_file():
-        raise TrainError(f"ONNX model {cfg.model} not found: give the path of a float CIFAR-10 network "
+        raise TrainError(f"ONNX model {cfg.model} not found: give the path of a float network "
                          f"(e.g. saved with torch.onnx.export), taking pixel / 255 inputs")
     if cfg.epochs_float or not cfg.epochs_qat:
         raise TrainError(f"{cfg.model}: an ONNX network's float weights are taken as trained and only its QAT runs "
@@ -218,20 +236,53 @@ def _check_onnx_model(cfg: TrainConfig) -> None:
         if given:
             raise TrainError(f"{flag} applies to zoo models; an ONNX network's QAT starts from the weights in "
                              f"{cfg.model} (rerun with the same --out to resume an interrupted run)")
-    from imcflow.frontend import load_graph
-
-    shape = tuple(load_graph(cfg.model).input_shape)
-    if shape != (3, 32, 32):
-        raise TrainError(f"{cfg.model} takes {shape} inputs; imcflow train trains on CIFAR-10, (3, 32, 32) images "
-                         f"given as pixel / 255")
 
 
 # ---------------------------------------------------------------- data
 
-def _load_data(cfg: TrainConfig) -> _Data:
-    train_x, train_y = _subset(*load_cifar10(cfg.data_root, "train", cfg.cache_dir), cfg.limit_train, cfg.seed)
-    test_x, test_y = _subset(*load_cifar10(cfg.data_root, "test", cfg.cache_dir), cfg.limit_test, cfg.seed + 1)
-    return _Data(_to_nchw(train_x), torch.from_numpy(train_y), _to_nchw(test_x), torch.from_numpy(test_y))
+def _model_io(cfg: TrainConfig) -> tuple[tuple[int, int, int], int]:
+    """(input shape C, H, W; number of outputs) of the network to train."""
+    if is_onnx_model(cfg.model):
+        from imcflow.frontend import load_graph
+
+        graph = load_graph(cfg.model)
+        shape, out = tuple(graph.input_shape), graph.shape(graph.output)
+        if len(shape) != 3 or len(out) != 1:
+            raise TrainError(f"{cfg.model} maps {shape} inputs to {out} outputs; imcflow train trains image "
+                             f"classifiers: (C, H, W) pixel / 255 inputs, (classes,) logits")
+        return shape, int(out[0])
+    model = get_model(cfg.model).eval()
+    shape = input_shape(cfg.model)
+    with torch.no_grad():
+        return shape, int(model(torch.zeros((1,) + shape)).shape[-1])
+
+
+def _load_data(cfg: TrainConfig, shape: tuple[int, int, int], classes: int) -> _Data:
+    """The training and test images (uint8 NCHW) for a network of input ``shape`` and ``classes`` outputs."""
+    if is_npy_dataset(cfg.data_root):
+        fmt = "npy"
+        train_x, train_y = load_npy(cfg.data_root, "train", shape, classes)
+        test_x, test_y = load_npy(cfg.data_root, "test", shape, classes)
+    else:
+        fmt = "cifar10"
+        if shape != CIFAR10_SHAPE or classes < CIFAR10_CLASSES:
+            raise DataError(f"{cfg.data_root} is read as CIFAR-10 ({CIFAR10_SHAPE} images, {CIFAR10_CLASSES} "
+                            f"classes), but {cfg.model} takes {shape} inputs and gives {classes} outputs: give a "
+                            f"network for CIFAR-10, or a folder with {', '.join(NPY_FILES)} for this network")
+        train_x, train_y = _nhwc_to_nchw(*load_cifar10(cfg.data_root, "train", cfg.cache_dir))
+        test_x, test_y = _nhwc_to_nchw(*load_cifar10(cfg.data_root, "test", cfg.cache_dir))
+    train_x, train_y = _subset(train_x, train_y, cfg.limit_train, cfg.seed)
+    test_x, test_y = _subset(test_x, test_y, cfg.limit_test, cfg.seed + 1)
+    identity = {"format": fmt, "augment": cfg.augment, "train": train_x.shape, "test": test_x.shape,
+                "sha1": _digest(train_x, train_y, test_x, test_y)}
+    return _Data(*(torch.from_numpy(a) for a in (train_x, train_y, test_x, test_y)), identity=identity)
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a))
+    return h.hexdigest()
 
 
 def _subset(x: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -241,8 +292,8 @@ def _subset(x: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> tuple
     return x[idx], y[idx]
 
 
-def _to_nchw(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+def _nhwc_to_nchw(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels
 
 
 def to_model_input(images: torch.Tensor, device: str) -> torch.Tensor:
@@ -270,9 +321,9 @@ def _starting_checkpoint(cfg: TrainConfig) -> dict | None:
     return {"format": FORMAT, "phase": "float", "float_model": state, "history": [], "best_acc": {}}
 
 
-def _checkpoint(cfg, phase, epoch, steps, model, opt, sched, gen, float_state, history, best, swa=None) -> dict:
+def _checkpoint(cfg, phase, epoch, steps, model, opt, sched, gen, float_state, history, best, data, swa=None) -> dict:
     return {
-        "format": FORMAT, "config": asdict(cfg), "phase": phase, "epoch": epoch,
+        "format": FORMAT, "config": asdict(cfg), "phase": phase, "epoch": epoch, "data": data.identity,
         "schedule": {"epochs": cfg.epochs(phase), "steps_per_epoch": steps, "batch_size": cfg.batch_size,
                      **({"ideal_epochs": cfg.qat_ideal_epochs} if phase == "qat" else {}),
                      **({"swa": True} if phase == "float" and cfg.swa else {})},
@@ -289,6 +340,18 @@ def _check_float_done(cfg: TrainConfig, history: list[EpochRecord]) -> None:
     if cfg.epochs_float not in (0, done):
         raise TrainError(f"the float phase of this checkpoint is already done ({done} epochs, or given as weights); "
                          f"pass --epochs-float {done} (or 0) to go on with QAT, or start a new --out")
+
+
+def _check_same_data(ckpt: dict, data: _Data, cfg: TrainConfig) -> None:
+    """A checkpoint goes on only with the data (and augmentation) it was made with; older ones recorded none."""
+    have = ckpt.get("data")
+    if have is None or have == data.identity:
+        return
+    diff = ", ".join(f"{k} {have.get(k)} -> {v}" for k, v in data.identity.items() if have.get(k) != v)
+    raise TrainError(f"the checkpoint of {cfg.out_dir if cfg.resume_from is None else cfg.resume_from} was trained on "
+                     f"other data than {cfg.data_root} gives ({diff}): rerun with its --data, --augment, --limit-train "
+                     f"and --limit-test, or use a new --out (to fine-tune its float weights on these data, pass its "
+                     f"float.pt to --resume-from)")
 
 
 def _check_resume(resume: dict, cfg: TrainConfig, phase: str, steps: int) -> None:
@@ -359,7 +422,7 @@ def _run_phase(phase, cfg, data, resume, float_state, history, best, on_epoch, o
 
                 best["qat_int"] = int_accuracy(model, data.test_x, data.test_y)
         fs = final_state if (phase == "float" and done) else float_state
-        save_atomic(_checkpoint(cfg, phase, epoch + 1, steps, model, opt, sched, gen, fs, history, best, swa),
+        save_atomic(_checkpoint(cfg, phase, epoch + 1, steps, model, opt, sched, gen, fs, history, best, data, swa),
                     out / LAST)
         if on_epoch:
             on_epoch(rec)
@@ -378,9 +441,10 @@ def average_parameters(swa: dict | None, model: nn.Module) -> dict:
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: nn.Module, images: torch.Tensor, device: str, seed: int, batch_size: int = 500) -> None:
+def recompute_batchnorm(model: nn.Module, images: torch.Tensor, device: str, seed: int, batch_size: int = 500,
+                        mode: str = "crop-flip") -> None:
     """Re-estimate every batch norm's running mean and variance of ``model`` as plain averages over
-    ``images`` (uint8 NCHW training images, cropped and flipped as in training, seeded); the
+    ``images`` (uint8 NCHW training images, augmented by ``mode`` as in training, seeded); the
     averaged weights of SWA need statistics of their own."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
@@ -390,7 +454,7 @@ def recompute_batchnorm(model: nn.Module, images: torch.Tensor, device: str, see
     model.train()
     gen = torch.Generator().manual_seed(seed)
     for i in range(0, len(images), batch_size):
-        model(to_model_input(random_crop_flip(images[i:i + batch_size], PAD_PX, gen), device))
+        model(to_model_input(augment(images[i:i + batch_size], mode, gen), device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()
@@ -401,7 +465,7 @@ def _load_swa(model: nn.Module, swa: dict, data: _Data, cfg: TrainConfig) -> flo
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(swa["mean"][name].to(p.device))
-    recompute_batchnorm(model, data.train_x, cfg.device, cfg.seed + 7)
+    recompute_batchnorm(model, data.train_x, cfg.device, cfg.seed + 7, mode=cfg.augment)
     return evaluate(model, data.test_x, data.test_y, cfg.device)
 
 
@@ -463,7 +527,7 @@ def _epoch(phase, epoch, cfg, model, opt, sched, gen, data, steps, on_batch, tea
         else contextlib.nullcontext()
     for step in range(steps):
         idx = perm[step * bs:(step + 1) * bs]
-        x = to_model_input(cutout(random_crop_flip(data.train_x[idx], PAD_PX, gen), cfg.cutout_px, gen), cfg.device)
+        x = to_model_input(cutout(augment(data.train_x[idx], cfg.augment, gen), cfg.cutout_px, gen), cfg.device)
         y = data.train_y[idx].to(cfg.device)
         soft = teachers.probs(x, cfg.distill_temp) if teachers is not None else None
         with autocast:
