@@ -151,3 +151,21 @@ def test_augment_modes() -> None:
                       if torch.equal(o, p[:, dy:dy + 8, dx:dx + 12])]
             flips += not shifts
         assert (flips > 0) == mirrored
+
+
+def test_eval_scores_a_network_on_npy_data(onnx_net: Path, tmp_path: Path, capsys) -> None:
+    """`imcflow eval NET.onnx --data NPY_DIR`: calibrated on the folder's training images, scored on its
+    test images through the simulator; the same network on other-shaped data is refused."""
+    import json
+    data = _write(tmp_path / "data")
+    out = tmp_path / "e.json"
+    assert main(["eval", str(onnx_net), "--data", str(data), "--mode", "bit_true", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["images"] == 32 and res["subset"] == "all" and res["data"] == "data (.npy)"
+    assert "64 data (.npy) training images" in res["calibration"]
+    for key in ("accuracy", "accuracy_ideal", "accuracy_float"):
+        assert 0.0 <= res[key] <= 1.0
+    assert "32 data (.npy) test images" in capsys.readouterr().out
+    rgb = _write(tmp_path / "rgb", train_x=np.zeros((64, 8, 8, 3), np.uint8), test_x=np.zeros((32, 8, 8, 3), np.uint8))
+    assert main(["eval", str(onnx_net), "--data", str(rgb)]) == 2
+    assert "the network takes (C, H, W) = (1, 8, 8)" in capsys.readouterr().err

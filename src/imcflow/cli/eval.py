@@ -1,4 +1,5 @@
-"""``imcflow eval MODEL --data DIR``: accuracy of a compiled network run through the simulator."""
+"""``imcflow eval MODEL --data DIR``: accuracy of a compiled network run through the simulator, on the
+CIFAR-10 test set or a user's ``.npy`` images."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from imcflow.cli.common import add_chip_args, chip_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="compile a network and run the CIFAR-10 test set through the simulator")
+    p = sub.add_parser("eval", help="compile a network and run a test set (CIFAR-10 or your .npy images) through "
+                                    "the simulator")
     p.add_argument("model", help="zoo name (e.g. cifar10-cnn11), an .onnx file (a float network, quantised here) "
                                  "or a .qgraph.json")
     add_chip_args(p)
-    p.add_argument("--data", required=True, metavar="DIR", help="CIFAR-10 folder, e.g. ../shared/data/cifar10")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="CIFAR-10 folder (e.g. ../shared/data/cifar10), or a folder of train_x.npy, train_y.npy, "
+                        "test_x.npy, test_y.npy (uint8 images, integer labels; see imcflow train --help)")
     p.add_argument("--mode", default="bit_true", choices=("ideal", "bit_true", "analog"))
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="N test images only: a seeded sample over all classes (the test set is stored sorted by class, so its first N would be one class)")
@@ -58,18 +62,18 @@ def _run(args: argparse.Namespace) -> int:
     _norm(args)  # bad --mean/--std fail before any work
     bar = None
 
-    def progress(done: int) -> None:
+    def progress(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:  # drawn once images flow, so an error while loading stays one line on stderr
-            bar = tqdm(total=args.limit or 10000, unit="img", file=sys.stderr, desc=f"{args.model} {args.mode}")
-        bar.total = max(bar.total, done)
+            bar = tqdm(total=total, unit="img", file=sys.stderr, desc=f"{args.model} {args.mode}")
         bar.update(done - bar.n)
 
     res = evaluate_accuracy(args.model, chip, args.data, mode=args.mode, limit=args.limit,
                             batch_size=args.batch_size, progress=progress, norm=_norm(args))
     if bar is not None:
         bar.close()
-    lines = [f"{args.model} on {chip.name}, {res['images']} CIFAR-10 (JPEG q75 copy) test images",
+    data = "CIFAR-10 (JPEG q75 copy)" if res["data"] == "CIFAR-10" else res["data"]
+    lines = [f"{args.model} on {chip.name}, {res['images']} {data} test images",
              f"  accuracy ({args.mode}):  {100 * res['accuracy']:.2f} %   ({res['wall_s']:.1f} s)"]
     if "accuracy_ideal" in res and args.mode != "ideal":
         lines.append(f"  accuracy (ideal):     {100 * res['accuracy_ideal']:.2f} %   ({res['wall_s_ideal']:.1f} s)")

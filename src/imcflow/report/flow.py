@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -168,11 +169,11 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
                       batch_size: int = 250, progress: Callable[[int], None] | None = None,
                       prog: Program | None = None, qgraph: QGraph | None = None,
                       norm: InputNorm = InputNorm()) -> dict[str, Any]:
-    """Top-1 accuracy of ``net`` compiled for ``chip`` and run through the simulator on the CIFAR-10
-    test set in ``data`` (first ``limit`` images), with float and ideal-mode accuracies of the same
-    network and the wall times. ``progress`` receives the number of images done after each batch;
-    ``norm`` turns pixels into the network's inputs."""
-    from imcflow.data.cifar10 import load_cifar10
+    """Top-1 accuracy of ``net`` compiled for ``chip`` and run through the simulator on the test set
+    in ``data`` (a CIFAR-10 folder or a ``.npy`` folder, :func:`image_split`; a seeded sample of
+    ``limit`` images), with float and ideal-mode accuracies of the same network and the wall times.
+    ``progress`` receives (images done, images in all) after each batch; ``norm`` turns pixels into
+    the network's inputs."""
     from imcflow.sim.functional import run_program
     if qgraph is None:
         qgraph, origin = load_qgraph(net, chip)
@@ -180,15 +181,15 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
             raise DataError(f"no trained weights for {net!r}: accuracy needs them (see docs/cnn11.md to train)")
         qgraph = calibrated_on_cifar10(qgraph, net, chip, data, norm)
     prog = prog or compile_program(qgraph, chip)
-    ds = load_cifar10(data, "test")
-    x_u8, labels = _images_labels(ds)
-    if limit is not None and limit < len(labels):  # the test set is sorted by class: take a seeded sample
+    x_u8, labels, data_name = image_split(data, "test", qgraph)
+    everything = limit is None or limit >= len(labels)
+    if not everything:  # CIFAR-10's test set is sorted by class: take a seeded sample
         idx = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
         x_u8, labels = x_u8[idx], labels[idx]
     x_int = _to_input_ints(qgraph, x_u8, norm)
     from imcflow.quant.fast_exec import run_qgraph_fast
-    res: dict[str, Any] = {"network": net, "chip": chip.name, "mode": mode, "images": int(len(labels)),
-                           "subset": "all" if limit is None or limit >= 10000 else f"seeded sample of {limit}"}
+    res: dict[str, Any] = {"network": net, "chip": chip.name, "mode": mode, "data": data_name,
+                           "images": int(len(labels)), "subset": "all" if everything else f"seeded sample of {limit}"}
     for m in dict.fromkeys([mode, "ideal"]):
         t0 = time.perf_counter()
         correct = 0
@@ -199,7 +200,7 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
                 y = run_qgraph_fast(qgraph, x_int[i:i + batch_size], m, chip)
             correct += int((y.reshape(y.shape[0], -1).argmax(1) == labels[i:i + batch_size]).sum())
             if progress is not None and m == mode:
-                progress(min(len(labels), i + batch_size))
+                progress(min(len(labels), i + batch_size), len(labels))
         res[f"accuracy_{m}"] = correct / max(1, len(labels))
         res[f"wall_s_{m}"] = time.perf_counter() - t0
     res["accuracy"] = res[f"accuracy_{mode}"]
@@ -225,18 +226,31 @@ CALIBRATION_IMAGES = 256
 def calibrated_on_cifar10(q: QGraph, net: str, chip: ChipConfig, data: str, norm: InputNorm = InputNorm()) -> QGraph:
     """``q`` (``net``'s QGraph for ``chip``) unless it is a float model quantised here on synthetic
     inputs; then ``net`` quantised again with its activation ranges and per-layer ADC full scales
-    calibrated on ``CALIBRATION_IMAGES`` seeded CIFAR-10 *training* images (never the test images
-    scored)."""
+    calibrated on ``CALIBRATION_IMAGES`` seeded *training* images of ``data`` (CIFAR-10 or a
+    ``.npy`` folder; never the test images scored)."""
     if q.meta.get("calibration_data") != "synthetic":
         return q
     from imcflow import pipeline
-    from imcflow.data.cifar10 import load_cifar10
-    x_u8, _ = _images_labels(load_cifar10(data, "train"))
+    x_u8, _, data_name = image_split(data, "train", q)
     idx = np.sort(np.random.default_rng(0).permutation(len(x_u8))[:CALIBRATION_IMAGES])
     calib = norm.apply(x_u8[idx])
     q = pipeline.load_qgraph(net, chip=chip, calib=calib, adc_full_scale="calibrated")
-    return dataclasses.replace(q, meta={**q.meta, "calibration_data": f"{len(idx)} CIFAR-10 training images "
+    return dataclasses.replace(q, meta={**q.meta, "calibration_data": f"{len(idx)} {data_name} training images "
                                                     "(activation ranges and ADC full scales)"})
+
+
+def image_split(data: str, split: str, q: QGraph) -> tuple[np.ndarray, np.ndarray, str]:
+    """uint8 images (N, C, H, W), int64 labels and the data set's name of ``split`` ("train" or
+    "test") in ``data``: a user's ``.npy`` folder (:mod:`imcflow.data.npy`, checked against ``q``'s
+    input shape and outputs) or a CIFAR-10 folder."""
+    from imcflow.data.npy import is_npy_dataset, load_npy
+    if is_npy_dataset(data):
+        shape = tuple(int(v) for v in q.input.shape)
+        classes = int(np.prod(q.spec(q.output).shape))
+        x_u8, labels = load_npy(data, split, shape, classes)
+        return x_u8, labels, f"{Path(data).name} (.npy)"
+    from imcflow.data.cifar10 import load_cifar10
+    return (*_images_labels(load_cifar10(data, split)), "CIFAR-10")
 
 
 def _images_labels(ds) -> tuple[np.ndarray, np.ndarray]:
