@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -124,8 +123,7 @@ def model_report(model: str, chip: ChipConfig, images: int | None = None, traine
 def cifar10_activity(prog: Program, q: QGraph, data: str, images: int = 32):
     """(FunctionalStats of ``prog`` on ``images`` seeded CIFAR-10 test images from ``data``, a report
     note saying so)."""
-    from imcflow.data.cifar10 import load_cifar10
-    x_u8, _ = _images_labels(load_cifar10(data, "test"))
+    x_u8, _, _ = image_split(data, "test", q)
     idx = np.sort(np.random.default_rng(0).permutation(len(x_u8))[:images])
     note = f"zero bit-plane skipping, activity measured on {images} CIFAR-10 test images"
     return activity_stats(prog, _to_input_ints(q, x_u8[idx])), note
@@ -181,7 +179,7 @@ def evaluate_accuracy(net: str, chip: ChipConfig, data: str, mode: str = "bit_tr
             raise DataError(f"no trained weights for {net!r}: accuracy needs them (see docs/cnn11.md to train)")
         qgraph = calibrated_on_cifar10(qgraph, net, chip, data, norm)
     prog = prog or compile_program(qgraph, chip)
-    x_u8, labels, data_name = image_split(data, "test", qgraph)
+    x_u8, labels, data_name = image_split(data, "test", qgraph, net)
     everything = limit is None or limit >= len(labels)
     if not everything:  # CIFAR-10's test set is sorted by class: take a seeded sample
         idx = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
@@ -231,7 +229,7 @@ def calibrated_on_cifar10(q: QGraph, net: str, chip: ChipConfig, data: str, norm
     if q.meta.get("calibration_data") != "synthetic":
         return q
     from imcflow import pipeline
-    x_u8, _, data_name = image_split(data, "train", q)
+    x_u8, _, data_name = image_split(data, "train", q, net)
     idx = np.sort(np.random.default_rng(0).permutation(len(x_u8))[:CALIBRATION_IMAGES])
     calib = norm.apply(x_u8[idx])
     q = pipeline.load_qgraph(net, chip=chip, calib=calib, adc_full_scale="calibrated")
@@ -239,29 +237,12 @@ def calibrated_on_cifar10(q: QGraph, net: str, chip: ChipConfig, data: str, norm
                                                     "(activation ranges and ADC full scales)"})
 
 
-def image_split(data: str, split: str, q: QGraph) -> tuple[np.ndarray, np.ndarray, str]:
-    """uint8 images (N, C, H, W), int64 labels and the data set's name of ``split`` ("train" or
-    "test") in ``data``: a user's ``.npy`` folder (:mod:`imcflow.data.npy`, checked against ``q``'s
-    input shape and outputs) or a CIFAR-10 folder."""
-    from imcflow.data.npy import is_npy_dataset, load_npy
-    if is_npy_dataset(data):
-        shape = tuple(int(v) for v in q.input.shape)
-        classes = int(np.prod(q.spec(q.output).shape))
-        x_u8, labels = load_npy(data, split, shape, classes)
-        return x_u8, labels, f"{Path(data).name} (.npy)"
-    from imcflow.data.cifar10 import load_cifar10
-    return (*_images_labels(load_cifar10(data, split)), "CIFAR-10")
-
-
-def _images_labels(ds) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(ds, tuple):
-        x, y = ds[0], ds[1]
-    else:
-        x, y = ds.images, ds.labels
-    x = np.asarray(x)
-    if x.ndim == 4 and x.shape[-1] == 3:
-        x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x), np.asarray(y).astype(np.int64)
+def image_split(data: str, split: str, q: QGraph, network: str = "the network") -> tuple[np.ndarray, np.ndarray, str]:
+    """:func:`imcflow.data.load_image_split` of ``split`` in ``data`` for QGraph ``q`` (its input shape
+    and outputs)."""
+    from imcflow.data import load_image_split
+    return load_image_split(data, split, tuple(int(v) for v in q.input.shape), int(np.prod(q.spec(q.output).shape)),
+                            network=network)
 
 
 def _to_input_ints(q: QGraph, x_u8: np.ndarray, norm: InputNorm = InputNorm()) -> np.ndarray:

@@ -32,10 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from imcflow.data import load_cifar10
-from imcflow.data.npy import FILES as NPY_FILES
-from imcflow.data.npy import is_npy_dataset, load_npy
-from imcflow.errors import DataError
+from imcflow.data import load_image_split
+from imcflow.data.npy import is_npy_dataset
 from imcflow.models import get_model, input_shape
 from imcflow.quant.calibrate import ADC_FULL_SCALES
 from imcflow.train.augment import AUGMENTS, augment, cutout
@@ -45,8 +43,6 @@ from imcflow.train.distill import Teachers, distill_loss
 
 PHASES = ("float", "qat")
 LAST = "last.ckpt"
-CIFAR10_SHAPE = (3, 32, 32)
-CIFAR10_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -154,7 +150,7 @@ class _Data:
     train_y: torch.Tensor  # int64 N
     test_x: torch.Tensor
     test_y: torch.Tensor
-    identity: dict  # what a checkpoint records to refuse a resume on other data (see _data_identity)
+    identity: dict  # what a checkpoint records to refuse a resume on other data (see _load_data)
 
 
 def train(cfg: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None = None,
@@ -259,22 +255,12 @@ def _model_io(cfg: TrainConfig) -> tuple[tuple[int, int, int], int]:
 
 def _load_data(cfg: TrainConfig, shape: tuple[int, int, int], classes: int) -> _Data:
     """The training and test images (uint8 NCHW) for a network of input ``shape`` and ``classes`` outputs."""
-    if is_npy_dataset(cfg.data_root):
-        fmt = "npy"
-        train_x, train_y = load_npy(cfg.data_root, "train", shape, classes)
-        test_x, test_y = load_npy(cfg.data_root, "test", shape, classes)
-    else:
-        fmt = "cifar10"
-        if shape != CIFAR10_SHAPE or classes < CIFAR10_CLASSES:
-            raise DataError(f"{cfg.data_root} is read as CIFAR-10 ({CIFAR10_SHAPE} images, {CIFAR10_CLASSES} "
-                            f"classes), but {cfg.model} takes {shape} inputs and gives {classes} outputs: give a "
-                            f"network for CIFAR-10, or a folder with {', '.join(NPY_FILES)} for this network")
-        train_x, train_y = _nhwc_to_nchw(*load_cifar10(cfg.data_root, "train", cfg.cache_dir))
-        test_x, test_y = _nhwc_to_nchw(*load_cifar10(cfg.data_root, "test", cfg.cache_dir))
+    train_x, train_y, _ = load_image_split(cfg.data_root, "train", shape, classes, cfg.cache_dir, cfg.model)
+    test_x, test_y, _ = load_image_split(cfg.data_root, "test", shape, classes, cfg.cache_dir, cfg.model)
     train_x, train_y = _subset(train_x, train_y, cfg.limit_train, cfg.seed)
     test_x, test_y = _subset(test_x, test_y, cfg.limit_test, cfg.seed + 1)
-    identity = {"format": fmt, "augment": cfg.augment, "train": train_x.shape, "test": test_x.shape,
-                "sha1": _digest(train_x, train_y, test_x, test_y)}
+    identity = {"format": "npy" if is_npy_dataset(cfg.data_root) else "cifar10", "augment": cfg.augment,
+                "train": train_x.shape, "test": test_x.shape, "sha1": _digest(train_x, train_y, test_x, test_y)}
     return _Data(*(torch.from_numpy(a) for a in (train_x, train_y, test_x, test_y)), identity=identity)
 
 
@@ -290,10 +276,6 @@ def _subset(x: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> tuple
         return x, y
     idx = np.sort(np.random.default_rng(seed).permutation(len(y))[:limit])
     return x[idx], y[idx]
-
-
-def _nhwc_to_nchw(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels
 
 
 def to_model_input(images: torch.Tensor, device: str) -> torch.Tensor:
