@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from imcflow.compiler.placement import PhasePlan, pixel_range, row_group
+from imcflow.compiler.placement import PhasePlan, pixel_range
 from imcflow.compiler.routing import StreamSpec
 from imcflow.compiler.tiling import LayerTiling
 from imcflow.config.chip import ChipConfig
@@ -74,7 +74,7 @@ class _Emitter:
         REQUANTs and SENDs activations, or, in a non-final row-tile group, SENDs the accumulator
         off-chip."""
         tl = self.tilings[layer]
-        r0, r1 = row_group(self.plan.placed, layer)
+        r0, r1 = self.plan.row_tiles[layer]
         last_group = r1 == len(tl.row_tiles)
         src = self.qgraph.node(layer).inputs[0]
         px_lo, px_hi = pixel_range(tl.pixels, copy, self.plan.copies[layer])
@@ -160,7 +160,7 @@ def emit_phase(plan: PhasePlan, qgraph: QGraph, tilings: dict[str, LayerTiling],
         n = plan.copies[name]
         for k in range(n):
             lo, hi = pixel_range(tl.pixels, k, n)
-            r0, r1 = row_group(plan.placed, name)
+            r0, r1 = plan.row_tiles[name]
             copies.append(LayerCopy(layer=name, copy=k, n_copies=n, px_lo=lo, px_hi=hi,
                                     oc_lo=tl.col_tiles[a][0], oc_hi=tl.col_tiles[b - 1][1], rt_lo=r0, rt_hi=r1))
     return Phase(index=plan.index, nodes=plan.nodes, copies=tuple(copies), tiles=tuple(tiles), cores=tuple(cores),

@@ -63,23 +63,18 @@ class PhasePlan:
     """Weight of one image's latency through the phase in the throughput score: 1 / batch in a
     multi-phase program (the pipeline fills once per batch), 0 for one resident phase."""
     row_tiles: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """MVM layer -> [first, last) row tiles held in this phase (a layer not named: all of them;
-    fewer when the layer spills partial sums between phases)."""
+    """MVM layer -> [first, last) row tiles held in this phase, for every MVM layer of the phase
+    (all of its row tiles, fewer when the layer spills partial sums between phases)."""
 
     def acc_array(self, layer: str, copy: int, ct: int) -> int:
         """Array that accumulates and requantises (layer, copy, column tile): where the phase's
         first row tile of the layer sits."""
-        first = first_row_tile(self.placed, layer)
+        first = self.row_tiles[layer][0]
         for p in self.placed:
             q = p.req
             if q.layer == layer and q.copy == copy and q.ct == ct and q.rt == first:
                 return p.array
         raise KeyError((layer, copy, ct))
-
-
-def first_row_tile(placed, layer: str) -> int:
-    """The first row tile of ``layer`` among ``placed`` tiles: the one whose array accumulates."""
-    return min(p.req.rt for p in placed if p.req.layer == layer)
 
 
 def row_group(placed, layer: str) -> tuple[int, int]:
@@ -201,7 +196,7 @@ def simd_hosts(qgraph: QGraph, nodes: tuple[str, ...], placed: tuple[Placed, ...
     pieces: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     readers: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     ends: set[tuple] = set()
-    first = {layer: first_row_tile(placed, layer) for layer in {p.req.layer for p in placed}}
+    first = {layer: row_group(placed, layer)[0] for layer in {p.req.layer for p in placed}}
     for p in placed:
         q = p.req
         load[p.array] += q.bitplanes

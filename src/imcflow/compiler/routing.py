@@ -35,7 +35,7 @@ import numpy as np
 
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
-from imcflow.compiler.placement import PhasePlan, pixel_range, row_group
+from imcflow.compiler.placement import PhasePlan, pixel_range
 from imcflow.compiler.tiling import LayerTiling, psum_bits
 from imcflow.ir.program import IN_PORT, OUT_PORT, StreamKind
 from imcflow.ir.qgraph import QGraph, QTensor
@@ -77,7 +77,7 @@ def _pieces(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTiling], te
     if tensor in plan.col_tiles:
         tl = tilings[tensor]
         a, b = plan.col_tiles[tensor]
-        if row_group(plan.placed, tensor)[1] < len(tl.row_tiles):
+        if plan.row_tiles[tensor][1] < len(tl.row_tiles):
             return []   # a non-final row-tile group: its accumulators leave as ACC streams
         out = []
         if a > 0:
@@ -101,7 +101,7 @@ def _channels_read(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTili
         if tensor not in qgraph.node(name).inputs:
             continue
         if name in plan.col_tiles:
-            r0, r1 = row_group(plan.placed, name)
+            r0, r1 = plan.row_tiles[name]
             lo, hi = min(lo, tilings[name].row_tiles[r0][0]), max(hi, tilings[name].row_tiles[r1 - 1][1])
         else:
             lo, hi = 0, channels
@@ -208,7 +208,7 @@ def _spill_streams(plan: PhasePlan, tilings: dict[str, LayerTiling], chip: ChipC
     out = []
     for layer, (a, b) in plan.col_tiles.items():
         tl = tilings[layer]
-        r0, r1 = row_group(plan.placed, layer)
+        r0, r1 = plan.row_tiles[layer]
         width = psum_bits(tl, chip)
         for k in range(plan.copies[layer]):
             lo, hi = pixel_range(tl.pixels, k, plan.copies[layer])
@@ -227,10 +227,9 @@ def _spill_streams(plan: PhasePlan, tilings: dict[str, LayerTiling], chip: ChipC
 
 def _psum_streams(plan: PhasePlan, tilings: dict[str, LayerTiling], acc_bits: int) -> list[StreamSpec]:
     out = []
-    first = {layer: row_group(plan.placed, layer)[0] for layer in plan.col_tiles}
     for p in plan.placed:
         q = p.req
-        if q.rt == first[q.layer]:
+        if q.rt == plan.row_tiles[q.layer][0]:
             continue
         acc = plan.acc_array(q.layer, q.copy, q.ct)
         if acc == p.array:
