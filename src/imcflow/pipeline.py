@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from imcflow import frontend, models
+from imcflow.frontend.normalize import view_1d
 from imcflow.config.chip import ChipConfig
 from imcflow.config.presets import get_preset
 from imcflow.errors import DataError, ModelError, QuantError
@@ -201,11 +202,12 @@ def check_inputs(x: np.ndarray, input_shape: tuple[int, ...], what: str = "input
     """Float inputs (N, *input_shape) as float32; DataError naming the expected shape otherwise. A 1-D
     network's inputs (N, C, L) are taken as its (N, C, 1, L) maps (:func:`imcflow.frontend.normalize.map_of_1d`)."""
     x = np.asarray(x)
-    if len(input_shape) == 3 and input_shape[1] == 1 and x.shape[1:] == (input_shape[0], input_shape[2]):
+    one_d = len(input_shape) == 3 and input_shape[1] == 1   # the map of a 1-D network, or of height 1
+    if one_d and x.shape[1:] == view_1d(input_shape):
         x = x[:, :, None, :]
     if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != tuple(input_shape):
         want = "(N, " + ", ".join(str(s) for s in input_shape) + ")"
-        if len(input_shape) == 3 and input_shape[1] == 1:
+        if one_d:
             want = f"(N, {input_shape[0]}, {input_shape[2]}) or {want}"
         raise DataError(f"{what} have shape {tuple(x.shape)}; the model expects {want} (batch first, float "
                         f"values in the model's input domain, e.g. pixel / 255)")

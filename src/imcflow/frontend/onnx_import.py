@@ -880,9 +880,15 @@ def _unsqueeze(args: list[np.ndarray], a: dict) -> np.ndarray:
     return out
 
 
-def _unsqueeze_1d(imp: _Importer, node: onnx.NodeProto) -> None:
-    """Unsqueeze of a 1-D network's (N, C, L) tensor at axis 2: its (N, C, 1, L) map, as torch.export
-    writes 1-D pooling (Unsqueeze, a 2-D op, Squeeze)."""
+_const_unsqueeze = _const_op(_unsqueeze)
+
+
+def _unsqueeze_node(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Unsqueeze: on constants (shape arithmetic), or of a 1-D network's (N, C, L) tensor at axis 2:
+    its (N, C, 1, L) map, as torch.export writes 1-D pooling (Unsqueeze, a 2-D op, Squeeze)."""
+    if imp.is_const(node):
+        _const_unsqueeze(imp, node)
+        return
     axes = _node_axes(imp, node) or []
     if not (imp.one_d and len(imp.user_shape(node)) == 2 and [ax % 4 for ax in axes] == [2]):
         raise _fail(node, f"unsqueeze of an activation along axes {axes}", "only a 1-D network's (N, C, L) tensor "
@@ -968,7 +974,7 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "Constant": _constant,
     "Shape": _shape,
     "Gather": _const_op(lambda args, a: np.take(args[0], args[1], axis=a.get("axis", 0))),
-    "Unsqueeze": lambda imp, node: (_const_op(_unsqueeze) if imp.is_const(node) else _unsqueeze_1d)(imp, node),
+    "Unsqueeze": _unsqueeze_node,
     "Squeeze": _squeeze,
     "Slice": _slice,
     "Pad": _pad,
