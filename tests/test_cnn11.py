@@ -102,3 +102,50 @@ def test_shipped_weights_load() -> None:
     model = load_trained()
     assert not model.training
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def _random_bn(model: nn.Module, seed: int) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_widen_outputs_keeps_the_function(noise: float) -> None:
+    from imcflow.models.cnn11 import cnn11_c64, widen_outputs
+    torch.manual_seed(0)
+    narrow = _random_bn(cnn11(), 1)
+    state = widen_outputs(narrow.state_dict(), "c1", "c2", 64, noise=noise, seed=3)
+    wide = cnn11_c64().eval()
+    wide.load_state_dict(state)  # shapes match the c64 topology
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), narrow(x), rtol=1e-5, atol=1e-5)
+    w = state["c2.0.weight"]
+    assert torch.equal(state["c1.0.weight"][32:], state["c1.0.weight"][:32])
+    assert torch.equal(w[:, :32] == w[:, 32:], torch.ones_like(w[:, :32], dtype=torch.bool)) == (noise == 0)
+    assert torch.equal(narrow.state_dict()["c2.0.weight"], narrow.c2[0].weight.data)  # the input is not changed
+
+
+def test_widen_outputs_refuses_by_name() -> None:
+    from imcflow.models.cnn11 import widen_outputs
+    state = cnn11().state_dict()
+    with pytest.raises(ModelError, match="from 32 to 16"):
+        widen_outputs(state, "c1", "c2", 16)
+    with pytest.raises(ModelError, match="no 'c11.0.weight'"):
+        widen_outputs(state, "c11", "c2", 64)
+
+
+@pytest.mark.parametrize("name, c1", [("cifar10-cnn11-c64", 64), ("cifar10-cnn11-np3c64", 64), ("cifar10-cnn11", 32)])
+def test_a_variant_is_not_given_the_shipped_weights(name: str, c1: int) -> None:
+    """``load_trained`` holds cnn11's weights only: a variant built by the same module is its own
+    topology (random init), not the shipped network under the variant's name."""
+    from imcflow.pipeline import load_float_graph
+    graph = load_float_graph(name)
+    assert graph.weight_nodes()[0].weight.shape[0] == c1

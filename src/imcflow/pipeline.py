@@ -64,7 +64,8 @@ def is_qgraph_path(model: Any) -> bool:
 def _zoo_module(name: str, trained: bool, seed: int) -> tuple[torch.nn.Module, bool]:
     """(module, is_trained) for zoo model ``name``."""
     builder = importlib.import_module(models.ZOO[name][0])
-    if trained and hasattr(builder, "load_trained"):
+    # a module's load_trained() holds the weights of its NAME only, not of the variants it also builds
+    if trained and hasattr(builder, "load_trained") and getattr(builder, "NAME", None) == name:
         try:
             return builder.load_trained(), True
         except ModelError:

@@ -66,6 +66,10 @@ LAYERS_NP3: tuple[tuple[str, int, int, int, str | None], ...] = tuple(
     (n, i, o, k, None if n == "c6" else p) for n, i, o, k, p in LAYERS)
 LAYERS_NP3C64: tuple[tuple[str, int, int, int, str | None], ...] = tuple(
     (n, 64 if n == "c2" else i, 64 if n == "c1" else o, k, p) for n, i, o, k, p in LAYERS_NP3)
+# "c64" (docs/cnn11.md, "Ninth session"): cnn11 with c1 at 64 channels, the 64-channel 32x32 front end of
+# chip.md's feasibility sketch.
+LAYERS_C64: tuple[tuple[str, int, int, int, str | None], ...] = tuple(
+    (n, 64 if n == "c2" else i, 64 if n == "c1" else o, k, p) for n, i, o, k, p in LAYERS)
 
 # Residual design study (docs/cnn11.md, "Eighth session"): the same kinds of layers, with ResNet basic-block
 # shortcuts (He et al. 2016). Rows as above plus a role: "a" opens a block, "b" closes it: a "b" layer's
@@ -169,6 +173,46 @@ def cnn11_np3(num_classes: int = NUM_CLASSES) -> nn.Sequential:
 def cnn11_np3c64(num_classes: int = NUM_CLASSES) -> nn.Sequential:
     """Design study: :func:`cnn11_np3` with c1 at 64 channels."""
     return cnn11(num_classes, LAYERS_NP3C64)
+
+
+def cnn11_c64(num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """Design study: cnn11 with c1 at 64 channels (:data:`LAYERS_C64`)."""
+    return cnn11(num_classes, LAYERS_C64)
+
+
+def widen_outputs(state: dict[str, torch.Tensor], layer: str, next_layer: str, width: int,
+                  noise: float = 0.0, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A copy of a cnn11-style ``state`` with ``layer``'s conv widened to ``width`` output channels,
+    computing the same function (Net2WiderNet, Chen et al. 2016).
+
+    Channel ``j`` of the wider layer copies channel ``j % old`` (conv weights and its BatchNorm's
+    parameters and statistics); ``next_layer``'s conv reads each copy with its weight divided by the
+    number of copies. ``noise`` > 0 adds +-e (e ~ N(0, noise x the weight's std)) to the first and
+    last copies' weights, which keeps their sum, so that training can move the copies apart.
+    ``layer`` must be followed by BatchNorm, ReLU (and pooling) only, as in :func:`cnn11`.
+    """
+    conv, bn, nxt = f"{layer}.0.weight", f"{layer}.1.", f"{next_layer}.0.weight"
+    for key in (conv, nxt, bn + "weight"):
+        if key not in state:
+            raise ModelError(f"cannot widen {layer!r}: the state has no {key!r} (is it a cnn11-style network?)")
+    old = state[conv].shape[0]
+    if width < old:
+        raise ModelError(f"cannot widen {layer!r} from {old} to {width} channels: the width must not shrink")
+    src = torch.arange(width) % old
+    copies = torch.bincount(src, minlength=old).to(state[nxt].dtype)
+    out = dict(state)
+    out[conv] = state[conv][src].clone()
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        out[bn + name] = state[bn + name][src].clone()
+    w_next = (state[nxt] / copies.view(1, -1, 1, 1))[:, src].clone()
+    if noise > 0:
+        gen = torch.Generator().manual_seed(seed)
+        eps = torch.randn(w_next.shape, generator=gen, dtype=w_next.dtype) * noise * float(state[nxt].std())
+        for j in range(old, width):  # copy j of channel src[j]: +eps on it, -eps on the first copy
+            w_next[:, j] += eps[:, j]
+            w_next[:, src[j]] -= eps[:, j]
+    out[nxt] = w_next
+    return out
 
 
 def load_trained(weights: str | Path | None = None) -> nn.Sequential:
