@@ -80,6 +80,26 @@ def test_bad_teacher_is_named(tmp_path: Path) -> None:
         Teachers("cifar10-cnn11", (str(wrong),))
 
 
+def test_a_teacher_of_another_topology(tmp_path: Path) -> None:
+    """``ZOO_NAME=PATH`` loads a teacher of another zoo topology: a cnn11 teacher and its function-preserving
+    widening (a cifar10-cnn11-c64 state) give the same probabilities to a c64 student's batch."""
+    from imcflow.models.cnn11 import widen_outputs
+    narrow = tmp_path / "narrow.pt"
+    _save_random(narrow, 4)
+    wide = tmp_path / "wide.pt"
+    torch.save(widen_outputs(torch.load(narrow, weights_only=True), "c1", "c2", 64), wide)
+    x = torch.rand(3, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    p_other = Teachers("cifar10-cnn11-c64", (f"cifar10-cnn11={narrow}",)).probs(x, 2.0)
+    p_own = Teachers("cifar10-cnn11-c64", (str(wide),)).probs(x, 2.0)
+    assert torch.allclose(p_other, p_own, atol=1e-5)
+    with pytest.raises(TrainError, match="'nosuchnet' is not a zoo model"):
+        Teachers("cifar10-cnn11-c64", (f"nosuchnet={narrow}",))
+    with pytest.raises(TrainError, match="a teacher must see the student's images"):
+        Teachers("cifar10-cnn11-c64", (f"resnet18={narrow}",))
+    with pytest.raises(TrainError, match="not a cifar10-cnn11-c64 float state_dict"):
+        Teachers("cifar10-cnn11-c64", (str(narrow),))
+
+
 @pytest.fixture(scope="module")
 def tiny_cifar(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cifar")

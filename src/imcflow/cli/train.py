@@ -52,8 +52,9 @@ def register(subparsers) -> None:
                    help="float phase starts from these weights with a fresh schedule (continue an earlier float run)")
     p.add_argument("--chip", default="jssc2022", help="chip preset whose ADC the QAT phase models")
     p.add_argument("--distill-from", nargs="+", default=(), metavar="PT",
-                   help="knowledge distillation: float weights of teacher networks (same model) whose averaged "
-                        "softened predictions join the loss, in both phases")
+                   help="knowledge distillation: float weights of teacher networks whose averaged softened "
+                        "predictions join the loss, in both phases; PT is a state_dict of the same model, "
+                        "or ZOO_NAME=PT for a teacher of another zoo topology with the same input")
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="share of the distillation term in the loss (default 0.5)")
     p.add_argument("--distill-temp", type=float, default=4.0, help="distillation temperature (default 4)")

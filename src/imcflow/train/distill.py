@@ -18,12 +18,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from imcflow.models import get_model
+from imcflow.models import ZOO, get_model, input_shape
 from imcflow.train.checkpoint import TrainError, float_weights
 
 
 class Teachers:
-    """Frozen float networks of one zoo model whose averaged softened probabilities guide training."""
+    """Frozen float networks whose averaged softened probabilities guide training.
+
+    Each of ``paths`` is a float state_dict of the student's zoo ``model``, or ``ZOO_NAME=PATH`` for a
+    teacher of another zoo topology with the same input shape (for example a ``cifar10-cnn11-c32``
+    teacher for a ``cifar10-cnn11-c64`` student)."""
 
     def __init__(self, model: str, paths: tuple[str, ...], device: str = "cpu", bf16: bool = False) -> None:
         if not paths:
@@ -43,7 +47,22 @@ class Teachers:
         return total / len(self.nets)
 
 
-def _load_teacher(model: str, path: Path) -> nn.Module:
+def teacher_spec(student: str, spec: str) -> tuple[str, Path]:
+    """(zoo model, path) of a ``--distill-from`` entry: ``PATH`` (the student's topology) or ``ZOO_NAME=PATH``."""
+    name, sep, rest = spec.partition("=")
+    if not sep or Path(spec).is_file():
+        return student, Path(spec)
+    if name not in ZOO:
+        raise TrainError(f"--distill-from {spec}: {name!r} is not a zoo model (choose one of {', '.join(sorted(ZOO))}); "
+                         f"write ZOO_NAME=PATH, or PATH alone for a teacher of the student's own topology")
+    if student in ZOO and input_shape(name) != input_shape(student):
+        raise TrainError(f"--distill-from {spec}: {name} takes {input_shape(name)} inputs, the student {student} "
+                         f"{input_shape(student)}; a teacher must see the student's images")
+    return name, Path(rest)
+
+
+def _load_teacher(student: str, spec: Path) -> nn.Module:
+    model, path = teacher_spec(student, str(spec))
     if not path.is_file():
         raise TrainError(f"--distill-from {path}: no such file")
     state = float_weights(path, "--distill-from")
