@@ -16,6 +16,7 @@ ZOO: dict[str, tuple[str, str, tuple[int, int, int]]] = {
     "cifar10-cnn11": ("imcflow.models.cnn11", "cnn11", (3, 32, 32)),
     "cifar10-cnn11-np3": ("imcflow.models.cnn11", "cnn11_np3", (3, 32, 32)),
     "cifar10-cnn11-np3c64": ("imcflow.models.cnn11", "cnn11_np3c64", (3, 32, 32)),
+    "cifar10-cnn11-c32": ("imcflow.models.cnn11", "cnn11_c32", (3, 32, 32)),
     "cifar10-cnn11-c64": ("imcflow.models.cnn11", "cnn11_c64", (3, 32, 32)),
     "cifar10-cnn11-res": ("imcflow.models.cnn11", "cnn11_res", (3, 32, 32)),
     "cifar10-cnn11-r16": ("imcflow.models.cnn11", "cnn11_r16", (3, 32, 32)),

@@ -44,8 +44,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / f"{NAME}.pt"
 RECORD_FILE = WEIGHTS_DIR / f"{NAME}.json"
 
-# (name, in_ch, out_ch, kernel, pool after) for c1..c10; "gap" = global average pool.
-LAYERS: tuple[tuple[str, int, int, int, str | None], ...] = (
+# (name, in_ch, out_ch, kernel, pool after) for c1..c10; "gap" = global average pool. The 32-channel
+# front end that sessions 1-8 shipped (zoo ``cifar10-cnn11-c32``); the design-study variants below
+# are built from these rows.
+LAYERS_C32: tuple[tuple[str, int, int, int, str | None], ...] = (
     ("c1", 3, 32, 3, None),
     ("c2", 32, 64, 3, "max"),
     ("c3", 64, 128, 3, None),
@@ -57,19 +59,21 @@ LAYERS: tuple[tuple[str, int, int, int, str | None], ...] = (
     ("c9", 128, 128, 1, None),
     ("c10", 128, 128, 1, "gap"),
 )
+LAYERS = LAYERS_C32
+"""The rows of the shipped ``cifar10-cnn11``."""
 
 
 # Design-study variants (docs/cnn11.md, "Seventh session"): the same ten convolutions and weights per
 # layer, spread differently. "np3": no third max pool, so c5..c10 run at 8x8 (the chip's bottleneck is
 # the 32x32 layers, so this costs no throughput); "np3c64": that, with c1 at 64 channels.
 LAYERS_NP3: tuple[tuple[str, int, int, int, str | None], ...] = tuple(
-    (n, i, o, k, None if n == "c6" else p) for n, i, o, k, p in LAYERS)
+    (n, i, o, k, None if n == "c6" else p) for n, i, o, k, p in LAYERS_C32)
 LAYERS_NP3C64: tuple[tuple[str, int, int, int, str | None], ...] = tuple(
     (n, 64 if n == "c2" else i, 64 if n == "c1" else o, k, p) for n, i, o, k, p in LAYERS_NP3)
 # "c64" (docs/cnn11.md, "Ninth session"): cnn11 with c1 at 64 channels, the 64-channel 32x32 front end of
 # chip.md's feasibility sketch.
 LAYERS_C64: tuple[tuple[str, int, int, int, str | None], ...] = tuple(
-    (n, 64 if n == "c2" else i, 64 if n == "c1" else o, k, p) for n, i, o, k, p in LAYERS)
+    (n, 64 if n == "c2" else i, 64 if n == "c1" else o, k, p) for n, i, o, k, p in LAYERS_C32)
 
 # Residual design study (docs/cnn11.md, "Eighth session"): the same kinds of layers, with ResNet basic-block
 # shortcuts (He et al. 2016). Rows as above plus a role: "a" opens a block, "b" closes it: a "b" layer's
@@ -173,6 +177,11 @@ def cnn11_np3(num_classes: int = NUM_CLASSES) -> nn.Sequential:
 def cnn11_np3c64(num_classes: int = NUM_CLASSES) -> nn.Sequential:
     """Design study: :func:`cnn11_np3` with c1 at 64 channels."""
     return cnn11(num_classes, LAYERS_NP3C64)
+
+
+def cnn11_c32(num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """cnn11 with the 32-channel c1 of sessions 1-8 (:data:`LAYERS_C32`)."""
+    return cnn11(num_classes, LAYERS_C32)
 
 
 def cnn11_c64(num_classes: int = NUM_CLASSES) -> nn.Sequential:
