@@ -67,7 +67,8 @@ def plain_int_exec(qg: QGraph, x: np.ndarray) -> np.ndarray:
             y = torch.div(acc * m + b + (1 << (s - 1)), 1 << s, rounding_mode="floor")
             out = y.clamp(n.requant.out_min, n.requant.out_max).to(torch.float64)
         elif n.op is QOp.MAXPOOL:
-            out = F.max_pool2d(a, n.kernel, n.stride, n.padding)
+            pe = n.pad_end  # more -inf padding at the end (ceil_mode)
+            out = F.max_pool2d(F.pad(a, (0, pe[1], 0, pe[0]), value=float("-inf")), n.kernel, n.stride, n.padding)
         elif n.op in (QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL):
             k = n.kernel if n.op is QOp.AVGPOOL else tuple(a.shape[2:])
             st = n.stride if n.op is QOp.AVGPOOL else k

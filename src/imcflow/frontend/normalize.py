@@ -303,7 +303,7 @@ def _is_identity(n: Node, graph: Graph) -> bool:
     x = graph.shape(n.inputs[0])
     if n.op in (Op.MAXPOOL, Op.AVGPOOL):
         return (tuple(n.attrs["kernel"]) == (1, 1) and tuple(n.attrs.get("stride", (1, 1))) == (1, 1)
-                and tuple(n.attrs.get("padding", (0, 0))) == (0, 0))
+                and tuple(n.attrs.get("padding", (0, 0))) == (0, 0) and tuple(n.attrs.get("pad_end", (0, 0))) == (0, 0))
     if n.op is Op.GLOBAL_AVGPOOL:
         return x[1:] == (1, 1)
     if n.op is Op.FLATTEN:

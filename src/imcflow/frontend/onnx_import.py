@@ -2,7 +2,8 @@
 
 Supported ops: Conv (symmetric pads; any dilations: the same k*k*C_in rows, the line buffer
 gathering taps d apart, receptive field (k-1)*d+1; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
-BatchNormalization (inference), Relu, Clip, MaxPool (undilated), AveragePool, GlobalAveragePool, GlobalMaxPool,
+BatchNormalization (inference), Relu, Clip, MaxPool (undilated; ``ceil_mode=1``, ``auto_pad=SAME_UPPER`` and
+pads larger at the end become -inf padding at the end, ``pad_end``), AveragePool, GlobalAveragePool, GlobalMaxPool,
 ReduceMean and ReduceMax over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax/Sigmoid (left
 to the host: the graph ends at the logits and ``meta["host_output"]`` says so),
 Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
@@ -48,7 +49,7 @@ from imcflow.frontend.normalize import (ARITH, NON_CHIP_ACTIVATIONS, activation_
                                         input_layout_1d, map_of_1d, pad_layer, per_axis_of_1d, slice_layer,
                                         split_sizes, squeeze_shape, view_1d)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
-from imcflow.ir.qgraph import receptive_field
+from imcflow.ir.qgraph import ceil_pad_end, receptive_field
 
 
 def from_onnx(model: str | Path | onnx.ModelProto) -> Graph:
@@ -314,8 +315,12 @@ def _window_of_1d(a: dict) -> dict:
     return out
 
 
-def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int], dilate: bool = False) -> dict[str, Any]:
-    """Window attributes (kernel, stride, padding and, where ``dilate`` allows it, a dilation)."""
+def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int], dilate: bool = False,
+            size: tuple[int, int] | None = None, max_pool: bool = False) -> dict[str, Any]:
+    """Window attributes (kernel, stride, padding and, where ``dilate`` allows it, a dilation).
+
+    ``size`` is a pool's input (H, W). A MaxPool's extra end padding (``ceil_mode=1``,
+    ``auto_pad=SAME_UPPER``, or explicit pads larger at the end) becomes ``pad_end``."""
     auto_pad = a.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     stride = _pair_attr(node, a, "strides", 1)
@@ -325,6 +330,9 @@ def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int], dilate: bool
                     "use dilation 1 (only Conv takes dilations >= 1; pooling takes none)")
     span = receptive_field(kernel, dilation)
     pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
+    if max_pool and auto_pad == "SAME_UPPER":  # total padding to ceil(size / stride) windows, the odd one at the end
+        total = [max(0, (-(-size[i] // stride[i]) - 1) * stride[i] + kernel[i] - size[i]) for i in range(2)]
+        pads, auto_pad = [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2], "NOTSET"
     if auto_pad in ("SAME_UPPER", "SAME_LOWER") and stride == (1, 1) and all(e % 2 for e in span):
         pads = [span[0] // 2, span[1] // 2] * 2  # 'same' with an odd (dilated) window at stride 1 is symmetric
     elif auto_pad == "VALID":
@@ -332,11 +340,22 @@ def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int], dilate: bool
     elif auto_pad != "NOTSET":
         raise _fail(node, f"auto_pad={auto_pad} with stride {stride} and kernel {kernel} pads asymmetrically",
                     "export with explicit symmetric pads")
+    pad_end = (0, 0)
+    if max_pool and len(pads) == 4 and pads[2] >= pads[0] and pads[3] >= pads[1]:
+        pads, pad_end = pads[:2] * 2, (pads[2] - pads[0], pads[3] - pads[1])  # a max pool pads the end with -inf
     if len(pads) != 4 or pads[:2] != pads[2:]:
-        raise _fail(node, f"pads {pads} are not symmetric 2-D", "use equal padding on both sides")
-    if a.get("ceil_mode", 0):
-        raise _fail(node, "ceil_mode=1", "use ceil_mode=0 (pad the input instead)")
+        raise _fail(node, f"pads {pads} are not symmetric 2-D",
+                    "use equal padding on both sides" + (" (a MaxPool may pad more at the end)" if max_pool else ""))
+    if a.get("ceil_mode", 0) and size is not None:
+        extra = tuple(ceil_pad_end(size[i] + pad_end[i], kernel[i], stride[i], pads[i]) for i in range(2))
+        if extra != (0, 0) and not max_pool:
+            raise _fail(node, "ceil_mode=1 adds windows to an average pool (their divisor is not the kernel area)",
+                        "use ceil_mode=0 (pad the input instead); a MaxPool takes ceil_mode")
+        pad_end = (pad_end[0] + extra[0], pad_end[1] + extra[1])
+    elif a.get("ceil_mode", 0):
+        raise _fail(node, "ceil_mode=1 on a tensor that is not an (N, C, H, W) map", "use ceil_mode=0")
     attrs = {"kernel": kernel, "stride": stride, "padding": (pads[0], pads[1])}
+    attrs |= {"pad_end": pad_end} if pad_end != (0, 0) else {}
     dilation = tuple(d if k > 1 else 1 for k, d in zip(kernel, dilation))  # one tap: no spacing
     return attrs | ({"dilation": dilation} if dilation != (1, 1) else {})
 
@@ -514,11 +533,13 @@ def _pool(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
         if len(a.get("kernel_shape", [])) == 1:  # a 1-D pool: the height-1 2-D pool
             a = _window_of_1d(a)
         kernel = _pair_attr(node, a, "kernel_shape", 1)
-        attrs = _window(node, a, kernel)
+        x = imp.tensor(node, 0)
+        size = tuple(imp.shapes[x][1:]) if len(imp.shapes[x]) == 3 else None
+        attrs = _window(node, a, kernel, size=size, max_pool=op is Op.MAXPOOL)
         if op is Op.AVGPOOL and attrs["padding"] != (0, 0) and not a.get("count_include_pad", 0):
             raise _fail(node, "padded average pool that excludes padding from the divisor",
                         "use count_include_pad=1 (PyTorch's default) or no padding")
-        imp.add(node, op, [imp.tensor(node, 0)], attrs)
+        imp.add(node, op, [x], attrs)
     return handler
 
 

@@ -3,7 +3,8 @@
 Supported: nn.Conv2d (zero padding; any dilation, square or rectangular: the same k*k*C_in rows, the line
 buffer gathering taps d apart; groups > 1 become a dense block-diagonal conv),
 nn.Linear, nn.BatchNorm1d/2d (running statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh,
-clamp/clip with a constant lower bound, nn.MaxPool2d (undilated)/AvgPool2d, nn.AdaptiveAvgPool2d/
+clamp/clip with a constant lower bound, nn.MaxPool2d (undilated; ``ceil_mode=True`` is -inf padding at the
+end, ``pad_end``)/AvgPool2d, nn.AdaptiveAvgPool2d/
 AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), and their functions (a pooling window
 may be given by the map's own sizes, ``x.shape[2:]``, ``x.size(3)``), mean/amax over dims (2, 3) (global pooling),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
@@ -37,7 +38,7 @@ from imcflow.frontend.normalize import (ARITH, activation_fix, affine_params, ch
                                         dense_grouped_weight, host_output_note, input_layout_1d, map_of_1d, pad_layer,
                                         per_axis_of_1d, slice_layer, split_sizes, squeeze_shape, view_1d)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
-from imcflow.ir.qgraph import receptive_field
+from imcflow.ir.qgraph import ceil_pad_end, receptive_field
 
 
 def from_torch(module: nn.Module, input_shape: tuple[int, ...], name: str | None = None) -> Graph:
@@ -334,8 +335,15 @@ def _pool(imp: _Importer, fx: torch.fx.Node, m: nn.MaxPool1d | nn.MaxPool2d | nn
     kernel = _window(m, "kernel_size", 1)
     stride = _window(m, "stride", 1) if m.stride is not None else kernel
     padding = _window(m, "padding", 0)
-    if m.ceil_mode:
-        raise imp.fail(fx, "ceil_mode=True", "use ceil_mode=False (pad the input instead)")
+    src = imp.tensor(fx, fx.args[0])
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding}
+    if m.ceil_mode:  # more windows at the end: a max pool pads there with -inf
+        hw = imp.shapes[src][1:]
+        pad_end = tuple(ceil_pad_end(hw[a], kernel[a], stride[a], padding[a]) for a in range(2))
+        if pad_end != (0, 0) and not isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
+            raise imp.fail(fx, "ceil_mode=True adds windows to an average pool (their divisor is not the kernel area)",
+                           "use ceil_mode=False (pad the input instead); max pooling takes ceil_mode")
+        attrs |= {"pad_end": pad_end} if pad_end != (0, 0) else {}
     if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
         if _window(m, "dilation", 1) != (1, 1) or m.return_indices:
             raise imp.fail(fx, "dilated pooling or return_indices", "use dilation=1, return_indices=False")
@@ -345,7 +353,7 @@ def _pool(imp: _Importer, fx: torch.fx.Node, m: nn.MaxPool1d | nn.MaxPool2d | nn
             raise imp.fail(fx, "average pooling whose divisor is not the kernel area",
                            "use count_include_pad=True and no divisor_override")
         op = Op.AVGPOOL
-    imp.add(fx, op, [imp.tensor(fx, fx.args[0])], {"kernel": kernel, "stride": stride, "padding": padding})
+    imp.add(fx, op, [src], attrs)
 
 
 def _global_pool(imp: _Importer, fx: torch.fx.Node, src: str, kind: str) -> None:

@@ -20,7 +20,9 @@ linear          weight (out, in); bias (out,) optional                     -
 batchnorm       gamma, beta, mean, var: each (C,)                          eps (float); normalises axis 0 of the input
 relu            -                                                         -
 clamp           -                                                         min, max (floats; ReLU6 = 0, 6)
-maxpool         -                                                         kernel, stride, padding (pads with -inf)
+maxpool         -                                                         kernel, stride, padding (pads with -inf),
+                                                                          pad_end (ph, pw) optional: more -inf
+                                                                          padding at the bottom/right (ceil_mode)
 avgpool         -                                                         kernel, stride, padding (zero padding,
                                                                           divisor = kernel area)
 global_avgpool  -                                                         -  (output (C, 1, 1))
@@ -247,11 +249,13 @@ def _pair(n: Node, key: str, default: tuple[int, int] | None = None) -> tuple[in
 def _window_out(n: Node, x: tuple[int, ...], kernel: tuple[int, int]) -> tuple[int, int]:
     """Output (H, W) of a sliding window of ``kernel`` with the node's stride, padding and dilation."""
     stride, padding = _pair(n, "stride", (1, 1)), _pair(n, "padding", (0, 0))
-    dilation = _pair(n, "dilation", (1, 1))
-    if min(stride) < 1 or min(padding) < 0 or min(dilation) < 1:
+    dilation, pad_end = _pair(n, "dilation", (1, 1)), _pair(n, "pad_end", (0, 0))
+    if min(stride) < 1 or min(padding) < 0 or min(dilation) < 1 or min(pad_end) < 0:
         raise ModelError(f"{n.describe()}: stride {stride} and dilation {dilation} must be >= 1 and "
-                         f"padding {padding} >= 0")
-    out = tuple(window_out(x[1 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in range(2))
+                         f"padding {padding} and pad_end {pad_end} >= 0")
+    if pad_end != (0, 0) and n.op is not Op.MAXPOOL:
+        raise ModelError(f"{n.describe()}: pad_end {pad_end} is for max pooling only")
+    out = tuple(window_out(x[1 + a], kernel[a], stride[a], padding[a], dilation[a], pad_end[a]) for a in range(2))
     if min(out) < 1:
         raise ModelError(f"{n.describe()}: {kernel[0]}x{kernel[1]} window (dilation {dilation}) with padding "
                          f"{padding} does not fit the {x[1]}x{x[2]} input; use a larger input or a smaller kernel")

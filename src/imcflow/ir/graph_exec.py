@@ -16,6 +16,13 @@ from imcflow.errors import DataError
 from imcflow.ir.graph import Graph, Node, Op
 
 
+def max_pool2d(x: torch.Tensor, kernel, stride, padding, pad_end=(0, 0)) -> torch.Tensor:
+    """``F.max_pool2d`` with ``pad_end`` (rows, columns) more -inf padding at the bottom and right."""
+    if tuple(pad_end) != (0, 0):
+        x = F.pad(x, (0, int(pad_end[1]), 0, int(pad_end[0])), value=float("-inf"))
+    return F.max_pool2d(x, kernel, stride, padding)
+
+
 def run_graph(graph: Graph, x: np.ndarray | torch.Tensor) -> np.ndarray:
     """Outputs of ``graph`` on ``x``, float32 numpy.
 
@@ -60,7 +67,7 @@ def run_node(n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     if n.op is Op.CLAMP:
         return torch.clamp(x, float(a["min"]), float(a["max"]))
     if n.op is Op.MAXPOOL:
-        return F.max_pool2d(x, a["kernel"], a.get("stride", a["kernel"]), a.get("padding", (0, 0)))
+        return max_pool2d(x, a["kernel"], a.get("stride", a["kernel"]), a.get("padding", (0, 0)), a.get("pad_end", (0, 0)))
     if n.op is Op.AVGPOOL:
         return F.avg_pool2d(x, a["kernel"], a.get("stride", a["kernel"]), a.get("padding", (0, 0)),
                             count_include_pad=True)

@@ -124,6 +124,8 @@ class QNode:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     """Symmetric zero padding (top/bottom, left/right); max pooling pads with -inf."""
+    pad_end: tuple[int, int] = (0, 0)
+    """MAXPOOL only: more -inf padding at the bottom and right (``ceil_mode``, or an asymmetric pad)."""
     dilation: tuple[int, int] = (1, 1)
     """CONV only: distance between a window's taps. The rows stay ``C_in * kh * kw``; the input
     line buffer gathers taps ``dilation`` pixels apart (receptive field :func:`receptive_field`)."""
@@ -252,6 +254,9 @@ _SAME_SPEC = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.CON
 
 def _verify_other(n: QNode, ins: list[QTensor]) -> None:
     arity = 2 if n.op is QOp.ADD else (len(ins) if n.op is QOp.CONCAT else 1)
+    if tuple(n.pad_end) != (0, 0) and (n.op is not QOp.MAXPOOL or min(n.pad_end) < 0):
+        raise QuantError(f"node {n.name!r} ({n.op.value}): pad_end {tuple(n.pad_end)} is for max pooling only, "
+                         f"and must be >= 0")
     if len(ins) != arity or not ins:
         raise QuantError(f"node {n.name!r} ({n.op.value}): takes {arity} input(s), got {len(ins)}")
     if n.op is QOp.ADD:
@@ -273,9 +278,20 @@ def receptive_field(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1))
     return tuple((int(k) - 1) * int(d) + 1 for k, d in zip(kernel, dilation))
 
 
-def window_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
-    """Output length of a sliding window along one axis (zero padding on both sides)."""
-    return (size + 2 * padding - (kernel - 1) * dilation - 1) // stride + 1
+def window_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, pad_end: int = 0) -> int:
+    """Output length of a sliding window along one axis (``padding`` on both sides, ``pad_end`` more
+    at the end)."""
+    return (size + 2 * padding + pad_end - (kernel - 1) * dilation - 1) // stride + 1
+
+
+def ceil_pad_end(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Extra end padding that gives a pooling window PyTorch's / ONNX's ``ceil_mode`` output length:
+    ceil((size + 2 padding - kernel) / stride) + 1 windows, less one if the last would start in the
+    end padding."""
+    out = -(-(size + 2 * padding - kernel) // stride) + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return max(0, (out - 1) * stride + kernel - size - 2 * padding)
 
 
 def row_tiles(c_in: int, kh: int, kw: int, array_rows: int) -> list[tuple[int, int]]:

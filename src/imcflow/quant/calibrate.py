@@ -309,7 +309,8 @@ def _other_node(step, specs) -> QNode:
         return QNode(name=node.name, op=op, inputs=step.inputs, out=out, add_multipliers=mults, add_shift=shift)
     if op in (QOp.MAXPOOL, QOp.AVGPOOL):
         return QNode(name=node.name, op=op, inputs=step.inputs, out=out, kernel=tuple(node.attrs["kernel"]),
-                     stride=pool_stride(node), padding=tuple(node.attrs.get("padding", (0, 0))))
+                     stride=pool_stride(node), padding=tuple(node.attrs.get("padding", (0, 0))),
+                     pad_end=tuple(node.attrs.get("pad_end", (0, 0))))
     return QNode(name=node.name, op=op, inputs=step.inputs, out=out)
 
 

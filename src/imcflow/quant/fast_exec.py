@@ -21,6 +21,7 @@ from imcflow import cima
 from imcflow.config.chip import ChipConfig
 from imcflow.config.presets import get_preset
 from imcflow.errors import CimaError, QuantError
+from imcflow.ir.graph_exec import max_pool2d
 from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, Requant
 from imcflow.quant.reference import MODES, check_input_ints, tile_seed
 
@@ -95,8 +96,8 @@ def run_node_fast(qgraph: QGraph, node: QNode, ins: list[torch.Tensor], mode: st
     if node.op is QOp.MAXPOOL:  # float holds the integers exactly; padding acts as -inf
         spec = qgraph.spec(node.inputs[0])
         exact32 = max(abs(spec.min_int), abs(spec.max_int)) < (1 << 24)
-        return F.max_pool2d(x.to(torch.float32 if exact32 else torch.float64), node.kernel, node.stride,
-                            node.padding).to(torch.int64)
+        return max_pool2d(x.to(torch.float32 if exact32 else torch.float64), node.kernel, node.stride,
+                          node.padding, node.pad_end).to(torch.int64)
     if node.op is QOp.AVGPOOL:
         total = F.avg_pool2d(x.double(), node.kernel, node.stride, node.padding, divisor_override=1)
         return _floor_div(total.to(torch.int64), node.kernel[0] * node.kernel[1])

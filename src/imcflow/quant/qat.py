@@ -59,6 +59,7 @@ from imcflow.config.chip import ChipConfig
 from imcflow.config.presets import get_preset
 from imcflow.errors import QuantError
 from imcflow.ir.graph import Graph, Op
+from imcflow.ir.graph_exec import max_pool2d
 from imcflow.ir.qgraph import QGraph
 from imcflow.quant.calibrate import (QuantSpec, Ranges, adc_full_scales, build_qgraph, collect_ranges, full_scale_for,
                                      layer_w_bits, tensor_specs)
@@ -239,8 +240,8 @@ class QatNet(nn.Module):
             v = xs[0] * self.tensor_scale(step.inputs[0]) + xs[1] * self.tensor_scale(step.inputs[1])
             return self._quantize(v, step.name, lo, hi)
         if op is Op.MAXPOOL:
-            return torch.nn.functional.max_pool2d(x, node.attrs["kernel"], pool_stride(node),
-                                                  node.attrs.get("padding", (0, 0)))
+            return max_pool2d(x, node.attrs["kernel"], pool_stride(node), node.attrs.get("padding", (0, 0)),
+                              node.attrs.get("pad_end", (0, 0)))
         if op is Op.AVGPOOL:
             k = node.attrs["kernel"]
             total = torch.nn.functional.avg_pool2d(x, k, pool_stride(node), node.attrs.get("padding", (0, 0)),

@@ -103,7 +103,7 @@ def run_node(qgraph: QGraph, node: QNode, ins: list[np.ndarray], mode: str, chip
         return node.requant.apply(acc, num, shift)
     x = ins[0]
     if node.op is QOp.MAXPOOL:
-        return maxpool_int(x, node.kernel, node.stride, node.padding)
+        return maxpool_int(x, node.kernel, node.stride, node.padding, node.pad_end)
     if node.op is QOp.AVGPOOL:
         return avgpool_int(x, node.kernel, node.stride, node.padding)
     if node.op is QOp.GLOBAL_AVGPOOL:
@@ -167,13 +167,15 @@ def mvm_layer_acc(node: QNode, x_spec: QTensor, x: np.ndarray, mode: str, chip: 
 
 
 def maxpool_int(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-                padding: tuple[int, int]) -> np.ndarray:
-    """Max pooling of int64 (N, C, H, W); padded cells never win (padding with -inf)."""
+                padding: tuple[int, int], pad_end: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Max pooling of int64 (N, C, H, W); padded cells never win (padding with -inf, ``pad_end``
+    more at the bottom and right)."""
     n, c, h, w = x.shape
-    oh = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
-    ow = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    oh = (h + 2 * padding[0] + pad_end[0] - kernel[0]) // stride[0] + 1
+    ow = (w + 2 * padding[1] + pad_end[1] - kernel[1]) // stride[1] + 1
     low = np.iinfo(np.int64).min
-    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=low)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[0] + pad_end[0]), (padding[1], padding[1] + pad_end[1])),
+                constant_values=low)
     out = np.full((n, c, oh, ow), low, dtype=np.int64)
     for i in range(kernel[0]):
         for j in range(kernel[1]):

@@ -270,7 +270,7 @@ def _simd(ctx: _Ctx, where: str, node: QNode, ins_, mem: _Store) -> None:
     ins = [_full(ctx, mem, i, where, c if per_channel else None) for i in node.inputs]
     x = ins[0]
     if node.op == QOp.MAXPOOL:
-        y = kernels.maxpool(x, node.kernel, node.stride, node.padding)
+        y = kernels.maxpool(x, node.kernel, node.stride, node.padding, node.pad_end)
     elif node.op == QOp.AVGPOOL:
         y = kernels.avgpool(x, node.kernel, node.stride, node.padding)
     elif node.op == QOp.GLOBAL_AVGPOOL:

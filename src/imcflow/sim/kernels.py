@@ -59,12 +59,15 @@ def tile_mvm(x: np.ndarray, w: np.ndarray, *, kernel: tuple[int, int], stride: t
     return flat[:, :, start:start + (px_hi - px_lo)]
 
 
-def maxpool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> np.ndarray:
-    """Integer max pooling of (N, C, H, W); padded cells never win."""
+def maxpool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+            pad_end: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Integer max pooling of (N, C, H, W); padded cells (``pad_end`` more at the bottom and right) never win."""
     n, c, h, w = x.shape
-    oh, ow = out_size(h, kernel[0], stride[0], padding[0]), out_size(w, kernel[1], stride[1], padding[1])
+    oh = out_size(h + pad_end[0], kernel[0], stride[0], padding[0])
+    ow = out_size(w + pad_end[1], kernel[1], stride[1], padding[1])
     low = np.iinfo(np.int64).min
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=low)
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding[0], padding[0] + pad_end[0]),
+                                     (padding[1], padding[1] + pad_end[1])), constant_values=low)
     out = np.full((n, c, oh, ow), low, dtype=np.int64)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
