@@ -175,9 +175,41 @@ class TcResNet8(nn.Module):
         return self.fc(F.adaptive_avg_pool1d(self.blocks(self.stem(x)), 1).squeeze(-1))
 
 
+class Fire(nn.Module):
+    """SqueezeNet's fire module (Iandola et al. 2016): 1x1 squeeze, then 1x1 and 3x3 expands, concatenated."""
+
+    def __init__(self, c_in: int, squeeze: int, expand: int):
+        super().__init__()
+        self.sq = nn.Conv2d(c_in, squeeze, 1)
+        self.e1, self.e3 = nn.Conv2d(squeeze, expand, 1), nn.Conv2d(squeeze, expand, 3, padding=1)
+
+    def forward(self, x):
+        x = F.relu(self.sq(x))
+        return torch.cat([F.relu(self.e1(x)), F.relu(self.e3(x))], 1)
+
+
+class SqueezeNet11(nn.Module):
+    """SqueezeNet 1.1's layers (Iandola et al. 2016) on 64 x 64 images, 10 classes: its max pools use
+    ceil_mode=True (31 -> 15 -> 7 -> 3 here)."""
+
+    input_shape = (3, 64, 64)
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.features = nn.Sequential(nn.Conv2d(3, 64, 3, stride=2), nn.ReLU(), pool, Fire(64, 16, 64),
+                                      Fire(128, 16, 64), pool, Fire(128, 32, 128), Fire(256, 32, 128), pool,
+                                      Fire(256, 48, 192), Fire(384, 48, 192), Fire(384, 64, 256), Fire(512, 64, 256))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(512, classes, 1), nn.ReLU(),
+                                        nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
 NETWORKS = {"VGG-style": Vgg, "ResNet-20, option A": ResNet20A, "MobileNetV2 blocks": MobileV2,
             "DenseNet-style": DenseTiny, "input normalisation + softmax": Normalised, "SiLU (refused)": SwishNet,
-            "TC-ResNet8 (1-D, 40 x 98)": TcResNet8}
+            "TC-ResNet8 (1-D, 40 x 98)": TcResNet8, "SqueezeNet 1.1 (64 x 64)": SqueezeNet11}
 
 
 def measure(source, shape: tuple[int, ...]) -> dict:
