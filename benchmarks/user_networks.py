@@ -207,9 +207,57 @@ class SqueezeNet11(nn.Module):
         return torch.flatten(self.classifier(self.features(x)), 1)
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle as users write it: group view, swap, view back."""
+    b, c, h, w = x.size()
+    return torch.transpose(x.view(b, groups, c // groups, h, w), 1, 2).contiguous().view(b, -1, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNet V2 unit (Ma et al. 2018): stride 1 splits the channels and transforms one half;
+    stride 2 transforms both (depthwise 3x3 strided); the halves are concatenated and shuffled."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        half = c_out // 2
+
+        def dw(c):
+            return [nn.Conv2d(c, c, 3, stride, 1, groups=c, bias=False), nn.BatchNorm2d(c)]
+        self.stride = stride
+        self.left = nn.Sequential(*dw(c_in), nn.Conv2d(c_in, half, 1, bias=False), nn.BatchNorm2d(half),
+                                  nn.ReLU()) if stride > 1 else None
+        branch_in = c_in if stride > 1 else half
+        self.right = nn.Sequential(nn.Conv2d(branch_in, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+                                   *dw(half), nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+
+    def forward(self, x):
+        if self.stride == 1:
+            a, b = x.chunk(2, dim=1)
+            return channel_shuffle(torch.cat((a, self.right(b)), 1), 2)
+        return channel_shuffle(torch.cat((self.left(x), self.right(x)), 1), 2)
+
+
+class ShuffleV2(nn.Module):
+    """ShuffleNet V2 0.5x's stage widths (48, 96, 192) on CIFAR-sized images, one stride-2 and one
+    stride-1 unit per stage."""
+
+    def __init__(self):
+        super().__init__()
+        units, c = [], 24
+        for width in (48, 96, 192):
+            units += [ShuffleUnit(c, width, 2), ShuffleUnit(width, width, 1)]
+            c = width
+        self.net = nn.Sequential(*_cbr(3, 24), *units, nn.Conv2d(c, 256, 1, bias=False), nn.BatchNorm2d(256),
+                                 nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 NETWORKS = {"VGG-style": Vgg, "ResNet-20, option A": ResNet20A, "MobileNetV2 blocks": MobileV2,
             "DenseNet-style": DenseTiny, "input normalisation + softmax": Normalised, "SiLU (refused)": SwishNet,
-            "TC-ResNet8 (1-D, 40 x 98)": TcResNet8, "SqueezeNet 1.1 (64 x 64)": SqueezeNet11}
+            "TC-ResNet8 (1-D, 40 x 98)": TcResNet8, "SqueezeNet 1.1 (64 x 64)": SqueezeNet11,
+            "ShuffleNet V2 units": ShuffleV2}
 
 
 def measure(source, shape: tuple[int, ...]) -> dict:

@@ -86,7 +86,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
     return _rebuild(graph, [nodes[n.name] for n in graph.nodes if n.name in nodes], renames)
 
 
-LOWERED_MOVES = ("slice", "pad")
+LOWERED_MOVES = ("slice", "pad", "shuffle")
 """``lowered_from`` of the 1x1 layers that only move values (selection / embedding weights)."""
 
 
@@ -117,6 +117,19 @@ def slice_layer(shape: tuple[int, ...], index: list[list[int]], where: str) -> t
 def channel_selection(shape: tuple[int, ...], c0: int, c1: int, where: str) -> tuple[dict, dict] | None:
     """:func:`slice_layer` keeping channels ``[c0, c1)`` of a map of ``shape`` (C, H, W), all pixels."""
     return slice_layer(shape, [list(range(c0, c1)), list(range(shape[1])), list(range(shape[2]))], where)
+
+
+def channel_shuffle(shape: tuple[int, ...], groups: int, where: str) -> tuple[dict, dict] | None:
+    """ShuffleNet's channel shuffle (Zhang et al. 2018) of a map of ``shape`` (C, H, W): viewed as
+    (groups, C / groups, H, W), the two group axes swapped, viewed back. Output channel
+    ``i * groups + j`` is input channel ``j * C / groups + i``: a 1x1 layer with a 0/1 permutation
+    weight, which normalisation contracts into the layers that read it. None for one group or
+    one channel per group (the identity)."""
+    c = shape[0]
+    k = c // groups
+    perm = [j * k + i for i in range(k) for j in range(groups)]
+    layer = slice_layer(shape, [perm, list(range(shape[1])), list(range(shape[2]))], where)
+    return None if layer is None else (layer[0] | {"lowered_from": "shuffle"}, layer[1])
 
 
 def split_sizes(channels: int, part: int) -> list[int]:
@@ -156,11 +169,11 @@ def _brief(keep: list[int]) -> str:
 
 
 def fuse_lowered_convs(graph: Graph) -> Graph:
-    """Remove what the slice and pad layers (:data:`LOWERED_MOVES`) cost where they feed one layer:
-    one that is the only reader of another merges with it (weight ``W2 @ W1``, strides multiplied,
-    paddings added, where that composition is exact), and a stride-1 one that is the only input of a
-    convolution moves into it (its 0/1 weight contracted into the conv's input channels, its
-    padding added to the conv's)."""
+    """Remove what the slice, pad and shuffle layers (:data:`LOWERED_MOVES`) cost where they feed one
+    layer: one that is the only reader of another merges with it (weight ``W2 @ W1``, strides
+    multiplied, paddings added, where that composition is exact), and a stride-1 one that is the only
+    input of a convolution moves into it (its 0/1 weight contracted into the conv's input channels,
+    its padding added to the conv's)."""
     nodes = {n.name: n for n in graph.nodes}
     for n in graph.nodes:
         src = nodes.get(n.inputs[0]) if n.inputs else None

@@ -45,9 +45,9 @@ from onnx import helper, numpy_helper
 
 from imcflow.errors import ModelError
 from imcflow.frontend.normalize import (ARITH, NON_CHIP_ACTIVATIONS, activation_fix, affine_params,
-                                        channel_constant, channel_selection, dense_grouped_weight, host_output_note,
-                                        input_layout_1d, map_of_1d, pad_layer, per_axis_of_1d, slice_layer,
-                                        split_sizes, squeeze_shape, view_1d)
+                                        channel_constant, channel_selection, channel_shuffle, dense_grouped_weight,
+                                        host_output_note, input_layout_1d, map_of_1d, pad_layer, per_axis_of_1d,
+                                        slice_layer, split_sizes, squeeze_shape, view_1d)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 from imcflow.ir.qgraph import ceil_pad_end, receptive_field
 
@@ -115,6 +115,16 @@ class _Transposed:
     (tf2onnx) classifier."""
 
     source: str
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    """Map ``source`` viewed as (N, groups, C / groups, H, W), the first step of a channel shuffle;
+    ``swapped`` once the two group axes are transposed (perm 0, 2, 1, 3, 4)."""
+
+    source: str
+    groups: int
+    swapped: bool = False
 
 
 @dataclass(frozen=True)
@@ -431,6 +441,14 @@ def _transpose(imp: _Importer, node: onnx.NodeProto) -> None:
     if imp.is_const(node):
         _const_transpose(imp, node)
         return
+    grouped = imp.values.get(node.input[0])
+    if isinstance(grouped, _Grouped):
+        perm = [int(p) for p in _attrs(node).get("perm", [])]
+        if perm != [0, 2, 1, 3, 4] or grouped.swapped:
+            raise _fail(node, f"transpose (perm {perm}) of a channel grouping",
+                        "only a channel shuffle's swap of the group axes (perm 0, 2, 1, 3, 4) maps to the chip")
+        imp.values[node.output[0]] = _Grouped(grouped.source, grouped.groups, swapped=True)
+        return
     x = imp.tensor(node, 0)
     perm = list(_attrs(node).get("perm", range(len(imp.shapes[x]), -1, -1)))
     readers = sum(node.input[0] in n.input for n in imp.g.node)
@@ -609,10 +627,16 @@ def _reshape(imp: _Importer, node: onnx.NodeProto) -> None:
     if isinstance(v, _Const):
         imp.values[node.output[0]] = _Const(v.value.reshape(target), v.bits)
         return
+    batches = (-1, 0, 1) if imp.batch is None else (-1, 0, 1, imp.batch)  # a fixed batch is baked into flattens
+    if isinstance(v, _Grouped):
+        _ungroup(imp, node, v, target, batches)
+        return
     transposed = v if isinstance(v, _Transposed) else None
     x = transposed.source if transposed else imp.tensor(node, 0)
     shape = imp.shapes[x]
-    batches = (-1, 0, 1) if imp.batch is None else (-1, 0, 1, imp.batch)  # a fixed batch is baked into flattens
+    if len(target) == 5 and len(shape) == 3 and target[0] in batches:
+        _group_channels(imp, node, x, target)
+        return
     if len(target) != 2 or target[0] not in batches or target[1] not in (-1, math.prod(shape)):
         raise _fail(node, f"reshape of a {shape} tensor (batch excluded) to {target}",
                     "only reshape to (N, -1), a flatten, is supported")
@@ -623,6 +647,37 @@ def _reshape(imp: _Importer, node: onnx.NodeProto) -> None:
         imp.alias(node)
     else:
         imp.add(node, Op.FLATTEN, [x])
+
+
+def _group_channels(imp: _Importer, node: onnx.NodeProto, x: str, target: list[int]) -> None:
+    """Reshape of a (C, H, W) map to (N, g, C / g, H, W): a channel shuffle's first step, pending."""
+    c, h, w = imp.shapes[x]
+    dims = [([c, h, w][i - 1] if t == 0 and i < 4 else t) for i, t in enumerate(target)][1:]
+    if dims.count(-1) == 1:
+        known = math.prod(d for d in dims if d != -1)
+        dims[dims.index(-1)] = c * h * w // known if known else -1
+    g, k = dims[0], dims[1]
+    if g < 1 or k < 1 or g * k != c or dims[2:] != [h, w]:
+        raise _fail(node, f"reshape of a {(c, h, w)} map to {target}",
+                    "a rank-5 reshape maps to the chip only as a channel shuffle's grouping (N, groups, C / groups, H, W)")
+    imp.values[node.output[0]] = _Grouped(x, g)
+
+
+def _ungroup(imp: _Importer, node: onnx.NodeProto, v: _Grouped, target: list[int], batches: tuple) -> None:
+    """Reshape of a channel grouping back to (N, C, H, W): the identity, or after the swap the
+    channel shuffle (:func:`imcflow.frontend.normalize.channel_shuffle`); to another grouping (an
+    exporter's fusion of the view back and the next shuffle's view), the shuffle and that grouping."""
+    c, h, w = imp.shapes[v.source]
+    regroup = len(target) == 5 and target[0] in batches
+    if not regroup and (len(target) != 4 or target[0] not in batches or target[1] not in (-1, c) or target[2:] != [h, w]):
+        raise _fail(node, f"reshape of a channel grouping of a {(c, h, w)} map to {target}",
+                    "reshape the (N, groups, C / groups, H, W) tensor back to (N, C, H, W)")
+    layer = channel_shuffle(imp.shapes[v.source], v.groups, f"node {_nname(node)!r} (Reshape)") if v.swapped else None
+    x = v.source if layer is None else imp.add(node, Op.CONV, [v.source], *layer, check_shape=not regroup)
+    if regroup:
+        _group_channels(imp, node, x, target)
+    else:
+        imp.values[node.output[0]] = _Tensor(x)
 
 
 def _concat(imp: _Importer, node: onnx.NodeProto) -> None:

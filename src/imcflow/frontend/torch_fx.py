@@ -35,6 +35,7 @@ from torch import nn
 
 from imcflow.errors import ModelError
 from imcflow.frontend.normalize import (ARITH, activation_fix, affine_params, channel_constant, channel_selection,
+                                        channel_shuffle,
                                         dense_grouped_weight, host_output_note, input_layout_1d, map_of_1d, pad_layer,
                                         per_axis_of_1d, slice_layer, split_sizes, squeeze_shape, view_1d)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
@@ -202,7 +203,13 @@ class _Importer:
         elif fx.target in _METHOD_ARITH:
             _arith(self, fx, _METHOD_ARITH[fx.target])
         elif fx.target == "contiguous":
-            self.same(fx, fx.args[0])
+            pending = self.alias.get(fx.args[0].name) if isinstance(fx.args[0], torch.fx.Node) else None
+            if isinstance(pending, tuple) and pending[0] in ("grouped", "shuffled"):
+                self.alias[fx.name] = pending
+            else:
+                self.same(fx, fx.args[0])
+        elif fx.target in ("transpose", "permute"):
+            _transpose(self, fx)
         elif fx.target == "mean":
             _mean(self, fx)
         elif fx.target == "amax":
@@ -223,8 +230,15 @@ class _Importer:
 
     # --- shape ops ------------------------------------------------------------------------
     def reshape(self, fx: torch.fx.Node, how: str) -> None:
+        pending = self.alias.get(fx.args[0].name) if isinstance(fx.args[0], torch.fx.Node) else None
+        if isinstance(pending, tuple) and pending[0] in ("grouped", "shuffled"):
+            _ungroup(self, fx, how, pending)
+            return
         src = self.tensor(fx, fx.args[0])
         shape = self.shapes[src]
+        if how != "flatten" and len(self.view_target(fx)) == 5:
+            _group_channels(self, fx, src)
+            return
         if how == "flatten":
             start = fx.args[1] if len(fx.args) > 1 else fx.kwargs.get("start_dim", 0)
             end = fx.args[2] if len(fx.args) > 2 else fx.kwargs.get("end_dim", -1)
@@ -246,10 +260,19 @@ class _Importer:
         if len(target) != 2:
             return False
         batch, rest = target
-        batch_ok = batch in (-1, 1) or (isinstance(batch, torch.fx.Node)
-                                        and self.alias.get(batch.name, ("",))[0] == "size"
-                                        and self.alias[batch.name][2] in (0, -4))
-        return batch_ok and rest in (-1, math.prod(shape))
+        return self.is_batch(batch) and rest in (-1, math.prod(shape))
+
+    def is_batch(self, v: Any) -> bool:
+        """``v`` is the batch size of a view target: -1, 1 or x.size(0) / x.shape[0]."""
+        return v in (-1, 1) or (isinstance(v, torch.fx.Node) and self.alias.get(v.name, ("",))[0] == "size"
+                                and self.alias[v.name][2] in (0, -4))
+
+    def view_target(self, fx: torch.fx.Node) -> tuple:
+        """The target shape of a view/reshape, feature sizes given by ``x.size(k)`` or ``C // g`` made static."""
+        target = fx.args[1:] if len(fx.args) > 1 else fx.kwargs.get("shape", ())
+        if len(target) == 1 and isinstance(target[0], (tuple, list)):
+            target = tuple(target[0])
+        return tuple(t if self.is_batch(t) else _static_size(self, fx, t) for t in target)
 
 
 def _op_name(imp: _Importer, fx: torch.fx.Node) -> str:
@@ -472,6 +495,8 @@ def _arith(imp: _Importer, fx: torch.fx.Node, kind: str) -> None:
     if kind in ("add", "sub") and _arg(fx, 2, "alpha", 1) != 1:
         raise imp.fail(fx, f"{kind} with alpha != 1", "scale the operand with a layer instead")
     a, b = fx.args[0], _arg(fx, 1, "other", None)
+    if kind in ("add", "sub", "mul") and _size_arith(imp, fx, a, b, ARITH[kind]):
+        return
     ca, cb = _constant(imp, a), _constant(imp, b)
     if ca is not None and cb is not None:
         imp.alias[fx.name] = ("const", ARITH[kind](ca, cb))
@@ -638,6 +663,8 @@ def _static_size(imp: _Importer, fx: torch.fx.Node, arg: Any) -> Any:
     if isinstance(arg, (tuple, list)):
         return type(arg)(_static_size(imp, fx, a) for a in arg)
     entry = imp.alias.get(arg.name) if isinstance(arg, torch.fx.Node) else None
+    if isinstance(entry, tuple) and entry[0] == "int":  # shape arithmetic, e.g. C // groups
+        return entry[1]
     if not (isinstance(entry, tuple) and entry[0] in ("size", "size_slice")):
         return arg
     full = (None, *imp.user_shape(imp.tensor(fx, entry[1])))
@@ -652,6 +679,84 @@ def _static_size(imp: _Importer, fx: torch.fx.Node, arg: Any) -> Any:
         raise imp.fail(fx, f"a window size given by {'the batch size' if dim == 0 else f'axis {entry[2]}'}",
                        "give the pooling window a feature-map size (x.size(2) or x.size(3)) or a number")
     return full[dim]
+
+
+def _is_size(imp: _Importer, v: Any) -> bool:
+    """``v`` is a feature size (``x.size(k)``, k > 0) or arithmetic on feature sizes."""
+    entry = imp.alias.get(v.name) if isinstance(v, torch.fx.Node) else None
+    return isinstance(entry, tuple) and (entry[0] == "int" or (entry[0] == "size" and entry[2] not in (0, -4)))
+
+
+def _size_arith(imp: _Importer, fx: torch.fx.Node, a: Any, b: Any, fn: Callable) -> bool:
+    """Arithmetic on static feature sizes (``C // groups``, ``h * w``), evaluated; False if it is not that."""
+    if not (_is_size(imp, a) or _is_size(imp, b)):
+        return False
+    va, vb = _static_size(imp, fx, a), _static_size(imp, fx, b)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (va, vb)):
+        return False
+    value = fn(va, vb)
+    if value is None:
+        return False
+    imp.alias[fx.name] = ("int", int(value))
+    return True
+
+
+def _floordiv(imp: _Importer, fx: torch.fx.Node) -> None:
+    """``C // groups`` of static feature sizes (as channel shuffles compute a group's width)."""
+    if not _size_arith(imp, fx, fx.args[0], fx.args[1], lambda p, q: p // q if q > 0 else None):
+        raise imp.fail(fx, f"floor division {fx.args[0]} // {fx.args[1]}",
+                       "divide only static feature sizes by a number (x.size(1) // groups), not tensors or the batch")
+
+
+def _group_channels(imp: _Importer, fx: torch.fx.Node, src: str) -> None:
+    """``x.view(N, g, C // g, H, W)`` of a (C, H, W) map: the first step of a channel shuffle, pending."""
+    target, shape = imp.view_target(fx), imp.shapes[src]
+    c = shape[0]
+    g, k = target[1], target[2]
+    g, k = (c // k if g == -1 and isinstance(k, int) and k > 0 else g), (c // g if k == -1 and isinstance(g, int) and g > 0 else k)
+    if len(imp.user_shape(src)) != 3 or not (isinstance(g, int) and isinstance(k, int) and g * k == c
+                                             and tuple(target[3:]) == tuple(shape[1:])):
+        raise imp.fail(fx, f"view of a {(1, *imp.user_shape(src))} tensor as {target}",
+                       "a rank-5 view maps to the chip only as the channel grouping of a channel shuffle, "
+                       "x.view(N, groups, C // groups, H, W), followed by transpose(1, 2) and a view back")
+    imp.alias[fx.name] = ("grouped", src, g)
+
+
+def _transpose(imp: _Importer, fx: torch.fx.Node) -> None:
+    """``transpose(1, 2)`` / ``permute(0, 2, 1, 3, 4)`` of a channel grouping: the shuffle, pending."""
+    pending = imp.alias.get(fx.args[0].name) if isinstance(fx.args[0], torch.fx.Node) else None
+    dims = tuple(fx.args[1:]) if len(fx.args) > 1 else tuple(fx.kwargs.get("dims", (fx.kwargs.get("dim0"),
+                                                                                      fx.kwargs.get("dim1"))))
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    swaps = dims in ((1, 2), (2, 1), (0, 2, 1, 3, 4), (-4, -3), (-3, -4))
+    if not (isinstance(pending, tuple) and pending[0] == "grouped" and swaps):
+        what = f"unsupported tensor method .{fx.target}()" if fx.op == "call_method" else "unsupported function"
+        raise imp.fail(fx, f"{what}: transpose/permute {dims} of an activation",
+                       "only the channel shuffle's transpose(1, 2) of x.view(N, groups, C // groups, H, W) maps to "
+                       "the chip")
+    imp.alias[fx.name] = ("shuffled", pending[1], pending[2])
+
+
+def _ungroup(imp: _Importer, fx: torch.fx.Node, how: str, pending: tuple) -> None:
+    """The view back to (N, C, H, W) that ends a channel grouping: the identity, or after the
+    transpose the channel shuffle (:func:`channel_shuffle`)."""
+    kind, src, groups = pending
+    c, h, w = imp.shapes[src]
+    if how == "flatten":
+        start = _arg(fx, 1, "start_dim", 0)
+        end = _arg(fx, 2, "end_dim", -1)
+        ok = (start, end) in ((1, 2), (-4, -3), (1, -3))
+    else:
+        target = imp.view_target(fx)
+        ok = len(target) == 4 and imp.is_batch(target[0]) and target[1] in (-1, c) and tuple(target[2:]) == (h, w)
+    if not ok:
+        raise imp.fail(fx, f"{how} of a channel grouping of a {(1, c, h, w)} map to other than (N, C, H, W)",
+                       "view the (N, groups, C // groups, H, W) tensor back to (N, C, H, W) (x.view(N, -1, H, W))")
+    if kind == "grouped":
+        imp.alias[fx.name] = src
+    else:
+        _move_layer(imp, fx, src, channel_shuffle(imp.shapes[src], groups, f"node {fx.name!r} ({_op_name(imp, fx)})"))
 
 
 def _slice_text(s: slice) -> str:
@@ -748,6 +853,9 @@ _FUNCTIONS: dict[Any, Callable] = {
     operator.itruediv: lambda imp, fx: _arith(imp, fx, "div"),
     torch.div: lambda imp, fx: _arith(imp, fx, "div"),
     operator.getitem: _getitem,
+    operator.floordiv: _floordiv,
+    torch.transpose: _transpose,
+    torch.permute: _transpose,
     getattr: _getattr,
     torch.clamp: _clamp_fn,
     torch.clip: _clamp_fn,
