@@ -35,9 +35,9 @@ from torch import nn
 
 from imcflow.errors import ModelError
 from imcflow.frontend.normalize import (ARITH, activation_fix, affine_params, channel_constant, channel_selection,
-                                        channel_shuffle,
-                                        dense_grouped_weight, host_output_note, input_layout_1d, map_of_1d, pad_layer,
-                                        per_axis_of_1d, slice_layer, split_sizes, squeeze_shape, view_1d)
+                                        channel_shuffle, dense_grouped_weight, host_output_note, input_layout_1d,
+                                        map_of_1d, pad_layer, per_axis_of_1d, slice_layer, split_sizes, squeeze_shape,
+                                        view_1d)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 from imcflow.ir.qgraph import ceil_pad_end, receptive_field
 
@@ -711,9 +711,11 @@ def _floordiv(imp: _Importer, fx: torch.fx.Node) -> None:
 def _group_channels(imp: _Importer, fx: torch.fx.Node, src: str) -> None:
     """``x.view(N, g, C // g, H, W)`` of a (C, H, W) map: the first step of a channel shuffle, pending."""
     target, shape = imp.view_target(fx), imp.shapes[src]
-    c = shape[0]
-    g, k = target[1], target[2]
-    g, k = (c // k if g == -1 and isinstance(k, int) and k > 0 else g), (c // g if k == -1 and isinstance(g, int) and g > 0 else k)
+    c, (g, k) = shape[0], target[1:3]
+    if g == -1 and isinstance(k, int) and k > 0:  # x.view(N, -1, C // g, H, W)
+        g = c // k
+    elif k == -1 and isinstance(g, int) and g > 0:  # x.view(N, g, -1, H, W)
+        k = c // g
     if len(imp.user_shape(src)) != 3 or not (isinstance(g, int) and isinstance(k, int) and g * k == c
                                              and tuple(target[3:]) == tuple(shape[1:])):
         raise imp.fail(fx, f"view of a {(1, *imp.user_shape(src))} tensor as {target}",
