@@ -408,8 +408,9 @@ the chip's SIMD does not apply: importers refuse them with :func:`activation_fix
 
 
 def activation_fix(op: str) -> str:
-    """What to do about a ``op`` activation, for the importers' errors."""
-    return (f"a {op} activation is not a chip op: the chip's SIMD applies ReLU or a clamp (ReLU6, Hardtanh) "
+    """What to do about an ``op`` activation, for the importers' errors."""
+    article = "an" if op[0].upper() in "AEIOU" else "a"
+    return (f"{article} {op} activation is not a chip op: the chip's SIMD applies ReLU or a clamp (ReLU6, Hardtanh) "
             f"after a layer; retrain or fine-tune the network with ReLU")
 
 
