@@ -54,3 +54,27 @@ def test_from_json_rejects_non_programs_with_a_typed_error(text, tmp_path):
     path.write_bytes(b"\x93NUMPY\xff\xfe")
     with pytest.raises(CompileError, match="bin.json"):
         Program.load(str(path))
+
+
+def test_mapping_notes_say_what_routing_gave_up():
+    """A phase routed with fewer copies than its balanced plan says so, in the Program (kept through
+    JSON; older files without notes still load), its summary and the run report."""
+    import json
+    from types import SimpleNamespace
+
+    from imcflow.compiler.pipeline import _copies_note
+    from imcflow.ir.program import LayerCopy
+    copies = (LayerCopy("a", 0, 2, 0, 8, 0, 4), LayerCopy("a", 1, 2, 8, 16, 0, 4), LayerCopy("b", 0, 1, 0, 4, 0, 4))
+    note = _copies_note(3, {"a": 5, "b": 1}, SimpleNamespace(copies=copies))
+    assert note == ["phase 3: the balanced copies did not route on the on-chip network; routed with fewer (a x5 -> x2)"]
+    assert _copies_note(3, {"a": 2, "b": 1}, SimpleNamespace(copies=copies)) == []
+
+    prog = dataclasses.replace(compile_qgraph(random_qgraph(11, TINY, head="gap"), TINY), mapping_notes=tuple(note))
+    again = Program.from_json(prog.to_json())
+    assert again.mapping_notes == tuple(note) and again == prog
+    assert f"mapping: {note[0]}" in str(prog)
+    old = json.loads(prog.to_json())
+    del old["mapping_notes"]
+    assert Program.from_json(json.dumps(old)).mapping_notes == ()
+    from imcflow.report.flow import simulate_report
+    assert f"compiler: {note[0]}" in simulate_report(prog, images=2).notes

@@ -47,14 +47,15 @@ def compile_qgraph(qgraph: QGraph, chip: ChipConfig, objective: str = "throughpu
         raise CompileError(f"the QGraph is inconsistent: {exc}") from None
     tilings = tile_graph(qgraph, chip)
     plans = place(qgraph, tilings, chip, objective)
-    phases = _route_all(qgraph, tilings, chip, plans, objective)
+    notes: list[str] = []
+    phases = _route_all(qgraph, tilings, chip, plans, objective, notes)
     program = Program(name=qgraph.name, qgraph=qgraph, chip=chip, phases=phases, batch=1, batch_reason="",
                       objective=objective)
     estimates = [estimate_phase(phase_work(program, ph), chip) for ph in phases]
     chosen, reason = choose_batch(estimates, chip, objective, batch, load_fraction)
     final = combine(estimates, chosen, chip)
     program = Program(name=qgraph.name, qgraph=qgraph, chip=chip, phases=phases, batch=chosen,
-                      batch_reason=reason, objective=objective, predicted=final.as_dict())
+                      batch_reason=reason, objective=objective, predicted=final.as_dict(), mapping_notes=tuple(notes))
     program.verify()
     return program
 
@@ -68,12 +69,12 @@ def _needed_later(qgraph: QGraph, plans: list[PhasePlan], index: int) -> set[str
 
 
 def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plans: list[PhasePlan],
-               objective: str) -> tuple[Phase, ...]:
+               objective: str, notes: list[str]) -> tuple[Phase, ...]:
     """Route and emit every phase. A phase that cannot be routed is first re-packed for locality
     (same copies, fewer streams), then re-placed with fewer copies (the layer with the most output
     pieces keeps about three quarters, step by step), each again with its locality re-packing,
     until every layer has one copy; then with fewer streams from the input port; then it is cut
-    into two phases (each placed afresh)."""
+    into two phases (each placed afresh). What was given up is appended to ``notes``."""
     phases: list[Phase] = []
     while len(phases) < len(plans):
         i = len(phases)
@@ -92,10 +93,23 @@ def _route_all(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig
             splits = tuple(sorted({port_streams(chip), 1}, reverse=True))
             emitted = _try_route(qgraph, tilings, chip, last, later, splits)
         if emitted is None:
+            notes.append(f"phase {i} ({len(last.nodes)} nodes) did not route even with one copy per layer; "
+                         f"cut into two phases")
             plans = plans[:i] + _split(qgraph, tilings, chip, last, objective) + plans[i + 1:]
         else:
+            notes.extend(_copies_note(i, plans[i].copies, emitted))
             phases.append(emitted)
     return tuple(phases)
+
+
+def _copies_note(index: int, planned: dict[str, int], phase: Phase) -> list[str]:
+    """A note when phase ``index`` was routed with fewer copies than its balanced plan gave."""
+    routed = {c.layer: c.n_copies for c in phase.copies}
+    cut = {layer: (n, routed.get(layer, n)) for layer, n in planned.items() if routed.get(layer, n) < n}
+    if not cut:
+        return []
+    which = ", ".join(f"{layer} x{a} -> x{b}" for layer, (a, b) in cut.items())
+    return [f"phase {index}: the balanced copies did not route on the on-chip network; routed with fewer ({which})"]
 
 
 def _try_route(qgraph: QGraph, tilings: dict[str, LayerTiling], chip: ChipConfig, plan: PhasePlan,

@@ -367,6 +367,8 @@ class Program:
     predicted: dict[str, float] = field(default_factory=dict)
     """Performance-model figures at compile time (see :mod:`imcflow.perf.model`), e.g.
     ``throughput_img_s``, ``latency_s``, ``stage_time_s``."""
+    mapping_notes: tuple[str, ...] = ()
+    """What the compiler gave up to route the phases (copies cut, a phase split), in words."""
 
     # --- equality and JSON ------------------------------------------------------------------
     def _fields_without_graph(self) -> tuple:
@@ -431,7 +433,7 @@ def _decode_program(obj: dict[str, Any]) -> Program:
     phases = tuple(decode(p, _PROG_TYPES, _ENUMS) for p in obj["phases"])
     return Program(name=obj["name"], qgraph=qgraph, chip=chip, phases=phases, batch=int(obj["batch"]),
                    batch_reason=obj["batch_reason"], objective=obj["objective"],
-                   predicted=dict(obj.get("predicted", {})))
+                   predicted=dict(obj.get("predicted", {})), mapping_notes=tuple(obj.get("mapping_notes", ())))
 
 
 # --- verification -----------------------------------------------------------------------------
@@ -637,6 +639,7 @@ def summary(prog: Program) -> str:
              f"  batch: {prog.batch_reason}"]
     for k, v in prog.predicted.items():
         lines.append(f"  predicted {k} = {v:.6g}")
+    lines += [f"  mapping: {note}" for note in prog.mapping_notes]
     for ph in prog.phases:
         used = sum(t.weight_bits for t in ph.tiles)
         total = chip.n_cores * chip.array.rows * chip.array.cols

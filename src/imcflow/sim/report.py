@@ -172,7 +172,7 @@ def make_report(prog: Program, tr: TimingResult, accuracy: float | None = None,
                                   array_busy_s_per_img=low.layer_array_s.get(node.name, 0.0) * per_img,
                                   energy_per_img_j=sum(dynamic_energy_j(cnt.scaled(per_img), chip.energy).values())))
     power = e_img * thr
-    notes = list(tr.notes)
+    notes = list(tr.notes) + [f"compiler: {note}" for note in prog.mapping_notes]
     if prog.predicted.get("throughput_img_s"):
         notes.append(f"compiler's analytic model predicted {prog.predicted['throughput_img_s']:,.1f} img/s; "
                      f"event simulation gives {thr:,.1f} img/s")
