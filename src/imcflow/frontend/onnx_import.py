@@ -4,7 +4,7 @@ Supported ops: Conv (symmetric pads; any dilations: the same k*k*C_in rows, the 
 gathering taps d apart, receptive field (k-1)*d+1; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
 BatchNormalization (inference), Relu, Clip, MaxPool (undilated; ``ceil_mode=1``, ``auto_pad=SAME_UPPER`` and
 pads larger at the end become -inf padding at the end, ``pad_end``), AveragePool, GlobalAveragePool, GlobalMaxPool,
-ReduceMean and ReduceMax over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax/Sigmoid (left
+ReduceMean, ReduceMax and ReduceSum (the average times the area) over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax/Sigmoid (left
 to the host: the graph ends at the logits and ``meta["host_output"]`` says so),
 Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
 for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Slice, Transpose,
@@ -584,9 +584,10 @@ def _global_pool(imp: _Importer, node: onnx.NodeProto, op: Op, x: str, check_sha
     return imp.add(node, Op.MAXPOOL, [x], {"kernel": hw, "stride": hw, "padding": (0, 0)}, check_shape=check_shape)
 
 
-def _reduce_spatial(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
-    """ReduceMean / ReduceMax over the two spatial axes (the last of an (N, C, L) tensor): global
-    average / max pooling (then a flatten without keepdims)."""
+def _reduce_spatial(op: Op, area_scale: bool = False) -> Callable[[_Importer, onnx.NodeProto], None]:
+    """ReduceMean / ReduceMax / ReduceSum over the two spatial axes (the last of an (N, C, L)
+    tensor): global average / max pooling (``area_scale``: a sum, the average times the map's area,
+    a per-channel scale after it), then a flatten without keepdims."""
     def handler(imp: _Importer, node: onnx.NodeProto) -> None:
         a = _attrs(node)
         x = imp.tensor(node, 0)
@@ -597,7 +598,12 @@ def _reduce_spatial(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
                         f"reduce over the spatial axes (2, 3) of an NCHW map, or axis 2 (-1) of an (N, C, L) "
                         f"tensor, only (a global {'average' if op is Op.GLOBAL_AVGPOOL else 'max'} pool)")
         keep = int(a.get("keepdims", 1))
-        pooled = _global_pool(imp, node, op, x, check_shape=bool(keep))
+        pooled = _global_pool(imp, node, op, x, check_shape=bool(keep) and not area_scale)
+        if area_scale:
+            area = np.full(imp.shapes[x][0], float(math.prod(imp.shapes[x][1:])))
+            params = affine_params("mul", area, constant_first=False, where=f"node {_nname(node)!r}")
+            pooled = imp.add(node, Op.BATCHNORM, [pooled], {"eps": 0.0, "source_op": "mul"}, params,
+                             check_shape=bool(keep))
         if not keep:
             imp.add(node, Op.FLATTEN, [pooled])
     return handler
@@ -1036,6 +1042,7 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "GlobalAveragePool": lambda imp, node: imp.add(node, Op.GLOBAL_AVGPOOL, [imp.tensor(node, 0)]),
     "Flatten": _flatten,
     "ReduceMean": _reduce_spatial(Op.GLOBAL_AVGPOOL),
+    "ReduceSum": _reduce_spatial(Op.GLOBAL_AVGPOOL, area_scale=True),
     "ReduceMax": _reduce_spatial(Op.MAXPOOL),
     "GlobalMaxPool": _global_max,
     "Reshape": _reshape,

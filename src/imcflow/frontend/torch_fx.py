@@ -6,7 +6,8 @@ nn.Linear, nn.BatchNorm1d/2d (running statistics), nn.ReLU/ReLU6/Hardtanh, F.rel
 clamp/clip with a constant lower bound, nn.MaxPool2d (undilated; ``ceil_mode=True`` is -inf padding at the
 end, ``pad_end``)/AvgPool2d, nn.AdaptiveAvgPool2d/
 AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), and their functions (a pooling window
-may be given by the map's own sizes, ``x.shape[2:]``, ``x.size(3)``), mean/amax over dims (2, 3) (global pooling),
+may be given by the map's own sizes, ``x.shape[2:]``, ``x.size(3)``), mean/amax/sum over dims (2, 3) (global pooling;
+a sum is the average times the area),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
 semantics), slicing ``x[:, c0:c1, ::s, ::s]`` (and chunk/split of the channels) and zero padding (``F.pad``, nn.ZeroPad2d: channels, or
@@ -214,6 +215,8 @@ class _Importer:
             _mean(self, fx)
         elif fx.target == "amax":
             _amax(self, fx)
+        elif fx.target == "sum":
+            _sum(self, fx)
         elif fx.target in ("softmax", "log_softmax"):
             _final_host_op(self, fx, fx.target, _arg(fx, 1, "dim", None))
         elif fx.target == "sigmoid":
@@ -226,7 +229,7 @@ class _Importer:
             raise self.fail(fx, "unsupported activation", activation_fix("Tanh"))
         else:
             raise self.fail(fx, f"unsupported tensor method .{fx.target}()",
-                            "use view/reshape/flatten/squeeze/relu/clamp/mean/amax only")
+                            "use view/reshape/flatten/squeeze/relu/clamp/mean/amax/sum only")
 
     # --- shape ops ------------------------------------------------------------------------
     def reshape(self, fx: torch.fx.Node, how: str) -> None:
@@ -774,9 +777,10 @@ def _adaptive_fn(cls: type) -> Callable:
 
 
 def _spatial_reduce(kind: str) -> Callable:
-    """torch.mean / torch.amax (or the methods) over the spatial dims (2, 3), or dim 2 of a 1-D
-    network's (N, C, L) tensor: global average / max pooling, then a flatten unless keepdim."""
-    what = "mean" if kind == "average" else "amax"
+    """torch.mean / torch.amax / torch.sum (or the methods) over the spatial dims (2, 3), or dim 2 of a
+    1-D network's (N, C, L) tensor: global average / max pooling (a sum is the average times the
+    map's area, a per-channel scale after it), then a flatten unless keepdim."""
+    what = {"average": "mean", "max": "amax", "sum": "sum"}[kind]
 
     def handler(imp: _Importer, fx: torch.fx.Node) -> None:
         src = imp.tensor(fx, fx.args[0])
@@ -788,7 +792,11 @@ def _spatial_reduce(kind: str) -> Callable:
             raise imp.fail(fx, f"{what} over dims {dims} of a rank-{rank} tensor",
                            f"reduce over the spatial dims (2, 3) of an NCHW map, or dim 2 (-1) of an (N, C, L) "
                            f"tensor, only (a global {kind} pool)")
-        _global_pool(imp, fx, src, kind)
+        _global_pool(imp, fx, src, "max" if kind == "max" else "average")
+        if kind == "sum":
+            area = np.full(imp.shapes[src][0], float(math.prod(imp.shapes[src][1:])))
+            params = affine_params("mul", area, constant_first=False, where=f"node {fx.name!r}")
+            imp.add(fx, Op.BATCHNORM, [imp.alias[fx.name]], {"eps": 0.0, "source_op": "mul"}, params)
         if not keep:
             imp.add(fx, Op.FLATTEN, [imp.alias[fx.name]])
     return handler
@@ -818,6 +826,7 @@ def _squeeze(imp: _Importer, fx: torch.fx.Node) -> None:
 
 _mean = _spatial_reduce("average")
 _amax = _spatial_reduce("max")
+_sum = _spatial_reduce("sum")
 
 
 def _final_host_op(imp: _Importer, fx: torch.fx.Node, what: str, dim: Any) -> None:
@@ -882,6 +891,7 @@ _FUNCTIONS: dict[Any, Callable] = {
     F.adaptive_max_pool2d: _adaptive_fn(nn.AdaptiveMaxPool2d),
     torch.mean: _mean,
     torch.amax: _amax,
+    torch.sum: _sum,
     F.softmax: lambda imp, fx: _final_host_op(imp, fx, "softmax", _arg(fx, 1, "dim", None)),
     torch.softmax: lambda imp, fx: _final_host_op(imp, fx, "softmax", _arg(fx, 1, "dim", None)),
     F.log_softmax: lambda imp, fx: _final_host_op(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),

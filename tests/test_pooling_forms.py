@@ -1,7 +1,10 @@
-"""Max pooling with more windows at the end: PyTorch's and ONNX's ``ceil_mode``, ONNX ``SAME_UPPER``
+"""Pooling as users write it beyond the plain window.
+
+Max pooling with more windows at the end: PyTorch's and ONNX's ``ceil_mode``, ONNX ``SAME_UPPER``
 and end-heavy pads (SqueezeNet, GoogLeNet, TF exports). The IR keeps them as ``pad_end``: -inf
 padding at the bottom and right, so every integer path pools the same windows; both importers
-match PyTorch / onnxruntime, and the compiled program equals the reference executor."""
+match PyTorch / onnxruntime, and the compiled program equals the reference executor. Global sum
+pooling (``x.sum((2, 3))``, ONNX ReduceSum) is the global average times the map's area."""
 
 import os
 import sys
@@ -161,3 +164,37 @@ def test_qat_pools_the_same_windows_as_the_integer_export():
     loss = net.set_mode("qat")(torch.from_numpy(xs)).sum()
     loss.backward()  # the -inf end padding passes gradients to the pooled cells only
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+
+
+class SumPool(nn.Module):
+    """Global sum pooling (``x.sum((2, 3))``), with and without keepdim, and ``torch.sum``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 4)
+
+    def forward(self, x):
+        y = F.relu(self.c(x))
+        a = y.sum((2, 3))
+        b = torch.sum(y, dim=(-2, -1), keepdim=True).flatten(1)
+        return self.fc(a + 0.5 * b)
+
+
+def test_global_sum_pooling_imports_as_a_scaled_average(tmp_path):
+    torch.manual_seed(0)
+    m = SumPool().eval()
+    x = torch.rand(2, 3, 6, 6)
+    path = tmp_path / "sum.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x[:1],), str(path), dynamo=False)
+    for graph in (load_graph(m, (3, 6, 6)), load_graph(path)):
+        assert sum(n.op is Op.GLOBAL_AVGPOOL for n in graph.nodes) == 2
+        np.testing.assert_allclose(run_graph(graph, x.numpy()), m(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ModelError, match="sum over dims"):
+        load_graph(_SumChannels(), (3, 4, 4))
+
+
+class _SumChannels(nn.Module):
+    def forward(self, x):
+        return x.sum(1)
