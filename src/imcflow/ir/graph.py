@@ -29,6 +29,9 @@ global_avgpool  -                                                         -  (ou
 add             -                                                         -  (2 inputs of equal shape)
 flatten         -                                                         -  ((C, H, W) -> (C*H*W,))
 concat          -                                                         axis = 0 (channels, without batch)
+upsample        -                                                         scale (sh, sw) positive ints: nearest-
+                                                                          neighbour replication, output
+                                                                          (C, H*sh, W*sw); out[y, x] = in[y//sh, x//sw]
 =============== ========================================================= ==========================================
 
 A conv may carry ``groups`` (int, informational): the importer expanded a grouped or depthwise
@@ -68,6 +71,7 @@ class Op(str, enum.Enum):
     ADD = "add"
     FLATTEN = "flatten"
     CONCAT = "concat"
+    UPSAMPLE = "upsample"
 
 
 WEIGHT_OPS = (Op.CONV, Op.LINEAR)
@@ -303,6 +307,12 @@ def infer_shape(n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
         return (int(np.prod(x)),)
     if n.op is Op.CONCAT:
         return _concat_shape(n, ins)
+    if n.op is Op.UPSAMPLE:
+        _need_rank(n, x, 3)
+        sh, sw = _pair(n, "scale")
+        if min(sh, sw) < 1:
+            raise ModelError(f"{n.describe()}: scale {(sh, sw)} must be positive integers")
+        return (x[0], x[1] * sh, x[2] * sw)
     raise ModelError(f"{n.describe()}: unknown op")  # pragma: no cover - Op is closed
 
 

@@ -79,4 +79,7 @@ def run_node(n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         return torch.flatten(x, 1)
     if n.op is Op.CONCAT:
         return torch.cat(xs, dim=1)
+    if n.op is Op.UPSAMPLE:
+        sh, sw = a["scale"]
+        return x.repeat_interleave(sh, dim=2).repeat_interleave(sw, dim=3)
     raise AssertionError(f"run_node: op {n.op} not handled")  # Op is closed; every member is above
