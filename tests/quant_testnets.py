@@ -83,5 +83,9 @@ def plain_int_exec(qg: QGraph, x: np.ndarray) -> np.ndarray:
             out = a.reshape(a.shape[0], -1)
         elif n.op is QOp.CONCAT:
             out = torch.cat([vals[i] for i in n.inputs], 1)
+        elif n.op is QOp.UPSAMPLE:  # PyTorch's own nearest rule, independent of the executors
+            out = F.interpolate(a, scale_factor=tuple(float(f) for f in n.upsample), mode="nearest")
+        else:
+            raise AssertionError(f"plain_int_exec: op {n.op} not handled")
         vals[n.name] = out
     return vals[qg.output].numpy().astype(np.int64)

@@ -25,6 +25,8 @@ Conventions (the contract between quantiser, reference executor, compiler and si
 - Residual add: ``y = clamp((a*mult_a + b*mult_b + 2**(shift-1)) >> shift, out_min, out_max)`` with
   ``out_min, out_max`` the integer range of the node's ``out`` spec (a fused ReLU makes it unsigned).
 - Concat needs inputs of equal scale, bits and signedness (the quantiser ensures it).
+- Nearest upsampling (``upsample`` = (sh, sw)): ``y[c, i, j] = x[c, i // sh, j // sw]``, the same
+  integers (same spec), output ``(C, H*sh, W*sw)``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class QOp(str, enum.Enum):
     ADD = "add"
     FLATTEN = "flatten"
     CONCAT = "concat"
+    UPSAMPLE = "upsample"
 
 
 MVM_OPS = (QOp.CONV, QOp.LINEAR)
@@ -129,6 +132,9 @@ class QNode:
     dilation: tuple[int, int] = (1, 1)
     """CONV only: distance between a window's taps. The rows stay ``C_in * kh * kw``; the input
     line buffer gathers taps ``dilation`` pixels apart (receptive field :func:`receptive_field`)."""
+    upsample: tuple[int, int] = (1, 1)
+    """UPSAMPLE only: nearest-neighbour factors (sh, sw) >= 1; output pixel (i, j) copies input
+    pixel (i // sh, j // sw)."""
     # ADD
     add_multipliers: tuple[int, ...] = ()
     add_shift: int = 0
@@ -249,7 +255,7 @@ def _verify_mvm(n: QNode, x: QTensor) -> None:
                          f"output's {n.out.bits}-b range [{n.out.min_int}, {n.out.max_int}]")
 
 
-_SAME_SPEC = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.CONCAT)
+_SAME_SPEC = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.CONCAT, QOp.UPSAMPLE)
 
 
 def _verify_other(n: QNode, ins: list[QTensor]) -> None:
@@ -259,6 +265,10 @@ def _verify_other(n: QNode, ins: list[QTensor]) -> None:
                          f"and must be >= 0")
     if len(ins) != arity or not ins:
         raise QuantError(f"node {n.name!r} ({n.op.value}): takes {arity} input(s), got {len(ins)}")
+    if n.op is QOp.UPSAMPLE:
+        _verify_upsample(n, ins[0])
+    elif tuple(n.upsample) != (1, 1):
+        raise QuantError(f"node {n.name!r} ({n.op.value}): upsample {tuple(n.upsample)} is for upsample nodes only")
     if n.op is QOp.ADD:
         if len(n.add_multipliers) != 2 or n.add_shift < 1:
             raise QuantError(f"add {n.name!r}: needs two add_multipliers and add_shift >= 1, got "
@@ -273,9 +283,30 @@ def _verify_other(n: QNode, ins: list[QTensor]) -> None:
                                  f"({n.out.bits}, {n.out.signed}, {n.out.scale})")
 
 
+def _verify_upsample(n: QNode, x: QTensor) -> None:
+    sh, sw = n.upsample
+    if min(sh, sw) < 1 or len(x.shape) != 3:
+        raise QuantError(f"upsample {n.name!r}: factors {tuple(n.upsample)} must be >= 1 and the input a "
+                         f"(C, H, W) map, got shape {x.shape}")
+    want = (x.shape[0], x.shape[1] * sh, x.shape[2] * sw)
+    if tuple(n.out.shape) != want:
+        raise QuantError(f"upsample {n.name!r}: output shape {n.out.shape} but {x.shape} upsampled by "
+                         f"{(sh, sw)} gives {want}; re-quantise the graph")
+
+
 def receptive_field(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
     """Extent ``(k - 1) * d + 1`` per axis of a ``kernel`` window whose taps are ``dilation`` apart."""
     return tuple((int(k) - 1) * int(d) + 1 for k, d in zip(kernel, dilation))
+
+
+def input_rows(node: QNode, y0: int, y1: int, h_in: int) -> tuple[int, int]:
+    """Input rows [lo, hi] (inclusive) that output rows ``y0 .. y1`` of a CONV, pooling or UPSAMPLE
+    ``node`` read: an upsample's row y copies input row ``y // sh``; a window op's rows span its
+    (dilated) receptive fields, clipped to the ``h_in`` input rows."""
+    if node.op is QOp.UPSAMPLE:
+        return y0 // node.upsample[0], y1 // node.upsample[0]
+    lo = y0 * node.stride[0] - node.padding[0]
+    return max(0, lo), min(h_in - 1, y1 * node.stride[0] - node.padding[0] + node.span[0] - 1)
 
 
 def window_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, pad_end: int = 0) -> int:
@@ -318,7 +349,8 @@ def row_tiles(c_in: int, kh: int, kw: int, array_rows: int) -> list[tuple[int, i
 
 def simd_lane_ops(qgraph: QGraph, name: str) -> int:
     """SIMD lane operations per image of the SIMD-only node ``name``: pooling one per window
-    element, global average pooling one per input element, a residual add two per output; the
+    element, global average pooling one per input element, a residual add two per output, an
+    upsample one per output element (the output buffer writes each value sh*sw times); the
     compiler's cost model and the simulator both count with this."""
     node = qgraph.node(name)
     out = math.prod(node.out.shape)
@@ -328,6 +360,8 @@ def simd_lane_ops(qgraph: QGraph, name: str) -> int:
         return math.prod(qgraph.spec(node.inputs[0]).shape)
     if node.op == QOp.ADD:
         return 2 * out
+    if node.op == QOp.UPSAMPLE:
+        return out
     return 0
 
 

@@ -62,7 +62,8 @@ MSE_STEPS = 64
 """Candidate ranges of the ``mse`` search: ``max * k / MSE_STEPS`` for k = 1 .. MSE_STEPS."""
 
 _QOP = {Op.CONV: QOp.CONV, Op.LINEAR: QOp.LINEAR, Op.MAXPOOL: QOp.MAXPOOL, Op.AVGPOOL: QOp.AVGPOOL,
-        Op.GLOBAL_AVGPOOL: QOp.GLOBAL_AVGPOOL, Op.ADD: QOp.ADD, Op.FLATTEN: QOp.FLATTEN, Op.CONCAT: QOp.CONCAT}
+        Op.GLOBAL_AVGPOOL: QOp.GLOBAL_AVGPOOL, Op.ADD: QOp.ADD, Op.FLATTEN: QOp.FLATTEN, Op.CONCAT: QOp.CONCAT,
+        Op.UPSAMPLE: QOp.UPSAMPLE}
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,8 @@ def _other_node(step, specs) -> QNode:
         return QNode(name=node.name, op=op, inputs=step.inputs, out=out, kernel=tuple(node.attrs["kernel"]),
                      stride=pool_stride(node), padding=tuple(node.attrs.get("padding", (0, 0))),
                      pad_end=tuple(node.attrs.get("pad_end", (0, 0))))
+    if op is QOp.UPSAMPLE:
+        return QNode(name=node.name, op=op, inputs=step.inputs, out=out, upsample=tuple(node.attrs["scale"]))
     return QNode(name=node.name, op=op, inputs=step.inputs, out=out)
 
 

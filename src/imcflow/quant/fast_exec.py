@@ -112,6 +112,8 @@ def run_node_fast(qgraph: QGraph, node: QNode, ins: list[torch.Tensor], mode: st
         return x.reshape(x.shape[0], -1)
     if node.op is QOp.CONCAT:
         return torch.cat(ins, dim=1)
+    if node.op is QOp.UPSAMPLE:
+        return x.repeat_interleave(node.upsample[0], dim=2).repeat_interleave(node.upsample[1], dim=3)
     raise QuantError(f"node {node.name!r}: op {node.op.value} has no integer rule")  # pragma: no cover
 
 

@@ -255,6 +255,9 @@ class QatNet(nn.Module):
             return torch.flatten(x, 1)
         if op is Op.CONCAT:
             return torch.cat(xs, dim=1)
+        if op is Op.UPSAMPLE:  # the same integers, replicated; gradients sum over the copies
+            sh, sw = node.attrs["scale"]
+            return x.repeat_interleave(sh, dim=2).repeat_interleave(sw, dim=3)
         raise QuantError(f"{node.describe()}: op not supported by QAT")  # pragma: no cover
 
     def _mvm_real(self, step, x_int: torch.Tensor) -> torch.Tensor:

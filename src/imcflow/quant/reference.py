@@ -115,7 +115,14 @@ def run_node(qgraph: QGraph, node: QNode, ins: list[np.ndarray], mode: str, chip
         return x.reshape(x.shape[0], -1)
     if node.op is QOp.CONCAT:
         return np.concatenate(ins, axis=1)
+    if node.op is QOp.UPSAMPLE:
+        return upsample_int(x, node.upsample)
     raise QuantError(f"node {node.name!r}: op {node.op.value} has no integer rule")  # pragma: no cover
+
+
+def upsample_int(x: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
+    """Nearest upsampling of (N, C, H, W) ``x``: ``y[..., i, j] = x[..., i // sh, j // sw]``."""
+    return np.repeat(np.repeat(x, factor[0], axis=2), factor[1], axis=3)
 
 
 def im2col(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],

@@ -282,6 +282,8 @@ def _simd(ctx: _Ctx, where: str, node: QNode, ins_, mem: _Store) -> None:
         y = x.reshape(ctx.n, -1)
     elif node.op == QOp.CONCAT:
         y = np.concatenate(ins, axis=1)
+    elif node.op == QOp.UPSAMPLE:
+        y = kernels.upsample_nearest(x, node.upsample)
     else:
         raise SimError(f"{where}: node {node.name!r} op {node.op.value} is not a SIMD op")
     oc, oh, ow = _chw(node.out)

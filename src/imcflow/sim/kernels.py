@@ -1,5 +1,5 @@
 """The simulator's layer kernels, vectorised over the batch: one MVM tile on a range of output
-pixels, and the SIMD's integer pooling and add rules of :mod:`imcflow.ir.qgraph`.
+pixels, and the SIMD's integer pooling, upsampling and add rules of :mod:`imcflow.ir.qgraph`.
 
 The SIMD rules are written again here (the simulator may not import the quantiser); the spine test
 (tests/test_sim_spine.py) checks that the simulator's outputs equal the reference executor's
@@ -96,6 +96,13 @@ def avgpool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], pad
 def global_avgpool(x: np.ndarray) -> np.ndarray:
     """(N, C, H, W) -> (N, C, 1, 1), round half up."""
     return round_avg(x.astype(np.int64).sum(axis=(2, 3), keepdims=True), x.shape[2] * x.shape[3])
+
+
+def upsample_nearest(x: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
+    """Nearest upsampling of (N, C, H, W): output pixel (i, j) is input pixel (i // sh, j // sw)."""
+    rows = np.arange(x.shape[2] * factor[0]) // factor[0]
+    cols = np.arange(x.shape[3] * factor[1]) // factor[1]
+    return x.astype(np.int64)[:, :, rows][:, :, :, cols]
 
 
 def residual_add(a: np.ndarray, b: np.ndarray, multipliers: tuple[int, ...], shift: int,
