@@ -129,7 +129,7 @@ def consecutive_column_tiles(placed: list[Placed]) -> tuple[Placed, ...]:
     return tuple(out)
 
 
-CHANNEL_SEPARABLE = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.ADD)
+CHANNEL_SEPARABLE = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.ADD, QOp.UPSAMPLE)
 """SIMD ops computed channel by channel, which may be split over arrays by channel groups."""
 
 

@@ -38,7 +38,7 @@ from imcflow.errors import CompileError
 from imcflow.compiler.placement import PhasePlan, pixel_range
 from imcflow.compiler.tiling import LayerTiling, psum_bits
 from imcflow.ir.program import IN_PORT, OUT_PORT, StreamKind
-from imcflow.ir.qgraph import QGraph, QTensor
+from imcflow.ir.qgraph import QGraph, QTensor, input_rows
 
 ATTEMPTS = 8
 """Array-to-core assignments tried per phase before routing gives up."""
@@ -111,7 +111,8 @@ def _channels_read(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTili
 def needed_input_pixels(qgraph: QGraph, tl: LayerTiling, copy: int, n_copies: int) -> tuple[int, int]:
     """Input pixels [lo, hi) (row-major) that copy ``copy`` of layer ``tl`` reads: the input rows its
     output rows' receptive fields touch (a superset of the exact receptive fields, dilated windows
-    included; everything for LINEAR layers and vector inputs)."""
+    included; everything for LINEAR layers and vector inputs; see
+    :func:`imcflow.ir.qgraph.input_rows`)."""
     node = qgraph.node(tl.layer)
     spec = qgraph.spec(node.inputs[0])
     _, pixels = tensor_extent(spec)
@@ -121,8 +122,7 @@ def needed_input_pixels(qgraph: QGraph, tl: LayerTiling, copy: int, n_copies: in
     w_out = node.out.shape[2]
     lo, hi = pixel_range(tl.pixels, copy, n_copies)
     y0, y1 = lo // w_out, (hi - 1) // w_out
-    r0 = max(0, y0 * node.stride[0] - node.padding[0])
-    r1 = min(h_in - 1, y1 * node.stride[0] - node.padding[0] + node.span[0] - 1)
+    r0, r1 = input_rows(node, y0, y1, h_in)
     return r0 * w_in, (r1 + 1) * w_in
 
 

@@ -101,10 +101,10 @@ Tasks and instructions
         sum is the accumulator.
     ``REQUANT``: apply the layer's :class:`~imcflow.ir.qgraph.Requant` to the accumulator of
         (layer, oc range, px range): the result is that piece of the layer's output tensor.
-    ``MAXPOOL``/``AVGPOOL``/``GLOBAL_AVGPOOL``/``ADD``/``FLATTEN``/``CONCAT``: compute output
+    ``MAXPOOL``/``AVGPOOL``/``GLOBAL_AVGPOOL``/``ADD``/``FLATTEN``/``CONCAT``/``UPSAMPLE``: compute output
         channels ``[oc_lo, oc_hi)`` (all pixels; ``px_lo, px_hi`` span the whole output map) of QGraph
         node ``layer`` from the same channels of its input tensors, which this core holds (received
-        or produced here). Pooling and ADD work channel by channel, so a node may be split over
+        or produced here). Pooling, UPSAMPLE and ADD work channel by channel, so a node may be split over
         several cores by channel groups (one task each); FLATTEN and CONCAT always cover all
         channels (and then need every channel of their inputs).
     ``SEND stream``: send the piece named by stream ``stream`` (it must be held by this core).
@@ -147,7 +147,7 @@ IN_PORT = -1
 OUT_PORT = -2
 """Endpoint id of the off-chip output port (attached to every east-edge switch)."""
 
-SIMD_OPS = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.ADD, QOp.FLATTEN, QOp.CONCAT)
+SIMD_OPS = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.ADD, QOp.FLATTEN, QOp.CONCAT, QOp.UPSAMPLE)
 
 
 class InstrKind(str, enum.Enum):
@@ -164,6 +164,7 @@ class InstrKind(str, enum.Enum):
     ADD = "add"
     FLATTEN = "flatten"
     CONCAT = "concat"
+    UPSAMPLE = "upsample"
     SEND = "send"
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import SimError
 from imcflow.ir.program import IN_PORT, OUT_PORT, InstrKind, Phase, Program, StreamKind
-from imcflow.ir.qgraph import QOp, row_tiles, simd_lane_ops
+from imcflow.ir.qgraph import QOp, input_rows, row_tiles, simd_lane_ops
 from imcflow.sim.energy import EventCounts
 from imcflow.sim.dataflow import Blocked as _Blocked, run_tasks
 from imcflow.sim.timing import Op, OpKind
@@ -313,8 +313,7 @@ class _Lowerer:
             y0, y1 = max(y0, px[0] // w_out), min(y1, (px[1] - 1) // w_out)
         if node.op in (QOp.ADD, QOp.CONCAT):
             return y0 // r_in, y1 // r_in
-        eh, sh, ph = node.span[0], node.stride[0], node.padding[0]   # a dilated window spans (k-1)*d+1 rows
-        lo, hi = max(0, y0 * sh - ph), min(h_in - 1, y1 * sh - ph + eh - 1)
+        lo, hi = input_rows(node, y0, y1, h_in)   # dilated windows; an upsample's row y reads y // sh
         return lo // r_in, hi // r_in
 
     def mvm(self, phase: Phase, core: int, ins, b: int, avail, tkey, where) -> list[int]:
