@@ -323,6 +323,8 @@ def _is_identity(n: Node, graph: Graph) -> bool:
         return len(x) == 1
     if n.op is Op.CONCAT:
         return len(n.inputs) == 1
+    if n.op is Op.UPSAMPLE:
+        return tuple(n.attrs["scale"]) == (1, 1)
     if n.op is Op.RELU and n.inputs[0] != graph.input_name:
         return graph.node(n.inputs[0]).op is Op.RELU
     return False
@@ -418,3 +420,25 @@ def host_output_note(op: str, node: str) -> str:
     """What a report says about a network whose final softmax (or sigmoid) is left to the host."""
     return (f"the network's final {op} (node {node!r}) is not a chip op: outputs are its input logits "
             f"(same top-1); apply it on the host")
+
+
+UPSAMPLE_FIX = ("upsample by integer factors with nearest-neighbour replication only (PyTorch: nn.Upsample("
+                "scale_factor=2, mode='nearest') or F.interpolate(x, scale_factor=2); ONNX: Resize mode 'nearest'); "
+                "the chip replicates pixels and has no interpolation")
+
+
+def upsample_factors(hw: tuple[int, int], scale: tuple | None = None,
+                     size: tuple | None = None) -> tuple[tuple[int, int] | None, str | None]:
+    """Nearest-upsampling factors (sh, sw) of an (H, W) map from per-axis ``scale`` factors or an
+    output ``size`` (H', W'): ``(factors, None)``, or ``(None, problem)`` when they are not
+    positive integers (or the size is not an integer multiple of the map)."""
+    if scale is not None:
+        if any(not math.isfinite(float(s)) or float(s) != int(s) or int(s) < 1 for s in scale):
+            return None, f"scale factors {tuple(float(s) for s in scale)} are not positive integers"
+        return (int(scale[0]), int(scale[1])), None
+    if size is None:
+        return None, "neither a scale factor nor an output size is given"
+    if any(int(o) < h or int(o) % h for o, h in zip(size, hw)):
+        return None, (f"output size {tuple(int(o) for o in size)} is not an integer multiple of the "
+                      f"{hw[0]}x{hw[1]} map")
+    return (int(size[0]) // hw[0], int(size[1]) // hw[1]), None

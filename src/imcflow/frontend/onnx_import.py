@@ -6,7 +6,10 @@ BatchNormalization (inference), Relu, Clip, MaxPool (undilated; ``ceil_mode=1``,
 pads larger at the end become -inf padding at the end, ``pad_end``), AveragePool, GlobalAveragePool, GlobalMaxPool,
 ReduceMean, ReduceMax and ReduceSum (the average times the area) over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax/Sigmoid (left
 to the host: the graph ends at the logits and ``meta["host_output"]`` says so),
-Reshape to (N, -1), Concat on channels, Identity, Dropout, and the constant arithmetic exporters emit
+Reshape to (N, -1), Concat on channels, Resize with mode 'nearest' and constant scales [1, 1, sh, sw] or
+sizes [N, C, sh*H, sw*W] of integer factors (nearest upsampling; only the coordinate_transformation_mode /
+nearest_mode pairs that pick source pixel y // s for every output y, e.g. asymmetric with floor (PyTorch's
+export) or half_pixel with round_prefer_floor; see :func:`resize_replicates`) and Upsample (opset 7-9, nearest), Identity, Dropout, and the constant arithmetic exporters emit
 for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Slice, Transpose,
 ConstantOfShape on constants); Squeeze of an (N, C, 1, 1) map to (N, C) is a flatten. Add, Sub,
 Mul, Div of a map and a per-channel constant become a batch norm (``x * scale + shift``); Slice of a
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,7 +51,8 @@ from imcflow.errors import ModelError
 from imcflow.frontend.normalize import (ARITH, NON_CHIP_ACTIVATIONS, activation_fix, affine_params,
                                         channel_constant, channel_selection, channel_shuffle, dense_grouped_weight,
                                         host_output_note, input_layout_1d, map_of_1d, pad_layer, per_axis_of_1d,
-                                        slice_layer, split_sizes, squeeze_shape, view_1d)
+                                        slice_layer, split_sizes, squeeze_shape, UPSAMPLE_FIX, upsample_factors,
+                                        view_1d)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 from imcflow.ir.qgraph import ceil_pad_end, receptive_field
 
@@ -561,6 +566,87 @@ def _pool(op: Op) -> Callable[[_Importer, onnx.NodeProto], None]:
     return handler
 
 
+_RESIZE_COORD: dict[str, Callable[[int, int, int], Fraction]] = {
+    "half_pixel": lambda i, s, n: (i + Fraction(1, 2)) / s - Fraction(1, 2),
+    "pytorch_half_pixel": lambda i, s, n: (i + Fraction(1, 2)) / s - Fraction(1, 2) if n * s > 1 else Fraction(0),
+    "half_pixel_symmetric": lambda i, s, n: (i + Fraction(1, 2)) / s - Fraction(1, 2),  # integer s: no offset
+    "asymmetric": lambda i, s, n: Fraction(i, s),
+    "tf_half_pixel_for_nn": lambda i, s, n: (i + Fraction(1, 2)) / s,
+    "align_corners": lambda i, s, n: Fraction(i * (n - 1), n * s - 1) if n * s > 1 else Fraction(0),
+}
+"""Resize's source coordinate of output index i for an integer factor s on an axis of n pixels (ONNX spec)."""
+
+
+def _nearest_index(x: Fraction, nearest_mode: str) -> int:
+    low = math.floor(x)
+    if nearest_mode in ("floor", "ceil"):
+        return low if nearest_mode == "floor" or x == low else low + 1
+    half = x - low == Fraction(1, 2)
+    return low + (1 if (half and nearest_mode == "round_prefer_ceil") or x - low > Fraction(1, 2) else 0)
+
+
+def resize_replicates(ctm: str, nearest_mode: str, factor: int, n: int) -> bool:
+    """Whether ONNX Resize (mode nearest) with this coordinate_transformation_mode and nearest_mode
+    picks exactly source pixel ``i // factor`` for every output ``i`` of an ``n``-pixel axis
+    (evaluated in exact rationals; tests/test_upsample.py checks it against onnxruntime)."""
+    coord = _RESIZE_COORD.get(ctm)
+    if coord is None or nearest_mode not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+        return False
+    return all(min(max(_nearest_index(coord(i, factor, n), nearest_mode), 0), n - 1) == i // factor
+               for i in range(n * factor))
+
+
+def _resize(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Resize (opset 10+) and Upsample (opset 7-9) with mode 'nearest' and constant integer factors."""
+    a = {k: v.decode() if isinstance(v, bytes) else v for k, v in _attrs(node).items()}
+    x = imp.tensor(node, 0)
+    shape = imp.user_shape(node)
+    if len(shape) != 3:
+        raise _fail(node, f"resizing a tensor of shape {shape} (batch excluded)", "upsample (N, C, H, W) maps only")
+    if a.get("mode", "nearest") != "nearest":
+        raise _fail(node, f"mode {a['mode']!r}", UPSAMPLE_FIX)
+    if a.get("keep_aspect_ratio_policy", "stretch") != "stretch" or a.get("antialias", 0):
+        raise _fail(node, "keep_aspect_ratio_policy or antialias set", "use the defaults (stretch, antialias=0)")
+    scales, sizes = _resize_inputs(imp, node, a)
+    if scales is not None and len(scales) and (len(scales) != 4 or tuple(scales[:2]) != (1, 1)):
+        raise _fail(node, f"scales {list(scales)}", "scale only H and W: scales [1, 1, sh, sw]")
+    if scales is None or not len(scales):
+        if sizes is None or len(sizes) != 4 or int(sizes[1]) != shape[0]:
+            raise _fail(node, f"sizes {None if sizes is None else list(sizes)}",
+                        "give constant scales [1, 1, sh, sw] or sizes [N, C, sh*H, sw*W]")
+    factors, problem = upsample_factors(shape[1:], None if scales is None or not len(scales) else scales[2:],
+                                        None if sizes is None else sizes[2:])
+    if problem:
+        raise _fail(node, problem, UPSAMPLE_FIX)
+    modes = (a.get("coordinate_transformation_mode", "half_pixel"), a.get("nearest_mode", "round_prefer_floor"))
+    if node.op_type == "Resize" and len(node.input) > 2 and not all(
+            resize_replicates(*modes, f, n) for f, n in zip(factors, shape[1:])):
+        raise _fail(node, f"coordinate_transformation_mode {modes[0]!r} with nearest_mode {modes[1]!r} does not "
+                    f"replicate pixels exactly for factors {factors} on the {shape[1]}x{shape[2]} map",
+                    "export with PyTorch's defaults (asymmetric, floor) or use half_pixel with round_prefer_floor")
+    imp.add(node, Op.UPSAMPLE, [x], {"scale": factors})
+
+
+def _resize_inputs(imp: _Importer, node: onnx.NodeProto, a: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The constant (scales, sizes) of a Resize/Upsample (full rank 4; ``axes`` expanded)."""
+    if "scales" in a:  # Upsample-7: an attribute
+        return np.asarray(a["scales"], dtype=np.float64), None
+    if node.op_type == "Upsample" or len(node.input) == 2:  # Upsample-9 / Resize-10: (X, scales)
+        return imp.const(node, 1).value.astype(np.float64), None
+    scales = imp.const(node, 2, required=False)
+    sizes = imp.const(node, 3, required=False)
+    scales = None if scales is None else scales.value.astype(np.float64).reshape(-1)
+    sizes = None if sizes is None else sizes.value.astype(np.int64).reshape(-1)
+    if "axes" in a:
+        axes = [int(ax) % 4 for ax in a["axes"]]
+        if scales is not None and len(scales):
+            scales = np.array([scales[axes.index(d)] if d in axes else 1.0 for d in range(4)])
+        if sizes is not None:
+            full = (imp.batch or 1, *imp.user_shape(node))
+            sizes = np.array([sizes[axes.index(d)] if d in axes else full[d] for d in range(4)])
+    return scales, sizes
+
+
 def _flatten(imp: _Importer, node: onnx.NodeProto) -> None:
     axis = _attrs(node).get("axis", 1)
     if axis != 1:
@@ -1041,6 +1127,8 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "AveragePool": _pool(Op.AVGPOOL),
     "GlobalAveragePool": lambda imp, node: imp.add(node, Op.GLOBAL_AVGPOOL, [imp.tensor(node, 0)]),
     "Flatten": _flatten,
+    "Resize": _resize,
+    "Upsample": _resize,
     "ReduceMean": _reduce_spatial(Op.GLOBAL_AVGPOOL),
     "ReduceSum": _reduce_spatial(Op.GLOBAL_AVGPOOL, area_scale=True),
     "ReduceMax": _reduce_spatial(Op.MAXPOOL),

@@ -9,7 +9,10 @@ AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), an
 may be given by the map's own sizes, ``x.shape[2:]``, ``x.size(3)``), mean/amax/sum over dims (2, 3) (global pooling;
 a sum is the average times the area),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
-x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
+x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), nearest upsampling by integer factors (nn.Upsample and
+nn.UpsamplingNearest2d, F.interpolate/F.upsample/F.upsample_nearest with mode 'nearest' or 'nearest-exact'
+and a scale_factor or size that is an integer multiple of the map; bilinear and other modes, align_corners
+and non-integer factors are refused), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
 semantics), slicing ``x[:, c0:c1, ::s, ::s]`` (and chunk/split of the channels) and zero padding (``F.pad``, nn.ZeroPad2d: channels, or
 H and W symmetrically) as 1x1 layers with 0/1 weights that normalisation fuses (the option-A
 shortcut of CIFAR ResNets) or moves into the conv that reads them, + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
@@ -38,7 +41,7 @@ from imcflow.errors import ModelError
 from imcflow.frontend.normalize import (ARITH, activation_fix, affine_params, channel_constant, channel_selection,
                                         channel_shuffle, dense_grouped_weight, host_output_note, input_layout_1d,
                                         map_of_1d, pad_layer, per_axis_of_1d, slice_layer, split_sizes, squeeze_shape,
-                                        view_1d)
+                                        UPSAMPLE_FIX, upsample_factors, view_1d)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 from imcflow.ir.qgraph import ceil_pad_end, receptive_field
 
@@ -417,6 +420,34 @@ def _adaptive(imp: _Importer, fx: torch.fx.Node, m: nn.Module) -> None:
                        f"{'Max' if kind == 'max' else 'Avg'}Pool{'1d' if isinstance(m, _MODULES_1D) else '2d'}")
 
 
+def _upsample(imp: _Importer, fx: torch.fx.Node, size: Any, scale: Any, mode: str, align_corners: Any,
+              antialias: bool = False) -> None:
+    """nn.Upsample / F.interpolate: nearest-neighbour upsampling of an (N, C, H, W) map by integer factors."""
+    src = imp.tensor(fx, fx.args[0])
+    shape = imp.user_shape(src)
+    if len(shape) != 3:
+        raise imp.fail(fx, f"upsampling a tensor of shape {shape} (batch excluded)",
+                       "upsample (N, C, H, W) maps only (2-D networks)")
+    if mode not in ("nearest", "nearest-exact") or align_corners or antialias:
+        raise imp.fail(fx, f"mode={mode!r}{' with align_corners' if align_corners else ''}"
+                       f"{' with antialias' if antialias else ''}", UPSAMPLE_FIX)
+    pair = (lambda v: None if v is None else (tuple(v) if isinstance(v, (tuple, list)) else (v, v)))
+    factors, problem = upsample_factors(shape[1:], pair(scale), pair(_static_size(imp, fx, size)))
+    if problem:
+        raise imp.fail(fx, problem, UPSAMPLE_FIX)
+    imp.add(fx, Op.UPSAMPLE, [src], {"scale": factors})
+
+
+def _upsample_module(imp: _Importer, fx: torch.fx.Node, m: nn.Upsample) -> None:
+    _upsample(imp, fx, m.size, m.scale_factor, m.mode, m.align_corners)
+
+
+def _interpolate(imp: _Importer, fx: torch.fx.Node) -> None:
+    """F.interpolate(x, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)."""
+    _upsample(imp, fx, _arg(fx, 1, "size", None), _arg(fx, 2, "scale_factor", None), _arg(fx, 3, "mode", "nearest"),
+              _arg(fx, 4, "align_corners", None), bool(_arg(fx, 6, "antialias", False)))
+
+
 def _flatten_module(imp: _Importer, fx: torch.fx.Node, m: nn.Flatten) -> None:
     if m.start_dim != 1 or m.end_dim != -1:
         raise imp.fail(fx, f"Flatten(start_dim={m.start_dim}, end_dim={m.end_dim})", "use nn.Flatten() defaults")
@@ -461,6 +492,9 @@ _MODULES: dict[type, Callable] = {
     nn.AdaptiveAvgPool2d: _adaptive,
     nn.AdaptiveMaxPool2d: _adaptive,
     nn.Flatten: _flatten_module,
+    nn.Upsample: _upsample_module,
+    nn.UpsamplingNearest2d: _upsample_module,
+    nn.UpsamplingBilinear2d: _upsample_module,
     nn.Identity: lambda imp, fx, m: imp.same(fx, fx.args[0]),
     nn.Dropout: lambda imp, fx, m: imp.same(fx, fx.args[0]),
     nn.Softmax: lambda imp, fx, m: _final_host_op(imp, fx, "softmax", m.dim),
@@ -873,6 +907,10 @@ _FUNCTIONS: dict[Any, Callable] = {
     operator.iadd: lambda imp, fx: _arith(imp, fx, "add"),
     torch.add: lambda imp, fx: _arith(imp, fx, "add"),
     torch.cat: _cat,
+    F.interpolate: _interpolate,
+    F.upsample: _interpolate,
+    F.upsample_nearest: lambda imp, fx: _upsample(imp, fx, _arg(fx, 1, "size", None),
+                                                  _arg(fx, 2, "scale_factor", None), "nearest", None),
     torch.concat: _cat,
     torch.relu: _relu,
     F.relu: _relu,
