@@ -242,6 +242,10 @@ def test_onnx_refusals():
         load_graph(_resize_model("asymmetric", "floor", factor=1.5))
     with pytest.raises(ModelError, match=r"'rs' \(Resize\): output size \(5, 6\) is not an integer multiple"):
         load_graph(_resize_model("asymmetric", "floor", factor=0.5, sizes=True, hw=(10, 12)))
+    batch = _resize_model("asymmetric", "floor", sizes=True)
+    batch.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([3, 2, 10, 12], np.int64), "sz"))
+    with pytest.raises(ModelError, match=r"'rs' \(Resize\): sizes \[3, 2, 10, 12\]"):
+        load_graph(batch)   # resizing the batch
 
 
 def test_graph_verify_refuses_a_bad_factor():

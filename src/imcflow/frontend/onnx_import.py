@@ -609,10 +609,10 @@ def _resize(imp: _Importer, node: onnx.NodeProto) -> None:
         raise _fail(node, "keep_aspect_ratio_policy or antialias set", "use the defaults (stretch, antialias=0)")
     scales, sizes = _resize_inputs(imp, node, a)
     if scales is not None and len(scales) and (len(scales) != 4 or tuple(scales[:2]) != (1, 1)):
-        raise _fail(node, f"scales {list(scales)}", "scale only H and W: scales [1, 1, sh, sw]")
+        raise _fail(node, f"scales {[float(v) for v in scales]}", "scale only H and W: scales [1, 1, sh, sw]")
     if scales is None or not len(scales):
         if sizes is None or len(sizes) != 4 or int(sizes[1]) != shape[0] or int(sizes[0]) not in (1, imp.batch or 1):
-            raise _fail(node, f"sizes {None if sizes is None else list(sizes)}",
+            raise _fail(node, f"sizes {None if sizes is None else [int(v) for v in sizes]}",
                         "give constant scales [1, 1, sh, sw] or sizes [N, C, sh*H, sw*W]")
     factors, problem = upsample_factors(shape[1:], None if scales is None or not len(scales) else scales[2:],
                                         None if sizes is None else sizes[2:])
