@@ -42,7 +42,7 @@ from imcflow.sim.lower import _Lowerer, lower  # noqa: E402
 from imcflow.sim.report import simulate_timing  # noqa: E402
 
 SHAPE = (3, 16, 16)
-FORMS = ("module", "nearest2d", "interp_scale", "interp_size")
+FORMS = ("module", "nearest2d", "interp_scale", "interp_size", "interp_exact")
 
 
 class Fpn(nn.Module):
@@ -67,6 +67,8 @@ class Fpn(nn.Module):
             u = F.interpolate(b, scale_factor=2, mode="nearest")
         elif self.form == "interp_size":
             u = F.interpolate(b, size=(16, 16))
+        elif self.form == "interp_exact":   # the same pixels for integer factors
+            u = F.interpolate(b, scale_factor=(2.0, 2.0), mode="nearest-exact")
         else:
             u = self.up(b)
         y = torch.relu(self.c3(torch.relu(u + self.lat(a))))
