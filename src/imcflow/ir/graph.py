@@ -32,6 +32,10 @@ concat          -                                                         axis =
 upsample        -                                                         scale (sh, sw) positive ints: nearest-
                                                                           neighbour replication, output
                                                                           (C, H*sh, W*sw); out[y, x] = in[y//sh, x//sw]
+depth_to_space  -                                                         block r (int >= 1): PixelShuffle / ONNX
+                                                                          DepthToSpace CRD, (C*r*r, H, W) ->
+                                                                          (C, H*r, W*r); out[c, y, x] =
+                                                                          in[c*r*r + (y%r)*r + x%r, y//r, x//r]
 =============== ========================================================= ==========================================
 
 A conv may carry ``groups`` (int, informational): the importer expanded a grouped or depthwise
@@ -72,6 +76,7 @@ class Op(str, enum.Enum):
     FLATTEN = "flatten"
     CONCAT = "concat"
     UPSAMPLE = "upsample"
+    DEPTH_TO_SPACE = "depth_to_space"
 
 
 WEIGHT_OPS = (Op.CONV, Op.LINEAR)
@@ -266,6 +271,15 @@ def _window_out(n: Node, x: tuple[int, ...], kernel: tuple[int, int]) -> tuple[i
     return out
 
 
+def _depth_to_space_shape(n: Node, x: tuple[int, ...]) -> tuple[int, ...]:
+    _need_rank(n, x, 3)
+    r = int(n.attrs["block"])
+    if r < 1 or x[0] % (r * r):
+        raise ModelError(f"{n.describe()}: block {r} must be >= 1 and its square divide the {x[0]} input "
+                         f"channels; use a block size r with channels = C * r * r")
+    return (x[0] // (r * r), x[1] * r, x[2] * r)
+
+
 def _need_rank(n: Node, x: tuple[int, ...], rank: int) -> None:
     if len(x) != rank:
         want = "(C, H, W) feature map" if rank == 3 else "flat (F,) vector"
@@ -313,6 +327,8 @@ def infer_shape(n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
         if min(sh, sw) < 1:
             raise ModelError(f"{n.describe()}: scale {(sh, sw)} must be positive integers")
         return (x[0], x[1] * sh, x[2] * sw)
+    if n.op is Op.DEPTH_TO_SPACE:
+        return _depth_to_space_shape(n, x)
     raise ModelError(f"{n.describe()}: unknown op")  # pragma: no cover - Op is closed
 
 

@@ -82,4 +82,6 @@ def run_node(n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     if n.op is Op.UPSAMPLE:
         sh, sw = a["scale"]
         return x.repeat_interleave(sh, dim=2).repeat_interleave(sw, dim=3)
+    if n.op is Op.DEPTH_TO_SPACE:
+        return torch.pixel_shuffle(x, int(a["block"]))
     raise AssertionError(f"run_node: op {n.op} not handled")  # Op is closed; every member is above
