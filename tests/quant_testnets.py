@@ -85,6 +85,8 @@ def plain_int_exec(qg: QGraph, x: np.ndarray) -> np.ndarray:
             out = torch.cat([vals[i] for i in n.inputs], 1)
         elif n.op is QOp.UPSAMPLE:  # PyTorch's own nearest rule, independent of the executors
             out = F.interpolate(a, scale_factor=tuple(float(f) for f in n.upsample), mode="nearest")
+        elif n.op is QOp.DEPTH_TO_SPACE:  # PyTorch's PixelShuffle
+            out = F.pixel_shuffle(a, n.depth_to_space)
         else:
             raise AssertionError(f"plain_int_exec: op {n.op} not handled")
         vals[n.name] = out

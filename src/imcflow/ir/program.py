@@ -101,12 +101,12 @@ Tasks and instructions
         sum is the accumulator.
     ``REQUANT``: apply the layer's :class:`~imcflow.ir.qgraph.Requant` to the accumulator of
         (layer, oc range, px range): the result is that piece of the layer's output tensor.
-    ``MAXPOOL``/``AVGPOOL``/``GLOBAL_AVGPOOL``/``ADD``/``FLATTEN``/``CONCAT``/``UPSAMPLE``: compute output
+    ``MAXPOOL``/``AVGPOOL``/``GLOBAL_AVGPOOL``/``ADD``/``FLATTEN``/``CONCAT``/``UPSAMPLE``/``DEPTH_TO_SPACE``: compute output
         channels ``[oc_lo, oc_hi)`` (all pixels; ``px_lo, px_hi`` span the whole output map) of QGraph
         node ``layer`` from the same channels of its input tensors, which this core holds (received
         or produced here). Pooling, UPSAMPLE and ADD work channel by channel, so a node may be split over
-        several cores by channel groups (one task each); FLATTEN and CONCAT always cover all
-        channels (and then need every channel of their inputs).
+        several cores by channel groups (one task each); FLATTEN, CONCAT and DEPTH_TO_SPACE
+        (:data:`CHANNEL_MIXING`) always cover all channels (and then need every channel of their inputs).
     ``SEND stream``: send the piece named by stream ``stream`` (it must be held by this core).
 
 Streams
@@ -147,7 +147,12 @@ IN_PORT = -1
 OUT_PORT = -2
 """Endpoint id of the off-chip output port (attached to every east-edge switch)."""
 
-SIMD_OPS = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.ADD, QOp.FLATTEN, QOp.CONCAT, QOp.UPSAMPLE)
+SIMD_OPS = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.ADD, QOp.FLATTEN, QOp.CONCAT, QOp.UPSAMPLE,
+            QOp.DEPTH_TO_SPACE)
+
+CHANNEL_MIXING = (QOp.FLATTEN, QOp.CONCAT, QOp.DEPTH_TO_SPACE)
+"""SIMD ops whose output channels read other input channels (a depth-to-space output channel reads
+r*r input channels): one task computes all channels from every channel of the inputs."""
 
 
 class InstrKind(str, enum.Enum):
@@ -165,6 +170,7 @@ class InstrKind(str, enum.Enum):
     FLATTEN = "flatten"
     CONCAT = "concat"
     UPSAMPLE = "upsample"
+    DEPTH_TO_SPACE = "depth_to_space"
     SEND = "send"
 
 

@@ -27,6 +27,8 @@ Conventions (the contract between quantiser, reference executor, compiler and si
 - Concat needs inputs of equal scale, bits and signedness (the quantiser ensures it).
 - Nearest upsampling (``upsample`` = (sh, sw)): ``y[c, i, j] = x[c, i // sh, j // sw]``, the same
   integers (same spec), output ``(C, H*sh, W*sw)``.
+- Depth to space (``depth_to_space`` = r, PyTorch's PixelShuffle): ``y[c, i, j] =
+  x[c*r*r + (i % r)*r + j % r, i // r, j // r]``, the same integers, output ``(C / r^2, H*r, W*r)``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class QOp(str, enum.Enum):
     FLATTEN = "flatten"
     CONCAT = "concat"
     UPSAMPLE = "upsample"
+    DEPTH_TO_SPACE = "depth_to_space"
 
 
 MVM_OPS = (QOp.CONV, QOp.LINEAR)
@@ -135,6 +138,9 @@ class QNode:
     upsample: tuple[int, int] = (1, 1)
     """UPSAMPLE only: nearest-neighbour factors (sh, sw) >= 1; output pixel (i, j) copies input
     pixel (i // sh, j // sw)."""
+    depth_to_space: int = 1
+    """DEPTH_TO_SPACE only: block size r >= 1; output pixel (i, j) of channel c copies input channel
+    ``c*r*r + (i % r)*r + j % r`` at pixel (i // r, j // r)."""
     # ADD
     add_multipliers: tuple[int, ...] = ()
     add_shift: int = 0
@@ -255,7 +261,8 @@ def _verify_mvm(n: QNode, x: QTensor) -> None:
                          f"output's {n.out.bits}-b range [{n.out.min_int}, {n.out.max_int}]")
 
 
-_SAME_SPEC = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.CONCAT, QOp.UPSAMPLE)
+_SAME_SPEC = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.CONCAT, QOp.UPSAMPLE,
+              QOp.DEPTH_TO_SPACE)
 
 
 def _verify_other(n: QNode, ins: list[QTensor]) -> None:
@@ -269,6 +276,11 @@ def _verify_other(n: QNode, ins: list[QTensor]) -> None:
         _verify_upsample(n, ins[0])
     elif tuple(n.upsample) != (1, 1):
         raise QuantError(f"node {n.name!r} ({n.op.value}): upsample {tuple(n.upsample)} is for upsample nodes only")
+    if n.op is QOp.DEPTH_TO_SPACE:
+        _verify_depth_to_space(n, ins[0])
+    elif n.depth_to_space != 1:
+        raise QuantError(f"node {n.name!r} ({n.op.value}): depth_to_space {n.depth_to_space} is for "
+                         f"depth_to_space nodes only")
     if n.op is QOp.ADD:
         if len(n.add_multipliers) != 2 or n.add_shift < 1:
             raise QuantError(f"add {n.name!r}: needs two add_multipliers and add_shift >= 1, got "
@@ -294,17 +306,31 @@ def _verify_upsample(n: QNode, x: QTensor) -> None:
                          f"{(sh, sw)} gives {want}; re-quantise the graph")
 
 
+def _verify_depth_to_space(n: QNode, x: QTensor) -> None:
+    r = n.depth_to_space
+    if r < 1 or len(x.shape) != 3 or x.shape[0] % (r * r):
+        raise QuantError(f"depth_to_space {n.name!r}: block {r} must be >= 1, the input a (C*r*r, H, W) map, "
+                         f"got shape {x.shape}")
+    want = (x.shape[0] // (r * r), x.shape[1] * r, x.shape[2] * r)
+    if tuple(n.out.shape) != want:
+        raise QuantError(f"depth_to_space {n.name!r}: output shape {n.out.shape} but {x.shape} with block {r} "
+                         f"gives {want}; re-quantise the graph")
+
+
 def receptive_field(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
     """Extent ``(k - 1) * d + 1`` per axis of a ``kernel`` window whose taps are ``dilation`` apart."""
     return tuple((int(k) - 1) * int(d) + 1 for k, d in zip(kernel, dilation))
 
 
 def input_rows(node: QNode, y0: int, y1: int, h_in: int) -> tuple[int, int]:
-    """Input rows [lo, hi] (inclusive) that output rows ``y0 .. y1`` of a CONV, pooling or UPSAMPLE
-    ``node`` read: an upsample's row y copies input row ``y // sh``; a window op's rows span its
-    (dilated) receptive fields, clipped to the ``h_in`` input rows."""
+    """Input rows [lo, hi] (inclusive) that output rows ``y0 .. y1`` of a CONV, pooling, UPSAMPLE or
+    DEPTH_TO_SPACE ``node`` read: an upsample's row y copies input row ``y // sh``, a depth-to-space's
+    row y input row ``y // r``; a window op's rows span its (dilated) receptive fields, clipped to the
+    ``h_in`` input rows."""
     if node.op is QOp.UPSAMPLE:
         return y0 // node.upsample[0], y1 // node.upsample[0]
+    if node.op is QOp.DEPTH_TO_SPACE:
+        return y0 // node.depth_to_space, y1 // node.depth_to_space
     lo = y0 * node.stride[0] - node.padding[0]
     return max(0, lo), min(h_in - 1, y1 * node.stride[0] - node.padding[0] + node.span[0] - 1)
 
@@ -350,7 +376,8 @@ def row_tiles(c_in: int, kh: int, kw: int, array_rows: int) -> list[tuple[int, i
 def simd_lane_ops(qgraph: QGraph, name: str) -> int:
     """SIMD lane operations per image of the SIMD-only node ``name``: pooling one per window
     element, global average pooling one per input element, a residual add two per output, an
-    upsample one per output element (the output buffer writes each value sh*sw times); the
+    upsample one per output element (the output buffer writes each value sh*sw times), a
+    depth-to-space one per output element (each value written once in its new place); the
     compiler's cost model and the simulator both count with this."""
     node = qgraph.node(name)
     out = math.prod(node.out.shape)
@@ -360,7 +387,7 @@ def simd_lane_ops(qgraph: QGraph, name: str) -> int:
         return math.prod(qgraph.spec(node.inputs[0]).shape)
     if node.op == QOp.ADD:
         return 2 * out
-    if node.op == QOp.UPSAMPLE:
+    if node.op in (QOp.UPSAMPLE, QOp.DEPTH_TO_SPACE):
         return out
     return 0
 

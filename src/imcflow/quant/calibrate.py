@@ -63,7 +63,7 @@ MSE_STEPS = 64
 
 _QOP = {Op.CONV: QOp.CONV, Op.LINEAR: QOp.LINEAR, Op.MAXPOOL: QOp.MAXPOOL, Op.AVGPOOL: QOp.AVGPOOL,
         Op.GLOBAL_AVGPOOL: QOp.GLOBAL_AVGPOOL, Op.ADD: QOp.ADD, Op.FLATTEN: QOp.FLATTEN, Op.CONCAT: QOp.CONCAT,
-        Op.UPSAMPLE: QOp.UPSAMPLE}
+        Op.UPSAMPLE: QOp.UPSAMPLE, Op.DEPTH_TO_SPACE: QOp.DEPTH_TO_SPACE}
 
 
 @dataclass(frozen=True)
@@ -314,6 +314,8 @@ def _other_node(step, specs) -> QNode:
                      pad_end=tuple(node.attrs.get("pad_end", (0, 0))))
     if op is QOp.UPSAMPLE:
         return QNode(name=node.name, op=op, inputs=step.inputs, out=out, upsample=tuple(node.attrs["scale"]))
+    if op is QOp.DEPTH_TO_SPACE:
+        return QNode(name=node.name, op=op, inputs=step.inputs, out=out, depth_to_space=int(node.attrs["block"]))
     return QNode(name=node.name, op=op, inputs=step.inputs, out=out)
 
 

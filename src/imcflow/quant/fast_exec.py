@@ -114,6 +114,8 @@ def run_node_fast(qgraph: QGraph, node: QNode, ins: list[torch.Tensor], mode: st
         return torch.cat(ins, dim=1)
     if node.op is QOp.UPSAMPLE:
         return x.repeat_interleave(node.upsample[0], dim=2).repeat_interleave(node.upsample[1], dim=3)
+    if node.op is QOp.DEPTH_TO_SPACE:
+        return torch.pixel_shuffle(x, node.depth_to_space)
     raise QuantError(f"node {node.name!r}: op {node.op.value} has no integer rule")  # pragma: no cover
 
 

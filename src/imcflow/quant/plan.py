@@ -3,11 +3,11 @@
 - A CONV, LINEAR or ADD whose only consumer is a RELU or CLAMP absorbs it: the SIMD applies the
   activation as the requant's clamp (``out_min``/``out_max``). The fused QNode keeps the name of
   the weight (or add) node; the activation's tensor name becomes an alias of it.
-- MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, FLATTEN, UPSAMPLE and CONCAT map one to one.
+- MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, FLATTEN, UPSAMPLE, DEPTH_TO_SPACE and CONCAT map one to one.
 - A RELU or CLAMP that cannot be fused (after a pool, or on a tensor with several consumers)
   raises QuantError: the chip has no stand-alone activation unit in this model.
 
-Scale groups: a pool, flatten or upsample output shares its input's spec (same integers), and the inputs
+Scale groups: a pool, flatten, upsample or depth-to-space output shares its input's spec (same integers), and the inputs
 and output of a concat share one spec, so each group gets one scale, bit width and signedness.
 """
 
@@ -23,7 +23,7 @@ from imcflow.ir.graph import Graph, Node, Op
 from imcflow.ir.graph_exec import run_node
 
 FUSABLE = (Op.CONV, Op.LINEAR, Op.ADD)
-SAME_SPEC_OPS = (Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.UPSAMPLE)
+SAME_SPEC_OPS = (Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.UPSAMPLE, Op.DEPTH_TO_SPACE)
 
 
 @dataclass(frozen=True)

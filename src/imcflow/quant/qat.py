@@ -258,6 +258,8 @@ class QatNet(nn.Module):
         if op is Op.UPSAMPLE:  # the same integers, replicated; gradients sum over the copies
             sh, sw = node.attrs["scale"]
             return x.repeat_interleave(sh, dim=2).repeat_interleave(sw, dim=3)
+        if op is Op.DEPTH_TO_SPACE:  # the same integers, moved; gradients move back
+            return torch.pixel_shuffle(x, int(node.attrs["block"]))
         raise QuantError(f"{node.describe()}: op not supported by QAT")  # pragma: no cover
 
     def _mvm_real(self, step, x_int: torch.Tensor) -> torch.Tensor:

@@ -117,12 +117,24 @@ def run_node(qgraph: QGraph, node: QNode, ins: list[np.ndarray], mode: str, chip
         return np.concatenate(ins, axis=1)
     if node.op is QOp.UPSAMPLE:
         return upsample_int(x, node.upsample)
+    if node.op is QOp.DEPTH_TO_SPACE:
+        return depth_to_space_int(x, node.depth_to_space)
     raise QuantError(f"node {node.name!r}: op {node.op.value} has no integer rule")  # pragma: no cover
 
 
 def upsample_int(x: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
     """Nearest upsampling of (N, C, H, W) ``x``: ``y[..., i, j] = x[..., i // sh, j // sw]``."""
     return np.repeat(np.repeat(x, factor[0], axis=2), factor[1], axis=3)
+
+
+def depth_to_space_int(x: np.ndarray, r: int) -> np.ndarray:
+    """Depth to space of (N, C*r*r, H, W) ``x`` (PixelShuffle): ``y[:, c, i, j] =
+    x[:, c*r*r + (i % r)*r + j % r, i // r, j // r]``, by explicit index arrays."""
+    n, ch, h, w = x.shape
+    c = np.arange(ch // (r * r))[:, None, None]
+    i = np.arange(h * r)[None, :, None]
+    j = np.arange(w * r)[None, None, :]
+    return x[:, c * r * r + (i % r) * r + j % r, i // r, j // r]
 
 
 def im2col(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],

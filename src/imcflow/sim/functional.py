@@ -24,7 +24,7 @@ import numpy as np
 from imcflow.cima.common import Mode, parse_mode
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import SimError
-from imcflow.ir.program import IN_PORT, OUT_PORT, InstrKind, Phase, Program, StreamKind
+from imcflow.ir.program import CHANNEL_MIXING, IN_PORT, OUT_PORT, InstrKind, Phase, Program, StreamKind
 from imcflow.ir.qgraph import QNode, QOp, QTensor, row_tiles
 from imcflow.sim import kernels
 from imcflow.sim.dataflow import Blocked as _Blocked, run_tasks
@@ -257,16 +257,16 @@ def _full(ctx: _Ctx, mem: _Store, name: str, where: str, c: tuple[int, int] | No
 
 
 def _channel_range(node: QNode, ins) -> tuple[int, int]:
-    """Output channels a SIMD instruction computes (all for FLATTEN/CONCAT or an unset range)."""
+    """Output channels a SIMD instruction computes (all for the ops that mix channels, or an unset range)."""
     oc = _chw(node.out)[0]
-    if node.op in (QOp.FLATTEN, QOp.CONCAT) or ins.oc_hi <= ins.oc_lo:
+    if node.op in CHANNEL_MIXING or ins.oc_hi <= ins.oc_lo:
         return 0, oc
     return ins.oc_lo, ins.oc_hi
 
 
 def _simd(ctx: _Ctx, where: str, node: QNode, ins_, mem: _Store) -> None:
     c = _channel_range(node, ins_)
-    per_channel = node.op not in (QOp.FLATTEN, QOp.CONCAT)
+    per_channel = node.op not in CHANNEL_MIXING
     ins = [_full(ctx, mem, i, where, c if per_channel else None) for i in node.inputs]
     x = ins[0]
     if node.op == QOp.MAXPOOL:
@@ -284,6 +284,8 @@ def _simd(ctx: _Ctx, where: str, node: QNode, ins_, mem: _Store) -> None:
         y = np.concatenate(ins, axis=1)
     elif node.op == QOp.UPSAMPLE:
         y = kernels.upsample_nearest(x, node.upsample)
+    elif node.op == QOp.DEPTH_TO_SPACE:
+        y = kernels.depth_to_space(x, node.depth_to_space)
     else:
         raise SimError(f"{where}: node {node.name!r} op {node.op.value} is not a SIMD op")
     oc, oh, ow = _chw(node.out)

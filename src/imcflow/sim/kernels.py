@@ -1,5 +1,5 @@
 """The simulator's layer kernels, vectorised over the batch: one MVM tile on a range of output
-pixels, and the SIMD's integer pooling, upsampling and add rules of :mod:`imcflow.ir.qgraph`.
+pixels, and the SIMD's integer pooling, upsampling, depth-to-space and add rules of :mod:`imcflow.ir.qgraph`.
 
 The SIMD rules are written again here (the simulator may not import the quantiser); the spine test
 (tests/test_sim_spine.py) checks that the simulator's outputs equal the reference executor's
@@ -103,6 +103,15 @@ def upsample_nearest(x: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
     rows = np.arange(x.shape[2] * factor[0]) // factor[0]
     cols = np.arange(x.shape[3] * factor[1]) // factor[1]
     return x.astype(np.int64)[:, :, rows][:, :, :, cols]
+
+
+def depth_to_space(x: np.ndarray, r: int) -> np.ndarray:
+    """Depth to space of (N, C*r*r, H, W) by block r: input channel c*r*r + a*r + b lands at output
+    channel c, pixel (i*r + a, j*r + b)."""
+    n, ch, h, w = x.shape
+    c = ch // (r * r)
+    blocks = x.astype(np.int64).reshape(n, c, r, r, h, w)         # (n, c, a, b, i, j)
+    return blocks.transpose(0, 1, 4, 2, 5, 3).reshape(n, c, h * r, w * r)   # (n, c, i, a, j, b)
 
 
 def residual_add(a: np.ndarray, b: np.ndarray, multipliers: tuple[int, ...], shift: int,
