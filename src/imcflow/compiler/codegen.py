@@ -8,7 +8,7 @@ from imcflow.compiler.placement import PhasePlan, pixel_range
 from imcflow.compiler.routing import StreamSpec
 from imcflow.compiler.tiling import LayerTiling
 from imcflow.config.chip import ChipConfig
-from imcflow.ir.program import (CoreProgram, Instr, InstrKind, LayerCopy, Phase, Route, Stream, StreamKind,
+from imcflow.ir.program import (CHANNEL_MIXING, CoreProgram, Instr, InstrKind, LayerCopy, Phase, Route, Stream, StreamKind,
                                 Task, TileSlot)
 from imcflow.ir.qgraph import QGraph
 from imcflow.perf.model import TileWork, slot_schedule
@@ -112,7 +112,9 @@ class _Emitter:
 
     def simd_task(self, name: str, core: int, oc_lo: int, oc_hi: int, whole: bool) -> None:
         node = self.qgraph.node(name)
-        ins = self._recv_act(core, lambda s: s.tensor in node.inputs and s.oc_lo < oc_hi and oc_lo < s.oc_hi)
+        mixing = node.op in CHANNEL_MIXING   # reads every channel of its inputs
+        ins = self._recv_act(core, lambda s: s.tensor in node.inputs
+                             and (mixing or (s.oc_lo < oc_hi and oc_lo < s.oc_hi)))
         spec = node.out
         pixels = spec.shape[1] * spec.shape[2] if len(spec.shape) == 3 else 1
         ins.append(Instr(InstrKind(node.op.value), layer=name, oc_lo=oc_lo, oc_hi=oc_hi, px_lo=0, px_hi=pixels))

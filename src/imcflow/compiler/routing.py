@@ -37,7 +37,7 @@ from imcflow.config.chip import ChipConfig
 from imcflow.errors import CompileError
 from imcflow.compiler.placement import PhasePlan, pixel_range
 from imcflow.compiler.tiling import LayerTiling, psum_bits
-from imcflow.ir.program import IN_PORT, OUT_PORT, StreamKind
+from imcflow.ir.program import CHANNEL_MIXING, IN_PORT, OUT_PORT, StreamKind
 from imcflow.ir.qgraph import QGraph, QTensor, input_rows
 
 ATTEMPTS = 8
@@ -186,8 +186,9 @@ def phase_streams(qgraph: QGraph, plan: PhasePlan, tilings: dict[str, LayerTilin
                     if ch_lo < oc_hi and oc_lo < ch_hi and need_lo < px_hi and px_lo < need_hi:
                         dsts.add(p.array)
             for name, groups in plan.hosts.items():
-                if t in qgraph.node(name).inputs:
-                    dsts.update(a for a, lo, hi in groups if lo < oc_hi and oc_lo < hi)
+                if t in qgraph.node(name).inputs:   # a channel-mixing op's host reads every input channel
+                    mixing = qgraph.node(name).op in CHANNEL_MIXING
+                    dsts.update(a for a, lo, hi in groups if mixing or (lo < oc_hi and oc_lo < hi))
             if made_here and t in needed_later:
                 dsts.add(OUT_PORT)
             dsts.discard(src)

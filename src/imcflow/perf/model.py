@@ -297,7 +297,8 @@ def simd_ops_of(ins, qgraph: QGraph) -> int:
         return n * (ins.n_parts - 1 + (ins.row_tile > 0))   # plus a spilled sum read back
     if ins.op == InstrKind.REQUANT:
         return 2 * n
-    if ins.op in (InstrKind.MAXPOOL, InstrKind.AVGPOOL, InstrKind.GLOBAL_AVGPOOL, InstrKind.ADD, InstrKind.UPSAMPLE):
+    if ins.op in (InstrKind.MAXPOOL, InstrKind.AVGPOOL, InstrKind.GLOBAL_AVGPOOL, InstrKind.ADD, InstrKind.UPSAMPLE,
+                  InstrKind.DEPTH_TO_SPACE):
         channels = qgraph.node(ins.layer).out.shape[0]
         return node_simd_ops(qgraph, ins.layer) * (ins.oc_hi - ins.oc_lo) // channels
     return 0

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from imcflow.config.chip import ChipConfig
 from imcflow.errors import SimError
-from imcflow.ir.program import IN_PORT, OUT_PORT, InstrKind, Phase, Program, StreamKind
+from imcflow.ir.program import CHANNEL_MIXING, IN_PORT, OUT_PORT, InstrKind, Phase, Program, StreamKind
 from imcflow.ir.qgraph import QOp, input_rows, row_tiles, simd_lane_ops
 from imcflow.sim.energy import EventCounts
 from imcflow.sim.dataflow import Blocked as _Blocked, run_tasks
@@ -313,7 +313,7 @@ class _Lowerer:
             y0, y1 = max(y0, px[0] // w_out), min(y1, (px[1] - 1) // w_out)
         if node.op in (QOp.ADD, QOp.CONCAT):
             return y0 // r_in, y1 // r_in
-        lo, hi = input_rows(node, y0, y1, h_in)   # dilated windows; an upsample's row y reads y // sh
+        lo, hi = input_rows(node, y0, y1, h_in)   # dilated windows; upsample / depth-to-space row y reads y // s
         return lo // r_in, hi // r_in
 
     def mvm(self, phase: Phase, core: int, ins, b: int, avail, tkey, where) -> list[int]:
@@ -354,7 +354,7 @@ class _Lowerer:
 
     def simd_node(self, phase: Phase, core: int, node, ins, b: int, avail, tkey, where) -> list[int]:
         c_out, h_out, w_out, r_out = self.geom(node.name)
-        per_channel = node.op not in (QOp.FLATTEN, QOp.CONCAT) and ins.oc_hi > ins.oc_lo
+        per_channel = node.op not in CHANNEL_MIXING and ins.oc_hi > ins.oc_lo
         c0, c1 = (ins.oc_lo, ins.oc_hi) if per_channel else (0, c_out)
         total = simd_lane_ops(self.p.qgraph, node.name) * (c1 - c0) / c_out
         ops, by_chunk = [], {}
