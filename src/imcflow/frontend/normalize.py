@@ -442,3 +442,43 @@ def upsample_factors(hw: tuple[int, int], scale: tuple | None = None,
         return None, (f"output size {tuple(int(o) for o in size)} is not an integer multiple of the "
                       f"{hw[0]}x{hw[1]} map")
     return (int(size[0]) // hw[0], int(size[1]) // hw[1]), None
+
+
+CONV_TRANSPOSE_FIX = ("only a transposed convolution whose square kernel equals its stride (no overlap), with no "
+                      "padding, output_padding, dilation or groups maps to the chip (U-Net's "
+                      "ConvTranspose2d(C_in, C_out, kernel_size=2, stride=2)); for other upsampling use "
+                      "nearest upsampling followed by a conv, or a conv to C*r*r channels and PixelShuffle(r)")
+
+
+def conv_transpose_problem(kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, ...],
+                           output_padding: tuple[int, ...], dilation: tuple[int, int], groups: int) -> str | None:
+    """Why a transposed convolution cannot be lowered exactly by :func:`conv_transpose_as_conv`, or
+    None when it can (square kernel == stride, no padding, output_padding, dilation or groups)."""
+    kernel, stride = tuple(int(k) for k in kernel), tuple(int(s) for s in stride)
+    if kernel != stride:
+        return f"kernel {kernel} with stride {stride} (overlapping or gapped windows)"
+    if kernel[0] != kernel[1]:
+        return f"non-square kernel {kernel} (depth to space is square)"
+    for what, value, zero in (("padding", padding, 0), ("output_padding", output_padding, 0),
+                              ("dilation", dilation, 1)):
+        if any(int(v) != zero for v in value):
+            return f"{what} {tuple(int(v) for v in value)}"
+    if groups != 1:
+        return f"groups={groups}"
+    return None
+
+
+def conv_transpose_as_conv(weight: np.ndarray, bias: np.ndarray | None) -> tuple[dict, dict, int]:
+    """A transposed convolution with kernel == stride == (r, r) as a 1x1 conv to ``C_out*r*r``
+    channels followed by depth to space by r: conv channel ``o*r*r + i*r + j`` carries ``weight[:,
+    o, i, j]`` (weight (C_in, C_out, r, r)) and bias ``bias[o]``. Returns (conv attrs, conv params, r)."""
+    c_in, c_out, r, _ = weight.shape
+    params = {"weight": np.ascontiguousarray(weight.transpose(1, 2, 3, 0).reshape(c_out * r * r, c_in, 1, 1))}
+    if bias is not None:
+        params["bias"] = np.repeat(np.asarray(bias), r * r)
+    return {"kernel": (1, 1), "stride": (1, 1), "padding": (0, 0)}, params, int(r)
+
+
+DEPTH_TO_SPACE_MODES = ("CRD", "DCR")
+"""ONNX DepthToSpace modes the importer takes: CRD (PyTorch's PixelShuffle) directly, DCR as a
+channel shuffle (:func:`channel_shuffle` with r*r groups, fused into the conv before it) then CRD."""

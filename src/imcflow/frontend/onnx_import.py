@@ -9,7 +9,10 @@ to the host: the graph ends at the logits and ``meta["host_output"]`` says so),
 Reshape to (N, -1), Concat on channels, Resize with mode 'nearest' and constant scales [1, 1, sh, sw] or
 sizes [N, C, sh*H, sw*W] of integer factors (nearest upsampling; only the coordinate_transformation_mode /
 nearest_mode pairs that pick source pixel y // s for every output y, e.g. asymmetric with floor (PyTorch's
-export) or half_pixel with round_prefer_floor; see :func:`resize_replicates`) and Upsample (opset 7-9, nearest), Identity, Dropout, and the constant arithmetic exporters emit
+export) or half_pixel with round_prefer_floor; see :func:`resize_replicates`) and Upsample (opset 7-9, nearest),
+DepthToSpace (mode CRD, PyTorch's pixel_shuffle export; DCR as a channel shuffle then CRD), ConvTranspose
+whose square kernel_shape equals its strides with zero pads, output_padding and group 1 (a 1x1 Conv to
+C_out*r*r channels then depth to space; any other ConvTranspose is refused by name), Identity, Dropout, and the constant arithmetic exporters emit
 for shapes (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Slice, Transpose,
 ConstantOfShape on constants); Squeeze of an (N, C, 1, 1) map to (N, C) is a flatten. Add, Sub,
 Mul, Div of a map and a per-channel constant become a batch norm (``x * scale + shift``); Slice of a
@@ -52,7 +55,8 @@ from imcflow.frontend.normalize import (ARITH, NON_CHIP_ACTIVATIONS, activation_
                                         channel_constant, channel_selection, channel_shuffle, dense_grouped_weight,
                                         host_output_note, input_layout_1d, map_of_1d, pad_layer, per_axis_of_1d,
                                         slice_layer, split_sizes, squeeze_shape, UPSAMPLE_FIX, upsample_factors,
-                                        view_1d)
+                                        view_1d, CONV_TRANSPOSE_FIX, conv_transpose_as_conv, conv_transpose_problem,
+                                        DEPTH_TO_SPACE_MODES)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 from imcflow.ir.qgraph import ceil_pad_end, receptive_field
 
@@ -399,6 +403,53 @@ def _conv(imp: _Importer, node: onnx.NodeProto) -> None:
     if w.bits:
         attrs["w_bits"] = w.bits
     imp.add(node, Op.CONV, [x], attrs, params)
+
+
+def _conv_transpose(imp: _Importer, node: onnx.NodeProto) -> None:
+    """ConvTranspose with kernel_shape == strides (U-Net's up-convolution): a 1x1 conv to C_out*r*r
+    channels then depth to space by r (:func:`imcflow.frontend.normalize.conv_transpose_as_conv`)."""
+    a = {k: v.decode() if isinstance(v, bytes) else v for k, v in _attrs(node).items()}
+    x = imp.tensor(node, 0)
+    w = imp.const(node, 1)
+    if w.value.ndim != 4:
+        raise _fail(node, f"weight of shape {w.value.shape} is not a 2-D transposed convolution (C_in, C_out, kh, kw)",
+                    CONV_TRANSPOSE_FIX)
+    kernel = tuple(int(k) for k in a.get("kernel_shape", w.value.shape[2:]))
+    problem = conv_transpose_problem(kernel, a.get("strides", (1, 1)), a.get("pads", (0, 0, 0, 0)),
+                                     a.get("output_padding", (0, 0)), a.get("dilations", (1, 1)),
+                                     int(a.get("group", 1)))
+    if problem is None and a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        problem = f"auto_pad={a['auto_pad']}"
+    if problem is None and "output_shape" in a:
+        want = [d * kernel[0] for d in imp.user_shape(node)[1:]]
+        if [int(d) for d in a["output_shape"]][-2:] != want:
+            problem = f"output_shape {list(a['output_shape'])} (not the input map times the stride, {want})"
+    if problem:
+        raise _fail(node, problem, CONV_TRANSPOSE_FIX)
+    b = imp.const(node, 2, required=False)
+    attrs, params, r = conv_transpose_as_conv(w.value, None if b is None else b.value)
+    if w.bits:
+        attrs["w_bits"] = w.bits
+    conv = imp.add(node, Op.CONV, [x], attrs, params, check_shape=False)
+    imp.add(node, Op.DEPTH_TO_SPACE, [conv], {"block": r})
+
+
+def _depth_to_space(imp: _Importer, node: onnx.NodeProto) -> None:
+    """DepthToSpace: CRD (PyTorch's pixel_shuffle export) directly; DCR as a channel shuffle with r*r
+    groups (a 0/1 1x1 layer that normalisation fuses into the conv before it) then CRD."""
+    a = {k: v.decode() if isinstance(v, bytes) else v for k, v in _attrs(node).items()}
+    x = imp.tensor(node, 0)
+    shape, r, mode = imp.user_shape(node), int(a.get("blocksize", 0)), a.get("mode", "DCR")
+    if mode not in DEPTH_TO_SPACE_MODES:
+        raise _fail(node, f"mode {mode!r}", "use mode 'CRD' (PyTorch's PixelShuffle) or 'DCR'")
+    if len(shape) != 3 or r < 1 or shape[0] % (r * r):
+        raise _fail(node, f"blocksize {r} on a tensor of shape {shape} (batch excluded)",
+                    "rearrange (N, C*r*r, H, W) maps with blocksize r >= 1")
+    if mode == "DCR" and r > 1:
+        layer = channel_shuffle(shape, r * r, f"node {_nname(node)!r} (DepthToSpace)")
+        if layer is not None:
+            x = imp.add(node, Op.CONV, [x], *layer, check_shape=False)
+    imp.add(node, Op.DEPTH_TO_SPACE, [x], {"block": r})
 
 
 def _gemm(imp: _Importer, node: onnx.NodeProto) -> None:
@@ -1127,6 +1178,8 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "AveragePool": _pool(Op.AVGPOOL),
     "GlobalAveragePool": lambda imp, node: imp.add(node, Op.GLOBAL_AVGPOOL, [imp.tensor(node, 0)]),
     "Flatten": _flatten,
+    "ConvTranspose": _conv_transpose,
+    "DepthToSpace": _depth_to_space,
     "Resize": _resize,
     "Upsample": _resize,
     "ReduceMean": _reduce_spatial(Op.GLOBAL_AVGPOOL),

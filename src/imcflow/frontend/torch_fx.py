@@ -12,7 +12,10 @@ nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), nearest upsampling by integer factors (nn.Upsample and
 nn.UpsamplingNearest2d, F.interpolate/F.upsample/F.upsample_nearest with mode 'nearest' or 'nearest-exact'
 and a scale_factor or size that is an integer multiple of the map; bilinear and other modes, align_corners
-and non-integer factors are refused), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
+and non-integer factors are refused), depth to space (nn.PixelShuffle, F.pixel_shuffle, torch.pixel_shuffle),
+nn.ConvTranspose2d whose square kernel equals its stride with no padding, output_padding, dilation or
+groups (U-Net's up-convolution: a 1x1 conv to C_out*r*r channels then depth to space; any other transposed
+convolution is refused by name), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
 semantics), slicing ``x[:, c0:c1, ::s, ::s]`` (and chunk/split of the channels) and zero padding (``F.pad``, nn.ZeroPad2d: channels, or
 H and W symmetrically) as 1x1 layers with 0/1 weights that normalisation fuses (the option-A
 shortcut of CIFAR ResNets) or moves into the conv that reads them, + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
@@ -41,7 +44,8 @@ from imcflow.errors import ModelError
 from imcflow.frontend.normalize import (ARITH, activation_fix, affine_params, channel_constant, channel_selection,
                                         channel_shuffle, dense_grouped_weight, host_output_note, input_layout_1d,
                                         map_of_1d, pad_layer, per_axis_of_1d, slice_layer, split_sizes, squeeze_shape,
-                                        UPSAMPLE_FIX, upsample_factors, view_1d)
+                                        UPSAMPLE_FIX, upsample_factors, view_1d, CONV_TRANSPOSE_FIX,
+                                        conv_transpose_as_conv, conv_transpose_problem)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 from imcflow.ir.qgraph import ceil_pad_end, receptive_field
 
@@ -448,6 +452,28 @@ def _interpolate(imp: _Importer, fx: torch.fx.Node) -> None:
               _arg(fx, 4, "align_corners", None), bool(_arg(fx, 6, "antialias", False)))
 
 
+def _pixel_shuffle(imp: _Importer, fx: torch.fx.Node, src: str, r: Any) -> None:
+    """nn.PixelShuffle / F.pixel_shuffle: depth to space of an (N, C*r*r, H, W) map by block r."""
+    shape = imp.user_shape(src)
+    if len(shape) != 3 or not isinstance(r, int) or r < 1:
+        raise imp.fail(fx, f"pixel shuffle by {r!r} of a tensor of shape {shape} (batch excluded)",
+                       "shuffle (N, C*r*r, H, W) maps by a constant integer r >= 1")
+    imp.add(fx, Op.DEPTH_TO_SPACE, [src], {"block": r})
+
+
+def _conv_transpose(imp: _Importer, fx: torch.fx.Node, m: nn.ConvTranspose2d) -> None:
+    """ConvTranspose2d with kernel == stride (U-Net's up-convolution): a 1x1 conv then depth to space."""
+    problem = conv_transpose_problem(m.kernel_size, m.stride, _pair(m.padding), m.output_padding, m.dilation,
+                                     m.groups)
+    if problem is None and m.padding_mode != "zeros":
+        problem = f"padding_mode={m.padding_mode!r}"
+    if problem:
+        raise imp.fail(fx, problem, CONV_TRANSPOSE_FIX)
+    attrs, params, r = conv_transpose_as_conv(_np(m.weight), _np(m.bias))
+    imp.add(fx, Op.CONV, [imp.tensor(fx, fx.args[0])], attrs, params)
+    imp.add(fx, Op.DEPTH_TO_SPACE, [imp.alias[fx.name]], {"block": r})
+
+
 def _flatten_module(imp: _Importer, fx: torch.fx.Node, m: nn.Flatten) -> None:
     if m.start_dim != 1 or m.end_dim != -1:
         raise imp.fail(fx, f"Flatten(start_dim={m.start_dim}, end_dim={m.end_dim})", "use nn.Flatten() defaults")
@@ -495,6 +521,8 @@ _MODULES: dict[type, Callable] = {
     nn.Upsample: _upsample_module,
     nn.UpsamplingNearest2d: _upsample_module,
     nn.UpsamplingBilinear2d: _upsample_module,
+    nn.PixelShuffle: lambda imp, fx, m: _pixel_shuffle(imp, fx, imp.tensor(fx, fx.args[0]), m.upscale_factor),
+    nn.ConvTranspose2d: _conv_transpose,
     nn.Identity: lambda imp, fx, m: imp.same(fx, fx.args[0]),
     nn.Dropout: lambda imp, fx, m: imp.same(fx, fx.args[0]),
     nn.Softmax: lambda imp, fx, m: _final_host_op(imp, fx, "softmax", m.dim),
@@ -912,6 +940,10 @@ _FUNCTIONS: dict[Any, Callable] = {
     F.upsample_nearest: lambda imp, fx: _upsample(imp, fx, _arg(fx, 1, "size", None),
                                                   _arg(fx, 2, "scale_factor", None), "nearest", None),
     torch.concat: _cat,
+    F.pixel_shuffle: lambda imp, fx: _pixel_shuffle(imp, fx, imp.tensor(fx, fx.args[0]),
+                                                    _arg(fx, 1, "upscale_factor", None)),
+    torch.pixel_shuffle: lambda imp, fx: _pixel_shuffle(imp, fx, imp.tensor(fx, fx.args[0]),
+                                                        _arg(fx, 1, "upscale_factor", None)),
     torch.relu: _relu,
     F.relu: _relu,
     F.relu6: lambda imp, fx: _clamp(imp, fx, 0.0, 6.0),
