@@ -32,6 +32,7 @@ from imcflow.compiler.pipeline import compile_qgraph  # noqa: E402
 from imcflow.config import JSSC2022, TINY  # noqa: E402
 from imcflow.errors import ModelError, QuantError  # noqa: E402
 from imcflow.frontend import load_graph, run_graph  # noqa: E402
+from imcflow.frontend.normalize import normalize  # noqa: E402
 from imcflow.ir.graph import Graph, Op  # noqa: E402
 from imcflow.ir.program import InstrKind, Program  # noqa: E402
 from imcflow.ir.qgraph import QGraph, QOp, input_rows, simd_lane_ops  # noqa: E402
@@ -64,10 +65,12 @@ class Espcn(nn.Module):
 
 
 class UNet(nn.Module):
-    """A small U-Net: conv, pool, conv, ConvTranspose2d(k=2, s=2) up, concatenated with the skip, conv, 1x1 head."""
+    """A small U-Net: conv, pool, conv, ConvTranspose2d(k=2, s=2) up (then a ReLU if ``act``),
+    concatenated with the skip, conv, 1x1 head."""
 
-    def __init__(self):
+    def __init__(self, act: bool = False):
         super().__init__()
+        self.act = act
         self.c1 = nn.Conv2d(3, 8, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.c2 = nn.Conv2d(8, 16, 3, padding=1)
@@ -78,7 +81,8 @@ class UNet(nn.Module):
     def forward(self, x):
         a = torch.relu(self.c1(x))
         b = torch.relu(self.c2(self.pool(a)))
-        return self.head(torch.relu(self.c3(torch.cat([self.up(b), a], 1))))
+        u = torch.relu(self.up(b)) if self.act else self.up(b)
+        return self.head(torch.relu(self.c3(torch.cat([u, a], 1))))
 
 
 def _espcn(r=2, functional=False):
@@ -86,9 +90,9 @@ def _espcn(r=2, functional=False):
     return Espcn(r, functional).eval()
 
 
-def _unet():
+def _unet(act=False):
     torch.manual_seed(0)
-    return UNet().eval()
+    return UNet(act).eval()
 
 
 def _to_onnx(model, path, dynamo, shape=SHAPE):
@@ -133,6 +137,22 @@ def test_torch_import_of_conv_transpose_matches_pytorch():
     assert _blocks(g) == [2] and g.shape("up") == (32, 4, 4) and g.shape(g.output) == (4, 8, 8)
     x = torch.rand(3, *SHAPE)
     np.testing.assert_allclose(run_graph(g, x.numpy()), m(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_relu_after_conv_transpose_moves_before_the_depth_to_space_and_fuses():
+    """conv -> depth to space -> ReLU becomes conv -> ReLU -> depth to space (exact), so the ReLU fuses
+    into the conv's requant; the compiled network equals the reference."""
+    m = _unet(act=True)
+    g = normalize(load_graph(m, SHAPE))
+    d2s = [n for n in g.nodes if n.op is Op.DEPTH_TO_SPACE][0]
+    assert g.node(d2s.inputs[0]).op is Op.RELU and g.node(g.node(d2s.inputs[0]).inputs[0]).op is Op.CONV
+    x = torch.rand(3, *SHAPE)
+    np.testing.assert_allclose(run_graph(g, x.numpy()), m(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    q = load_qgraph(m, TINY, trained=False, input_shape=SHAPE)
+    conv = q.node(_d2s_node(q).inputs[0])
+    assert conv.op is QOp.CONV and not q.spec(conv.name).signed   # the ReLU is the conv's requant clamp
+    xi = _inputs(q, 2, 3)
+    assert np.array_equal(run_program(compile_qgraph(q, TINY), xi, "bit_true"), run_qgraph(q, xi, "bit_true", TINY))
 
 
 @pytest.mark.parametrize("k", [2, 3])

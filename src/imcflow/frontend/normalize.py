@@ -34,9 +34,10 @@ from imcflow.ir.graph import Graph, Node, Op, WEIGHT_OPS
 
 
 def normalize(graph: Graph) -> Graph:
-    """``graph`` with batch norm folded and identity ops removed; verified."""
+    """``graph`` with batch norm folded, identity ops removed and activations moved before pure
+    data movements (:func:`activations_before_moves`); verified."""
     graph.verify()
-    out = remove_identities(fuse_lowered_convs(fold_batchnorm(graph)))
+    out = activations_before_moves(remove_identities(fuse_lowered_convs(fold_batchnorm(graph))))
     out = dataclasses.replace(out, meta={**out.meta, "normalized": True})
     out.verify()
     return out
@@ -345,6 +346,35 @@ def remove_identities(graph: Graph) -> Graph:
             kept.append(n)
         current = dataclasses.replace(graph, nodes=tuple(kept))
     return _rebuild(graph, kept, renames)
+
+
+MOVES = (Op.DEPTH_TO_SPACE, Op.UPSAMPLE)
+"""Ops that only move or copy values: an elementwise activation after one equals it before one."""
+
+
+def activations_before_moves(graph: Graph) -> Graph:
+    """Swap each ReLU/clamp that is the only reader of a :data:`MOVES` op (not the graph output) with
+    it, so that the activation follows the layer before the move and fuses into its requant (e.g.
+    ``ConvTranspose2d -> ReLU``, imported as conv -> depth to space -> ReLU). Exact: the activation is
+    elementwise and the move only places values. The two nodes swap names, so readers are unchanged."""
+    nodes = list(graph.nodes)
+    changed = True
+    while changed:
+        changed = False
+        current = dataclasses.replace(graph, nodes=tuple(nodes))
+        for k, act in enumerate(nodes):
+            move = current.node(act.inputs[0]) if act.op in (Op.RELU, Op.CLAMP) and act.inputs[0] != graph.input_name \
+                else None
+            if move is None or move.op not in MOVES or move.name == graph.output \
+                    or [n.name for n in current.consumers(move.name)] != [act.name]:
+                continue
+            j = nodes.index(move)
+            nodes[j] = dataclasses.replace(act, name=move.name, inputs=move.inputs,
+                                           out_shape=current.shape(move.inputs[0]))
+            nodes[k] = dataclasses.replace(move, name=act.name, inputs=(move.name,), out_shape=act.out_shape)
+            changed = True
+            break
+    return dataclasses.replace(graph, nodes=tuple(nodes))
 
 
 def _rebuild(graph: Graph, nodes: list[Node], renames: dict[str, str]) -> Graph:
