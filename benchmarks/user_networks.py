@@ -275,10 +275,40 @@ class FpnSeg(nn.Module):
         return self.head(p1)
 
 
+class Espcn(nn.Module):
+    """ESPCN super-resolution (Shi et al. 2016) with ReLU for tanh: 5x5 and 3x3 convs at low
+    resolution, then a conv to 3 * 3 * 3 channels and PixelShuffle(3): 32 x 32 in, 96 x 96 out."""
+
+    def __init__(self, r: int = 3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 64, 5, padding=2), nn.ReLU(), nn.Conv2d(64, 32, 3, padding=1),
+                                 nn.ReLU(), nn.Conv2d(32, 3 * r * r, 3, padding=1), nn.PixelShuffle(r))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class UNetTiny(nn.Module):
+    """A two-level U-Net (Ronneberger et al. 2015): max-pool encoder, ConvTranspose2d(k=2, s=2)
+    decoder with a concatenated skip, per-pixel 4-class head at 32 x 32."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.enc1, self.enc2 = nn.Sequential(*_cbr(3, 32), *_cbr(32, 32)), nn.Sequential(*_cbr(32, 64), *_cbr(64, 64))
+        self.pool, self.up = nn.MaxPool2d(2), nn.ConvTranspose2d(64, 32, 2, stride=2)
+        self.dec = nn.Sequential(*_cbr(64, 32), nn.Conv2d(32, classes, 1))
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        return self.dec(torch.cat([e1, F.relu(self.up(e2))], 1))
+
+
 NETWORKS = {"VGG-style": Vgg, "ResNet-20, option A": ResNet20A, "MobileNetV2 blocks": MobileV2,
             "DenseNet-style": DenseTiny, "input normalisation + softmax": Normalised, "SiLU (refused)": SwishNet,
             "TC-ResNet8 (1-D, 40 x 98)": TcResNet8, "SqueezeNet 1.1 (64 x 64)": SqueezeNet11,
-            "ShuffleNet V2 units": ShuffleV2, "FPN segmentation (upsampling)": FpnSeg}
+            "ShuffleNet V2 units": ShuffleV2, "FPN segmentation (upsampling)": FpnSeg,
+            "ESPCN x3 (PixelShuffle)": Espcn, "U-Net (ConvTranspose2d)": UNetTiny}
 
 
 def measure(source, shape: tuple[int, ...]) -> dict:
