@@ -91,3 +91,37 @@ def plain_int_exec(qg: QGraph, x: np.ndarray) -> np.ndarray:
             raise AssertionError(f"plain_int_exec: op {n.op} not handled")
         vals[n.name] = out
     return vals[qg.output].numpy().astype(np.int64)
+
+
+def assert_qat_export_matches(net, qg: QGraph, shape: tuple[int, ...], chip, seed: int = 5) -> None:
+    """A QAT network's integer mode equals the bit-true reference executor on its exported QGraph
+    ``qg`` exactly, and its training (fake-quantised) forward stays within 16 output steps of it."""
+    from imcflow.quant.reference import dequantize_output, quantize_input, run_qgraph
+    xs = images(4, shape, seed=seed)
+    ref = dequantize_output(qg, run_qgraph(qg, quantize_input(qg, xs), "bit_true", chip))
+    with torch.no_grad():
+        got = net.set_mode("int")(torch.from_numpy(xs)).numpy()
+        qat = net.set_mode("qat")(torch.from_numpy(xs)).numpy()
+    assert np.array_equal(got, ref.astype(np.float32))
+    assert np.abs(qat - ref).max() <= 16 * qg.spec(qg.output).scale
+
+
+def strip_key(obj, key: str):
+    """A JSON object (dicts and lists) without ``key`` anywhere: a file written before ``key`` existed."""
+    if isinstance(obj, dict):
+        return {k: strip_key(v, key) for k, v in obj.items() if k != key}
+    if isinstance(obj, list):
+        return [strip_key(v, key) for v in obj]
+    return obj
+
+
+def assert_reference_is_exact_and_tracks_float(model, qg: QGraph, shape: tuple[int, ...], chip) -> None:
+    """The reference executor on ``qg`` equals :func:`plain_int_exec` on random integers, and its
+    ideal-mode outputs stay within 25 % of the float ``model``'s largest output on images."""
+    from imcflow.quant.reference import dequantize_output, quantize_input, run_qgraph
+    x = np.random.default_rng(2).integers(qg.input.min_int, qg.input.max_int + 1, size=(3, *qg.input.shape))
+    assert np.array_equal(run_qgraph(qg, x, "ideal", chip), plain_int_exec(qg, x))
+    xf = images(8, shape, seed=4)
+    got = dequantize_output(qg, run_qgraph(qg, quantize_input(qg, xf), "ideal", chip))
+    want = model(torch.from_numpy(xf)).detach().numpy()
+    assert np.abs(got - want).max() / np.abs(want).max() < 0.25

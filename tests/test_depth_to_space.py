@@ -13,11 +13,9 @@ import json
 import math
 import os
 import sys
-import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +24,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from quant_testnets import images, plain_int_exec  # noqa: E402
+from onnx_testing import ort_run, random_inputs, to_onnx  # noqa: E402
+from quant_testnets import (assert_qat_export_matches, assert_reference_is_exact_and_tracks_float, images,  # noqa: E402
+                            strip_key)
 
 from imcflow.compiler.pipeline import compile_qgraph  # noqa: E402
 from imcflow.config import JSSC2022, TINY  # noqa: E402
@@ -39,7 +39,7 @@ from imcflow.ir.qgraph import QGraph, QOp, input_rows, simd_lane_ops  # noqa: E4
 from imcflow.pipeline import load_qgraph, prepare_qat  # noqa: E402
 from imcflow.quant.fast_exec import run_qgraph_fast  # noqa: E402
 from imcflow.quant.qat import export_qgraph  # noqa: E402
-from imcflow.quant.reference import dequantize_output, quantize_input, run_qgraph  # noqa: E402
+from imcflow.quant.reference import run_qgraph  # noqa: E402
 from imcflow.sim.functional import run_program  # noqa: E402
 from imcflow.perf.model import simd_ops_of  # noqa: E402
 from imcflow.sim.lower import _Lowerer, lower  # noqa: E402
@@ -95,20 +95,7 @@ def _unet(act=False):
     return UNet(act).eval()
 
 
-def _to_onnx(model, path, dynamo, shape=SHAPE):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, *shape),), str(path), dynamo=dynamo, verbose=False)
 
-
-def _ort(path_or_model, x):
-    data = path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto) else str(path_or_model)
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-
-def _inputs(q, n, seed):
-    return np.random.default_rng(seed).integers(q.input.min_int, q.input.max_int + 1, size=(n, *q.input.shape))
 
 
 def _d2s_node(q: QGraph):
@@ -151,7 +138,7 @@ def test_relu_after_conv_transpose_moves_before_the_depth_to_space_and_fuses():
     q = load_qgraph(m, TINY, trained=False, input_shape=SHAPE)
     conv = q.node(_d2s_node(q).inputs[0])
     assert conv.op is QOp.CONV and not q.spec(conv.name).signed   # the ReLU is the conv's requant clamp
-    xi = _inputs(q, 2, 3)
+    xi = random_inputs(q, 2, 3)
     assert np.array_equal(run_program(compile_qgraph(q, TINY), xi, "bit_true"), run_qgraph(q, xi, "bit_true", TINY))
 
 
@@ -170,13 +157,13 @@ def test_conv_transpose_lowering_is_exact_with_and_without_bias(k):
 def test_onnx_import_from_both_exporters_matches_onnxruntime(tmp_path, net, dynamo):
     m = _unet() if net == "unet" else _espcn(int(net[-1]))
     path = tmp_path / f"{net}_{dynamo}.onnx"
-    _to_onnx(m, path, dynamo)
+    to_onnx(m, path, dynamo, SHAPE)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert ("ConvTranspose" if net == "unet" else "DepthToSpace") in ops   # what the exporters emit
     g = load_graph(path)
     assert _blocks(g) == [2 if net == "unet" else int(net[-1])]
     x = np.random.default_rng(0).random((1, *SHAPE), dtype=np.float32)
-    want = _ort(path, x)
+    want = ort_run(path, x)
     np.testing.assert_allclose(run_graph(g, x), want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(want, m(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
 
@@ -197,7 +184,7 @@ def test_onnx_depth_to_space_modes_match_onnxruntime(mode, r):
     x = np.random.default_rng(r).standard_normal((1, 2 * r * r, 3, 4)).astype(np.float32)
     g = load_graph(model)
     assert _blocks(g) == [r]
-    np.testing.assert_array_equal(run_graph(g, x), _ort(model, x))
+    np.testing.assert_array_equal(run_graph(g, x), ort_run(model, x))
 
 
 def _conv_transpose_model(k=2, s=2, bias=True, **attrs):
@@ -221,7 +208,7 @@ def test_onnx_conv_transpose_matches_onnxruntime(k, bias):
     x = np.random.default_rng(k).standard_normal((1, 4, 3, 3)).astype(np.float32)
     g = load_graph(model)
     assert _blocks(g) == [k]
-    np.testing.assert_allclose(run_graph(g, x), _ort(model, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_graph(g, x), ort_run(model, x), rtol=1e-5, atol=1e-5)
 
 
 # --- refusals, by name ---------------------------------------------------------------------------
@@ -283,7 +270,7 @@ def test_compiled_network_equals_reference(chip, net):
     prog = compile_qgraph(q, chip)
     assert any(i.op is InstrKind.DEPTH_TO_SPACE for ph in prog.phases for c in ph.cores for t in c.tasks
                for i in t.instrs)
-    x = _inputs(q, 3, 0)
+    x = random_inputs(q, 3, 0)
     for mode in ("ideal", "bit_true"):
         want = run_qgraph(q, x, mode, chip)
         assert want.shape == (3, *q.spec(q.output).shape) and len(np.unique(want[0, 0])) > 8  # a map that varies
@@ -295,7 +282,7 @@ def test_compiled_network_equals_reference(chip, net):
 def test_fast_executor_equals_reference(mode, net):
     m = _unet() if net == "unet" else _espcn(2, functional=True)
     q = load_qgraph(m, TINY, trained=False, input_shape=SHAPE)
-    x = _inputs(q, 3, 1)
+    x = random_inputs(q, 3, 1)
     assert np.array_equal(run_qgraph_fast(q, x, mode, TINY, seed=2), run_qgraph(q, x, mode, TINY, seed=2))
 
 
@@ -303,12 +290,7 @@ def test_fast_executor_equals_reference(mode, net):
 def test_reference_equals_an_independent_integer_executor_and_tracks_float(net):
     m = _unet() if net == "unet" else _espcn(3)
     q = load_qgraph(m, TINY, trained=False, input_shape=SHAPE, calib=images(64, SHAPE))
-    x = _inputs(q, 3, 2)
-    assert np.array_equal(run_qgraph(q, x, "ideal", TINY), plain_int_exec(q, x))
-    xf = images(8, SHAPE, seed=4)
-    got = dequantize_output(q, run_qgraph(q, quantize_input(q, xf), "ideal", TINY))
-    want = m(torch.from_numpy(xf)).detach().numpy()
-    assert np.abs(got - want).max() / np.abs(want).max() < 0.25
+    assert_reference_is_exact_and_tracks_float(m, q, SHAPE, TINY)
 
 
 # --- (c) compiler, timing and energy ----------------------------------------------------------------
@@ -356,24 +338,10 @@ def test_qat_trains_through_depth_to_space_and_matches_the_integer_export(net):
     assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads.values())
     qg = export_qgraph(qnet)
     assert _d2s_node(qg).depth_to_space == 2
-    xs = images(4, SHAPE, seed=5)
-    ref = dequantize_output(qg, run_qgraph(qg, quantize_input(qg, xs), "bit_true", TINY))
-    with torch.no_grad():
-        got = qnet.set_mode("int")(torch.from_numpy(xs)).numpy()
-        qat = qnet.set_mode("qat")(torch.from_numpy(xs)).numpy()
-    assert np.array_equal(got, ref.astype(np.float32))
-    assert np.abs(qat - ref).max() <= 16 * qg.spec(qg.output).scale
+    assert_qat_export_matches(qnet, qg, SHAPE, TINY)
 
 
 # --- (e) IR: JSON round trips keep the factor; old files load ------------------------------------
-
-def _strip(obj, key):
-    if isinstance(obj, dict):
-        return {k: _strip(v, key) for k, v in obj.items() if k != key}
-    if isinstance(obj, list):
-        return [_strip(v, key) for v in obj]
-    return obj
-
 
 def test_json_round_trips_keep_the_factor_and_old_files_load():
     q = load_qgraph(_espcn(3), TINY, trained=False, input_shape=SHAPE)
@@ -385,7 +353,7 @@ def test_json_round_trips_keep_the_factor_and_old_files_load():
     g = load_graph(_espcn(3), SHAPE)
     assert Graph.from_json(g.to_json()).node(name).attrs["block"] == 3
     # a file written before depth to space existed has no 'depth_to_space' field: every node defaults to 1
-    old = QGraph.from_json(json.dumps(_strip(json.loads(q.to_json()), "depth_to_space")))
+    old = QGraph.from_json(json.dumps(strip_key(json.loads(q.to_json()), "depth_to_space")))
     assert all(n.depth_to_space == 1 for n in old.nodes)
     with pytest.raises(QuantError, match=f"depth_to_space '{name}': output shape"):
         old.verify()   # and the node, now without its block, is caught

@@ -18,7 +18,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from quant_testnets import images, plain_int_exec  # noqa: E402
+from quant_testnets import assert_qat_export_matches, images, plain_int_exec  # noqa: E402
 
 from imcflow.cima import bpbs_conv2d  # noqa: E402
 from imcflow.cima.conv import planes_conv2d  # noqa: E402
@@ -316,13 +316,7 @@ def test_qat_trains_a_dilated_conv_and_matches_the_integer_export():
                for k, p in net.named_parameters() if k.startswith("weight."))
     qg = export_qgraph(net)
     assert [n.dilation for n in qg.mvm_nodes()][:3] == [(2, 2), (2, 2), (3, 3)]
-    xs = images(4, SHAPE, seed=5)
-    ref = dequantize_output(qg, run_qgraph(qg, quantize_input(qg, xs), "bit_true", TINY))
-    with torch.no_grad():
-        got = net.set_mode("int")(torch.from_numpy(xs)).numpy()
-        qat = net.set_mode("qat")(torch.from_numpy(xs)).numpy()
-    assert np.array_equal(got, ref.astype(np.float32))
-    assert np.abs(qat - ref).max() <= 16 * qg.spec(qg.output).scale
+    assert_qat_export_matches(net, qg, SHAPE, TINY)
 
 
 def test_qat_ideal_adc_uses_the_dilated_exact_counts():

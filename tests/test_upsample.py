@@ -10,11 +10,9 @@ import json
 import math
 import os
 import sys
-import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +21,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from quant_testnets import images, plain_int_exec  # noqa: E402
+from onnx_testing import ort_run, random_inputs, to_onnx  # noqa: E402
+from quant_testnets import (assert_qat_export_matches, assert_reference_is_exact_and_tracks_float, images,  # noqa: E402
+                            plain_int_exec, strip_key)
 
 from imcflow.compiler.pipeline import compile_qgraph  # noqa: E402
 from imcflow.config import JSSC2022, TINY  # noqa: E402
@@ -35,7 +35,7 @@ from imcflow.ir.qgraph import QGraph, QOp, input_rows, simd_lane_ops  # noqa: E4
 from imcflow.pipeline import load_qgraph, prepare_qat  # noqa: E402
 from imcflow.quant.fast_exec import run_qgraph_fast  # noqa: E402
 from imcflow.quant.qat import export_qgraph  # noqa: E402
-from imcflow.quant.reference import dequantize_output, quantize_input, run_qgraph  # noqa: E402
+from imcflow.quant.reference import run_qgraph  # noqa: E402
 from imcflow.sim.functional import run_program  # noqa: E402
 from imcflow.perf.model import simd_ops_of  # noqa: E402
 from imcflow.sim.lower import _Lowerer, lower  # noqa: E402
@@ -92,20 +92,7 @@ def _net(form="module"):
     return Fpn(form).eval()
 
 
-def _to_onnx(model, path, dynamo, shape=SHAPE):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, *shape),), str(path), dynamo=dynamo, verbose=False)
 
-
-def _ort(path_or_model, x):
-    data = path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto) else str(path_or_model)
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-
-def _inputs(q, n, seed):
-    return np.random.default_rng(seed).integers(q.input.min_int, q.input.max_int + 1, size=(n, *q.input.shape))
 
 
 def _upsample_node(q: QGraph):
@@ -130,12 +117,12 @@ def test_torch_import_matches_pytorch(form):
 def test_onnx_import_from_both_exporters_matches_onnxruntime(tmp_path, form, dynamo):
     m = _net(form)
     path = tmp_path / f"fpn_{form}_{dynamo}.onnx"
-    _to_onnx(m, path, dynamo)
+    to_onnx(m, path, dynamo, SHAPE)
     assert any(n.op_type == "Resize" for n in onnx.load(str(path)).graph.node)  # what the exporters emit
     g = load_graph(path)
     assert [tuple(n.attrs["scale"]) for n in g.nodes if n.op is Op.UPSAMPLE] == [(2, 2)]
     x = np.random.default_rng(0).random((1, *SHAPE), dtype=np.float32)
-    want = _ort(path, x)
+    want = ort_run(path, x)
     np.testing.assert_allclose(run_graph(g, x), want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(want, m(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
 
@@ -144,7 +131,7 @@ def test_rectangular_factor_imports_from_torch_and_onnx(tmp_path):
     torch.manual_seed(1)
     m = Rect().eval()
     path = tmp_path / "rect.onnx"
-    _to_onnx(m, path, False, (3, 5, 4))
+    to_onnx(m, path, False, (3, 5, 4))
     x = torch.rand(2, 3, 5, 4)
     for g in (load_graph(m, (3, 5, 4)), load_graph(path)):
         assert [tuple(n.attrs["scale"]) for n in g.nodes if n.op is Op.UPSAMPLE] == [(2, 3)]
@@ -189,7 +176,7 @@ def test_onnx_resize_modes_accepted_exactly_when_onnxruntime_replicates(ctm):
     for nm in NEAREST:
         for factor, sizes in ((2, False), (3, False), (4, True)):
             model = _resize_model(ctm, nm, factor, sizes=sizes)
-            want = _ort(model, x)
+            want = ort_run(model, x)
             exact = want.shape == (1, 2, 5 * factor, 6 * factor) and np.array_equal(
                 want, x.repeat(factor, 2).repeat(factor, 3))
             if exact:
@@ -205,7 +192,7 @@ def test_old_onnx_resize_and_upsample(opset, op):
     x = np.random.default_rng(4).standard_normal((1, 2, 5, 6)).astype(np.float32)
     g = load_graph(model)
     assert [tuple(n.attrs["scale"]) for n in g.nodes] == [(3, 3)]
-    np.testing.assert_array_equal(run_graph(g, x), _ort(model, x))
+    np.testing.assert_array_equal(run_graph(g, x), ort_run(model, x))
 
 
 # --- refusals, by name ---------------------------------------------------------------------------
@@ -269,7 +256,7 @@ def test_compiled_network_equals_reference(chip):
     assert up.upsample == (2, 2) and q.spec(up.inputs[0]).scale == up.out.scale
     prog = compile_qgraph(q, chip)
     assert any(i.op is InstrKind.UPSAMPLE for ph in prog.phases for c in ph.cores for t in c.tasks for i in t.instrs)
-    x = _inputs(q, 3, 0)
+    x = random_inputs(q, 3, 0)
     for mode in ("ideal", "bit_true"):
         want = run_qgraph(q, x, mode, chip)
         assert want.shape == (3, 5, 16, 16) and len(np.unique(want[0, 0])) > 8  # a map that varies
@@ -280,7 +267,7 @@ def test_rectangular_factor_compiles_and_equals_reference():
     torch.manual_seed(1)
     q = load_qgraph(Rect().eval(), TINY, trained=False, input_shape=(3, 5, 4))
     assert _upsample_node(q).upsample == (2, 3)
-    x = _inputs(q, 2, 1)
+    x = random_inputs(q, 2, 1)
     want = run_qgraph(q, x, "bit_true", TINY)
     assert want.shape == (2, 4, 10, 12)
     assert np.array_equal(run_program(compile_qgraph(q, TINY), x, "bit_true"), want)
@@ -290,19 +277,14 @@ def test_rectangular_factor_compiles_and_equals_reference():
 @pytest.mark.parametrize("mode", ["ideal", "bit_true", "analog"])
 def test_fast_executor_equals_reference(mode):
     q = load_qgraph(_net("interp_scale"), TINY, trained=False, input_shape=SHAPE)
-    x = _inputs(q, 3, 1)
+    x = random_inputs(q, 3, 1)
     assert np.array_equal(run_qgraph_fast(q, x, mode, TINY, seed=2), run_qgraph(q, x, mode, TINY, seed=2))
 
 
 def test_reference_equals_an_independent_integer_executor_and_tracks_float():
     m = _net()
     q = load_qgraph(m, TINY, trained=False, input_shape=SHAPE, calib=images(64, SHAPE))
-    x = _inputs(q, 3, 2)
-    assert np.array_equal(run_qgraph(q, x, "ideal", TINY), plain_int_exec(q, x))
-    xf = images(8, SHAPE, seed=4)
-    got = dequantize_output(q, run_qgraph(q, quantize_input(q, xf), "ideal", TINY))
-    want = m(torch.from_numpy(xf)).detach().numpy()
-    assert np.abs(got - want).max() / np.abs(want).max() < 0.25
+    assert_reference_is_exact_and_tracks_float(m, q, SHAPE, TINY)
 
 
 # --- (c) compiler, timing and energy ----------------------------------------------------------------
@@ -348,24 +330,10 @@ def test_qat_trains_through_the_upsample_and_matches_the_integer_export():
     assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads.values())
     qg = export_qgraph(net)
     assert _upsample_node(qg).upsample == (2, 2)
-    xs = images(4, SHAPE, seed=5)
-    ref = dequantize_output(qg, run_qgraph(qg, quantize_input(qg, xs), "bit_true", TINY))
-    with torch.no_grad():
-        got = net.set_mode("int")(torch.from_numpy(xs)).numpy()
-        qat = net.set_mode("qat")(torch.from_numpy(xs)).numpy()
-    assert np.array_equal(got, ref.astype(np.float32))
-    assert np.abs(qat - ref).max() <= 16 * qg.spec(qg.output).scale
+    assert_qat_export_matches(net, qg, SHAPE, TINY)
 
 
 # --- (e) IR: JSON round trips keep the factor; old files load ------------------------------------
-
-def _strip(obj, key):
-    if isinstance(obj, dict):
-        return {k: _strip(v, key) for k, v in obj.items() if k != key}
-    if isinstance(obj, list):
-        return [_strip(v, key) for v in obj]
-    return obj
-
 
 def test_json_round_trips_keep_the_factor_and_old_files_load():
     torch.manual_seed(1)
@@ -378,7 +346,7 @@ def test_json_round_trips_keep_the_factor_and_old_files_load():
     g = load_graph(Rect().eval(), (3, 5, 4))
     assert Graph.from_json(g.to_json()).node(name).attrs["scale"] == (2, 3)
     # a file written before upsampling existed has no 'upsample' field: every node defaults to (1, 1)
-    old = QGraph.from_json(json.dumps(_strip(json.loads(q.to_json()), "upsample")))
+    old = QGraph.from_json(json.dumps(strip_key(json.loads(q.to_json()), "upsample")))
     assert all(n.upsample == (1, 1) for n in old.nodes)
     with pytest.raises(QuantError, match=f"upsample '{name}': output shape"):
         old.verify()   # and the upsample node, now without its factor, is caught
