@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (ARITH, activation_fix, affine_params, channel_constant, channel_selection,
-                                        channel_shuffle, dense_grouped_weight, host_output_note, input_layout_1d,
-                                        map_of_1d, pad_layer, per_axis_of_1d, slice_layer, split_sizes, squeeze_shape,
-                                        UPSAMPLE_FIX, upsample_factors, view_1d, CONV_TRANSPOSE_FIX,
-                                        conv_transpose_as_conv, conv_transpose_problem)
+from imcflow.frontend.normalize import (ARITH, CONV_TRANSPOSE_FIX, UPSAMPLE_FIX, activation_fix, affine_params,
+                                        channel_constant, channel_selection, channel_shuffle, conv_transpose_as_conv,
+                                        conv_transpose_problem, dense_grouped_weight, host_output_note,
+                                        input_layout_1d, map_of_1d, pad_layer, per_axis_of_1d, slice_layer,
+                                        split_sizes, squeeze_shape, upsample_factors, view_1d)
 from imcflow.ir.graph import Graph, Node, Op, infer_shape
 from imcflow.ir.qgraph import ceil_pad_end, receptive_field
 
