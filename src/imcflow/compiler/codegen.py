@@ -8,8 +8,8 @@ from imcflow.compiler.placement import PhasePlan, pixel_range
 from imcflow.compiler.routing import StreamSpec
 from imcflow.compiler.tiling import LayerTiling
 from imcflow.config.chip import ChipConfig
-from imcflow.ir.program import (CHANNEL_MIXING, CoreProgram, Instr, InstrKind, LayerCopy, Phase, Route, Stream, StreamKind,
-                                Task, TileSlot)
+from imcflow.ir.program import (CHANNEL_MIXING, CoreProgram, Instr, InstrKind, LayerCopy, Phase, Route, Stream,
+                                StreamKind, Task, TileSlot)
 from imcflow.ir.qgraph import QGraph
 from imcflow.perf.model import TileWork, slot_schedule
 
