@@ -202,9 +202,10 @@ def _conv_transpose_model(k=2, s=2, bias=True, **attrs):
     return model
 
 
-@pytest.mark.parametrize("k,bias", [(2, True), (3, False)])
-def test_onnx_conv_transpose_matches_onnxruntime(k, bias):
-    model = _conv_transpose_model(k, k, bias, pads=[0, 0, 0, 0])
+@pytest.mark.parametrize("k,bias,pads", [(2, True, dict(pads=[0, 0, 0, 0])), (3, False, {}),
+                                         (2, True, dict(auto_pad="SAME_UPPER")), (2, False, dict(auto_pad="SAME_LOWER"))])
+def test_onnx_conv_transpose_matches_onnxruntime(k, bias, pads):
+    model = _conv_transpose_model(k, k, bias, **pads)
     x = np.random.default_rng(k).standard_normal((1, 4, 3, 3)).astype(np.float32)
     g = load_graph(model)
     assert _blocks(g) == [k]

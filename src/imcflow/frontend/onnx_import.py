@@ -418,8 +418,8 @@ def _conv_transpose(imp: _Importer, node: onnx.NodeProto) -> None:
     problem = conv_transpose_problem(kernel, a.get("strides", (1, 1)), a.get("pads", (0, 0, 0, 0)),
                                      a.get("output_padding", (0, 0)), a.get("dilations", (1, 1)),
                                      int(a.get("group", 1)))
-    if problem is None and a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        problem = f"auto_pad={a['auto_pad']}"
+    if problem is None and a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        problem = f"auto_pad={a['auto_pad']}"   # SAME_*: total padding kernel - stride = 0 here
     if problem is None and "output_shape" in a:
         want = [d * kernel[0] for d in imp.user_shape(node)[1:]]
         if [int(d) for d in a["output_shape"]][-2:] != want:
