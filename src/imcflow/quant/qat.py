@@ -59,7 +59,7 @@ from imcflow.config.chip import ChipConfig
 from imcflow.config.presets import get_preset
 from imcflow.errors import QuantError
 from imcflow.ir.graph import Graph, Op
-from imcflow.ir.graph_exec import max_pool2d
+from imcflow.ir.graph_exec import run_node
 from imcflow.ir.qgraph import QGraph
 from imcflow.quant.calibrate import (QuantSpec, Ranges, adc_full_scales, build_qgraph, collect_ranges, full_scale_for,
                                      layer_w_bits, tensor_specs)
@@ -69,6 +69,9 @@ from imcflow.quant.reference import dequantize_output, quantize_input
 from imcflow.quant.requant import out_range
 
 MODES = ("qat", "float", "int")
+MOVES_INTEGERS = (Op.MAXPOOL, Op.FLATTEN, Op.CONCAT, Op.UPSAMPLE, Op.DEPTH_TO_SPACE)
+"""Ops that select, replicate or move their input integers without arithmetic: in QAT they are the
+float ops of :func:`imcflow.ir.graph_exec.run_node` (gradients flow to the values they keep)."""
 
 
 def round_ste(v: torch.Tensor) -> torch.Tensor:
@@ -239,9 +242,8 @@ class QatNet(nn.Module):
             lo, hi = step.act_range
             v = xs[0] * self.tensor_scale(step.inputs[0]) + xs[1] * self.tensor_scale(step.inputs[1])
             return self._quantize(v, step.name, lo, hi)
-        if op is Op.MAXPOOL:
-            return max_pool2d(x, node.attrs["kernel"], pool_stride(node), node.attrs.get("padding", (0, 0)),
-                              node.attrs.get("pad_end", (0, 0)))
+        if op in MOVES_INTEGERS:  # the same integers, selected, replicated or moved: the float op itself
+            return run_node(node, xs)
         if op is Op.AVGPOOL:
             k = node.attrs["kernel"]
             total = torch.nn.functional.avg_pool2d(x, k, pool_stride(node), node.attrs.get("padding", (0, 0)),
@@ -251,15 +253,6 @@ class QatNet(nn.Module):
         if op is Op.GLOBAL_AVGPOOL:
             count = x.shape[2] * x.shape[3]
             return floor_ste((x.sum(dim=(2, 3), keepdim=True) + count // 2) / count)
-        if op is Op.FLATTEN:
-            return torch.flatten(x, 1)
-        if op is Op.CONCAT:
-            return torch.cat(xs, dim=1)
-        if op is Op.UPSAMPLE:  # the same integers, replicated; gradients sum over the copies
-            sh, sw = node.attrs["scale"]
-            return x.repeat_interleave(sh, dim=2).repeat_interleave(sw, dim=3)
-        if op is Op.DEPTH_TO_SPACE:  # the same integers, moved; gradients move back
-            return torch.pixel_shuffle(x, int(node.attrs["block"]))
         raise QuantError(f"{node.describe()}: op not supported by QAT")  # pragma: no cover
 
     def _mvm_real(self, step, x_int: torch.Tensor) -> torch.Tensor:
