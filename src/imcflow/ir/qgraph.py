@@ -267,20 +267,16 @@ _SAME_SPEC = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.CON
 
 def _verify_other(n: QNode, ins: list[QTensor]) -> None:
     arity = 2 if n.op is QOp.ADD else (len(ins) if n.op is QOp.CONCAT else 1)
-    if tuple(n.pad_end) != (0, 0) and (n.op is not QOp.MAXPOOL or min(n.pad_end) < 0):
-        raise QuantError(f"node {n.name!r} ({n.op.value}): pad_end {tuple(n.pad_end)} is for max pooling only, "
-                         f"and must be >= 0")
+    for key, (owner, default) in _OP_FIELDS.items():
+        value = getattr(n, key)
+        if (tuple(value) if isinstance(default, tuple) else value) != default and n.op is not owner:
+            raise QuantError(f"node {n.name!r} ({n.op.value}): {key} {value} is for {owner.value} nodes only")
+    if n.op is QOp.MAXPOOL and min(n.pad_end) < 0:
+        raise QuantError(f"maxpool {n.name!r}: pad_end {tuple(n.pad_end)} must be >= 0")
     if len(ins) != arity or not ins:
         raise QuantError(f"node {n.name!r} ({n.op.value}): takes {arity} input(s), got {len(ins)}")
-    if n.op is QOp.UPSAMPLE:
-        _verify_upsample(n, ins[0])
-    elif tuple(n.upsample) != (1, 1):
-        raise QuantError(f"node {n.name!r} ({n.op.value}): upsample {tuple(n.upsample)} is for upsample nodes only")
-    if n.op is QOp.DEPTH_TO_SPACE:
-        _verify_depth_to_space(n, ins[0])
-    elif n.depth_to_space != 1:
-        raise QuantError(f"node {n.name!r} ({n.op.value}): depth_to_space {n.depth_to_space} is for "
-                         f"depth_to_space nodes only")
+    if n.op in (QOp.UPSAMPLE, QOp.DEPTH_TO_SPACE):
+        _verify_move_shape(n, ins[0])
     if n.op is QOp.ADD:
         if len(n.add_multipliers) != 2 or n.add_shift < 1:
             raise QuantError(f"add {n.name!r}: needs two add_multipliers and add_shift >= 1, got "
@@ -295,25 +291,26 @@ def _verify_other(n: QNode, ins: list[QTensor]) -> None:
                                  f"({n.out.bits}, {n.out.signed}, {n.out.scale})")
 
 
-def _verify_upsample(n: QNode, x: QTensor) -> None:
-    sh, sw = n.upsample
-    if min(sh, sw) < 1 or len(x.shape) != 3:
-        raise QuantError(f"upsample {n.name!r}: factors {tuple(n.upsample)} must be >= 1 and the input a "
-                         f"(C, H, W) map, got shape {x.shape}")
-    want = (x.shape[0], x.shape[1] * sh, x.shape[2] * sw)
-    if tuple(n.out.shape) != want:
-        raise QuantError(f"upsample {n.name!r}: output shape {n.out.shape} but {x.shape} upsampled by "
-                         f"{(sh, sw)} gives {want}; re-quantise the graph")
+_OP_FIELDS = {"pad_end": (QOp.MAXPOOL, (0, 0)), "upsample": (QOp.UPSAMPLE, (1, 1)),
+              "depth_to_space": (QOp.DEPTH_TO_SPACE, 1)}
+"""QNode fields that only one op may set: field -> (that op, the default every other node keeps)."""
 
 
-def _verify_depth_to_space(n: QNode, x: QTensor) -> None:
-    r = n.depth_to_space
-    if r < 1 or len(x.shape) != 3 or x.shape[0] % (r * r):
-        raise QuantError(f"depth_to_space {n.name!r}: block {r} must be >= 1, the input a (C*r*r, H, W) map, "
-                         f"got shape {x.shape}")
-    want = (x.shape[0] // (r * r), x.shape[1] * r, x.shape[2] * r)
+def _verify_move_shape(n: QNode, x: QTensor) -> None:
+    """An UPSAMPLE's or DEPTH_TO_SPACE's factor fits its input, and its output shape is what it makes."""
+    if n.op is QOp.UPSAMPLE:
+        (sh, sw), what = n.upsample, f"factors {tuple(n.upsample)}"
+        ok = min(sh, sw) >= 1 and len(x.shape) == 3
+        want = (x.shape[0], x.shape[1] * sh, x.shape[2] * sw) if ok else ()
+    else:
+        r, what = n.depth_to_space, f"block {n.depth_to_space}"
+        ok = r >= 1 and len(x.shape) == 3 and x.shape[0] % (r * r) == 0
+        want = (x.shape[0] // (r * r), x.shape[1] * r, x.shape[2] * r) if ok else ()
+    if not ok:
+        raise QuantError(f"{n.op.value} {n.name!r}: {what} must be >= 1 and fit the input, a (C, H, W) map "
+                         f"(C a multiple of r*r for depth to space), got shape {x.shape}")
     if tuple(n.out.shape) != want:
-        raise QuantError(f"depth_to_space {n.name!r}: output shape {n.out.shape} but {x.shape} with block {r} "
+        raise QuantError(f"{n.op.value} {n.name!r}: output shape {n.out.shape} but {x.shape} with {what} "
                          f"gives {want}; re-quantise the graph")
 
 
