@@ -316,7 +316,9 @@ def _fail(node: onnx.NodeProto, why: str, fix: str) -> ModelError:
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    """A node's attributes by name, string attributes decoded to ``str``."""
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
 def _pair_attr(node: onnx.NodeProto, a: dict, key: str, default: int) -> tuple[int, int]:
@@ -340,8 +342,7 @@ def _window(node: onnx.NodeProto, a: dict, kernel: tuple[int, int], dilate: bool
 
     ``size`` is a pool's input (H, W). A MaxPool's extra end padding (``ceil_mode=1``,
     ``auto_pad=SAME_UPPER``, or explicit pads larger at the end) becomes ``pad_end``."""
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = a.get("auto_pad", "NOTSET")
     stride = _pair_attr(node, a, "strides", 1)
     dilation = _pair_attr(node, a, "dilations", 1)
     if dilation != (1, 1) and (not dilate or min(dilation) < 1):
@@ -408,7 +409,7 @@ def _conv(imp: _Importer, node: onnx.NodeProto) -> None:
 def _conv_transpose(imp: _Importer, node: onnx.NodeProto) -> None:
     """ConvTranspose with kernel_shape == strides (U-Net's up-convolution): a 1x1 conv to C_out*r*r
     channels then depth to space by r (:func:`imcflow.frontend.normalize.conv_transpose_as_conv`)."""
-    a = {k: v.decode() if isinstance(v, bytes) else v for k, v in _attrs(node).items()}
+    a = _attrs(node)
     x = imp.tensor(node, 0)
     w = imp.const(node, 1)
     if w.value.ndim != 4:
@@ -437,7 +438,7 @@ def _conv_transpose(imp: _Importer, node: onnx.NodeProto) -> None:
 def _depth_to_space(imp: _Importer, node: onnx.NodeProto) -> None:
     """DepthToSpace: CRD (PyTorch's pixel_shuffle export) directly; DCR as a channel shuffle with r*r
     groups (a 0/1 1x1 layer that normalisation fuses into the conv before it) then CRD."""
-    a = {k: v.decode() if isinstance(v, bytes) else v for k, v in _attrs(node).items()}
+    a = _attrs(node)
     x = imp.tensor(node, 0)
     shape, r, mode = imp.user_shape(node), int(a.get("blocksize", 0)), a.get("mode", "DCR")
     if mode not in DEPTH_TO_SPACE_MODES:
@@ -649,7 +650,7 @@ def resize_replicates(ctm: str, nearest_mode: str, factor: int, n: int) -> bool:
 
 def _resize(imp: _Importer, node: onnx.NodeProto) -> None:
     """Resize (opset 10+) and Upsample (opset 7-9) with mode 'nearest' and constant integer factors."""
-    a = {k: v.decode() if isinstance(v, bytes) else v for k, v in _attrs(node).items()}
+    a = _attrs(node)
     x = imp.tensor(node, 0)
     shape = imp.user_shape(node)
     if len(shape) != 3:
@@ -895,8 +896,7 @@ def _pad(imp: _Importer, node: onnx.NodeProto) -> None:
         per_axis[ax] = (int(pads[k]), int(pads[k + len(axes)]))
     if rank != len(imp.shapes[x]) + 1:  # a 1-D network's (N, C, L) tensor: its map's height is not padded
         per_axis = per_axis_of_1d(per_axis, (0, 0))
-    mode = a.get("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = a.get("mode", "constant")
     where = f"node {_nname(node)!r} (Pad)"
     _move_layer(imp, node, pad_layer(imp.shapes[x], per_axis, value, mode, where))
 
@@ -1029,8 +1029,7 @@ def _qonnx_quant(imp: _Importer, node: onnx.NodeProto) -> None:
     scale = _quant_const(imp, node, 1, "scale")
     zeropt = _quant_const(imp, node, 2, "zero point")
     bits = _quant_bits(node, _quant_const(imp, node, 3, "bit width"))
-    mode = a.get("rounding_mode", b"ROUND")
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    mode = str(a.get("rounding_mode", "ROUND"))
     if mode not in _ROUNDING:
         raise _fail(node, f"rounding_mode={mode!r}", f"use one of {', '.join(_ROUNDING)}")
     if np.any(scale <= 0) or not np.all(np.isfinite(scale)):
