@@ -133,6 +133,25 @@ def test_widen_outputs_keeps_the_function(noise: float) -> None:
     assert torch.equal(narrow.state_dict()["c2.0.weight"], narrow.c2[0].weight.data)  # the input is not changed
 
 
+def test_widen_outputs_fresh_keeps_the_function_with_distinct_new_channels() -> None:
+    from imcflow.models.cnn11 import cnn11_c64, widen_outputs
+    torch.manual_seed(0)
+    narrow = _random_bn(cnn11(), 1)
+    state = widen_outputs(narrow.state_dict(), "c1", "c2", 64, seed=3, fresh=True)
+    wide = cnn11_c64().eval()
+    wide.load_state_dict(state)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), narrow(x), rtol=1e-5, atol=1e-5)
+    new = state["c1.0.weight"][32:].flatten(1)
+    old = state["c1.0.weight"][:32].flatten(1)
+    assert torch.equal(state["c1.0.weight"][:32], narrow.c1[0].weight.data)
+    cos = torch.nn.functional.cosine_similarity(new[:, None], old[None], dim=-1)
+    assert cos.abs().max() < 0.9  # no new filter is a copy of an old one
+    assert torch.count_nonzero(state["c2.0.weight"][:, 32:]) == 0
+    assert torch.equal(state["c1.1.running_var"][32:], torch.ones(32))
+
+
 def test_widen_outputs_refuses_by_name() -> None:
     from imcflow.models.cnn11 import widen_outputs
     state = cnn11().state_dict()

@@ -190,7 +190,7 @@ def cnn11_c64(num_classes: int = NUM_CLASSES) -> nn.Sequential:
 
 
 def widen_outputs(state: dict[str, torch.Tensor], layer: str, next_layer: str, width: int,
-                  noise: float = 0.0, seed: int = 0) -> dict[str, torch.Tensor]:
+                  noise: float = 0.0, seed: int = 0, fresh: bool = False) -> dict[str, torch.Tensor]:
     """A copy of a cnn11-style ``state`` with ``layer``'s conv widened to ``width`` output channels,
     computing the same function (Net2WiderNet, Chen et al. 2016).
 
@@ -199,6 +199,11 @@ def widen_outputs(state: dict[str, torch.Tensor], layer: str, next_layer: str, w
     number of copies. ``noise`` > 0 adds +-e (e ~ N(0, noise x the weight's std)) to the first and
     last copies' weights, which keeps their sum, so that training can move the copies apart.
     ``layer`` must be followed by BatchNorm, ReLU (and pooling) only, as in :func:`cnn11`.
+
+    ``fresh=True`` keeps the function another way: the new channels get their own random filters
+    (Kaiming-normal, seeded; BatchNorm weight 1, bias 0, statistics 0 and 1) and ``next_layer``
+    reads them with weight 0, so no two channels start alike (copies, even with ``noise``, can stay
+    twins through training). ``noise`` is then unused.
     """
     conv, bn, nxt = f"{layer}.0.weight", f"{layer}.1.", f"{next_layer}.0.weight"
     for key in (conv, nxt, bn + "weight"):
@@ -207,6 +212,8 @@ def widen_outputs(state: dict[str, torch.Tensor], layer: str, next_layer: str, w
     old = state[conv].shape[0]
     if width < old:
         raise ModelError(f"cannot widen {layer!r} from {old} to {width} channels: the width must not shrink")
+    if fresh:
+        return _widen_fresh(state, conv, bn, nxt, width, seed)
     src = torch.arange(width) % old
     copies = torch.bincount(src, minlength=old).to(state[nxt].dtype)
     out = dict(state)
@@ -221,6 +228,23 @@ def widen_outputs(state: dict[str, torch.Tensor], layer: str, next_layer: str, w
             w_next[:, j] += eps[:, j]
             w_next[:, src[j]] -= eps[:, j]
     out[nxt] = w_next
+    return out
+
+
+def _widen_fresh(state: dict[str, torch.Tensor], conv: str, bn: str, nxt: str, width: int,
+                 seed: int) -> dict[str, torch.Tensor]:
+    """:func:`widen_outputs` with new, randomly initialised channels that the next layer reads with weight 0."""
+    old, cin, kh, kw = state[conv].shape
+    gen = torch.Generator().manual_seed(seed)
+    std = (2.0 / (cin * kh * kw)) ** 0.5  # Kaiming-normal, fan-in, for a ReLU
+    new_w = torch.randn((width - old, cin, kh, kw), generator=gen, dtype=state[conv].dtype) * std
+    fills = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+    out = dict(state)
+    out[conv] = torch.cat([state[conv], new_w])
+    for name, value in fills.items():
+        out[bn + name] = torch.cat([state[bn + name], torch.full((width - old,), value, dtype=state[bn + name].dtype)])
+    w_next = state[nxt]
+    out[nxt] = torch.cat([w_next, w_next.new_zeros((w_next.shape[0], width - old) + tuple(w_next.shape[2:]))], dim=1)
     return out
 
 
