@@ -20,6 +20,10 @@ linear          weight (out, in); bias (out,) optional                     -
 batchnorm       gamma, beta, mean, var: each (C,)                          eps (float); normalises axis 0 of the input
 relu            -                                                         -
 clamp           -                                                         min, max (floats; ReLU6 = 0, 6)
+activation      -                                                         fn (a name of
+                                                                          :data:`imcflow.ir.activations.ACTIVATIONS`:
+                                                                          silu, gelu, leaky_relu, ...), alpha
+                                                                          (float, where the function has one)
 maxpool         -                                                         kernel, stride, padding (pads with -inf),
                                                                           pad_end (ph, pw) optional: more -inf
                                                                           padding at the bottom/right (ceil_mode)
@@ -57,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from imcflow.errors import ModelError
+from imcflow.ir.activations import get_activation
 from imcflow.ir.serialize import decode, encode, load_json_object, read_json_file
 from imcflow.ir.qgraph import window_out
 
@@ -69,6 +74,7 @@ class Op(str, enum.Enum):
     BATCHNORM = "batchnorm"
     RELU = "relu"
     CLAMP = "clamp"
+    ACTIVATION = "activation"
     MAXPOOL = "maxpool"
     AVGPOOL = "avgpool"
     GLOBAL_AVGPOOL = "global_avgpool"
@@ -80,7 +86,7 @@ class Op(str, enum.Enum):
 
 
 WEIGHT_OPS = (Op.CONV, Op.LINEAR)
-ELEMENTWISE_OPS = (Op.RELU, Op.CLAMP)
+ELEMENTWISE_OPS = (Op.RELU, Op.CLAMP, Op.ACTIVATION)
 POOL_OPS = (Op.MAXPOOL, Op.AVGPOOL)
 NORMALIZED_OPS = frozenset(Op) - {Op.BATCHNORM}
 """Ops a normalized graph (what the quantiser consumes) may contain."""
@@ -305,6 +311,8 @@ def infer_shape(n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
     if n.op in ELEMENTWISE_OPS:
         if n.op is Op.CLAMP and not n.attrs.get("min", 0) < n.attrs.get("max", 0):
             raise ModelError(f"{n.describe()}: clamp min {n.attrs.get('min')} must be below max {n.attrs.get('max')}")
+        if n.op is Op.ACTIVATION:
+            get_activation(n.attrs.get("fn", ""), n.describe())
         return x
     if n.op in POOL_OPS:
         _need_rank(n, x, 3)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from imcflow.errors import DataError
+from imcflow.ir.activations import apply_activation
 from imcflow.ir.graph import Graph, Node, Op
 
 
@@ -66,6 +67,8 @@ def run_node(n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         return torch.relu(x)
     if n.op is Op.CLAMP:
         return torch.clamp(x, float(a["min"]), float(a["max"]))
+    if n.op is Op.ACTIVATION:
+        return apply_activation(a["fn"], a.get("alpha"), x)
     if n.op is Op.MAXPOOL:
         return max_pool2d(x, a["kernel"], a.get("stride", a["kernel"]), a.get("padding", (0, 0)), a.get("pad_end", (0, 0)))
     if n.op is Op.AVGPOOL:
