@@ -433,8 +433,12 @@ def input_layout_1d(shape: tuple[int, ...]) -> str:
             f"(N, {shape[0]}, 1, {shape[1]}); feed either shape")
 
 
-NON_CHIP_ACTIVATIONS = ("LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "HardSwish", "HardSigmoid", "Tanh",
-                        "Softplus", "Softsign", "Mish", "ThresholdedRelu", "SiLU")
+CHIP_ACTIVATIONS_TEXT = ("ReLU, clamps (ReLU6, Hardtanh), LeakyReLU, ELU, SiLU/swish, GELU (erf or tanh), Hardswish, "
+                         "Hardsigmoid, Mish, Sigmoid, Softplus (beta 1, threshold 20) and Tanh")
+"""The element-wise activations the importers take (the float IR's relu, clamp and ``activation``
+ops, :data:`imcflow.ir.activations.ACTIVATIONS`), for error messages."""
+
+NON_CHIP_ACTIVATIONS = ("PRelu", "Selu", "Celu", "Softsign", "ThresholdedRelu", "Shrink")
 """Activations (ONNX op names; the PyTorch importer maps its modules and functions onto them) that
 the chip's SIMD does not apply: importers refuse them with :func:`activation_fix`."""
 
@@ -442,8 +446,8 @@ the chip's SIMD does not apply: importers refuse them with :func:`activation_fix
 def activation_fix(op: str) -> str:
     """What to do about an ``op`` activation, for the importers' errors."""
     article = "an" if op[0].upper() in "AEIOU" else "a"
-    return (f"{article} {op} activation is not a chip op: the chip's SIMD applies ReLU or a clamp (ReLU6, Hardtanh) "
-            f"after a layer; retrain or fine-tune the network with ReLU")
+    return (f"{article} {op} activation is not a chip op: the chip's SIMD applies {CHIP_ACTIVATIONS_TEXT} after a "
+            f"layer; replace it with one of these and retrain or fine-tune the network")
 
 
 def host_output_note(op: str, node: str) -> str:

@@ -175,11 +175,20 @@ class _Importer:
         self.batch: int | None = None
         self.input_name = ""
         self.one_d = False  # a 1-D network: ONNX's (N, C, L) tensors are the graph's (N, C, 1, L) maps
+        self.users: dict[str, list[onnx.NodeProto]] = {}  # tensor name -> the nodes reading it
+        for node in g.node:
+            for i in dict.fromkeys(node.input):
+                self.users.setdefault(i, []).append(node)
+        self.graph_outputs = {o.name for o in g.output}
+        self.constant_nodes = {n.output[0]: n for n in g.node if n.op_type == "Constant" and n.output}
+        self.fused: set[int] = set()  # id() of nodes an activation pattern (:func:`_fused_activation`) took
 
     # --- driver ---------------------------------------------------------------------------
     def run(self) -> Graph:
         input_name, input_shape = self.graph_input()
         for node in self.g.node:
+            if id(node) in self.fused:
+                continue
             table = _QONNX_HANDLERS if node.domain in _QONNX_DOMAINS else _HANDLERS
             handler = table.get(node.op_type)
             if node.op_type in NON_CHIP_ACTIVATIONS and node.domain in ("", "ai.onnx"):
@@ -193,7 +202,8 @@ class _Importer:
                 raise ModelError(f"node {self.host_output[0]!r} ({op}) feeds node {_nname(node)!r}: the chip has no "
                                  f"{op}, only a final one is taken (it runs on the host); remove it from the middle "
                                  f"of the network")
-            handler(self, node)
+            if not _fused_activation(self, node):
+                handler(self, node)
         if len(self.g.output) != 1:
             raise ModelError(f"ONNX model {self.name!r} has {len(self.g.output)} outputs; give a model with exactly one")
         out = self.values.get(self.g.output[0].name)
@@ -557,8 +567,10 @@ def _arith(imp: _Importer, node: onnx.NodeProto) -> None:
     if all(isinstance(v, _Const) for v in vals):
         imp.values[node.output[0]] = _Const(ARITH[node.op_type.lower()](vals[0].value, vals[1].value))
     elif all(isinstance(v, _Tensor) for v in vals):
-        raise _fail(node, f"{node.op_type} of two activations", "the chip multiplies activations only by weights; "
-                    "use a layer, or an Add for residual connections")
+        raise _fail(node, f"{node.op_type} of two activations (an element-wise product or quotient of tensors)",
+                    "the chip multiplies activations only by weights; use a layer, or an Add for residual connections "
+                    "(Mul(x, Sigmoid(x)) of one tensor x, a SiLU, is taken when the Sigmoid has no other reader; "
+                    "a GELU exported below opset 20 is taken as its exact Erf or Tanh pattern)")
     else:
         _affine(imp, node)
 
@@ -1146,16 +1158,142 @@ def _final_host_op(imp: _Importer, node: onnx.NodeProto) -> None:
     ``meta["host_output"]`` says so. A later node that reads it is refused."""
     x = imp.tensor(node, 0)
     axis = int(_attrs(node).get("axis", -1))
-    if node.op_type == "Sigmoid" and len(imp.shapes[x]) != 1:
-        raise _fail(node, f"Sigmoid on a rank-{len(imp.shapes[x]) + 1} tensor inside the network (SiLU/swish?)",
-                    "the chip's activations are ReLU and clip: use ReLU; a sigmoid is taken only as the final op "
-                    "over (N, classes) logits (it runs on the host)")
     if len(imp.shapes[x]) != 1 or axis not in (1, -1):
         raise _fail(node, f"{node.op_type} over axis {axis} of a rank-{len(imp.shapes[x]) + 1} tensor",
                     f"only a final {node.op_type} over the classes of (N, classes) logits is taken (it runs on the host)")
     imp.alias(node)
     imp.host_output = (_nname(node), node.output[0], node.op_type)
     imp.meta["host_output"] = host_output_note(node.op_type, _nname(node))
+
+
+def _sigmoid(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Sigmoid: the network's output over (N, classes) logits is left to the host (:func:`_final_host_op`);
+    anywhere else an element-wise activation (``Mul(x, Sigmoid(x))`` is a SiLU: :func:`_fused_activation`)."""
+    if len(imp.shapes[imp.tensor(node, 0)]) == 1 and node.output[0] in imp.graph_outputs:
+        _final_host_op(imp, node)
+    else:
+        _activation(imp, node, "sigmoid")
+
+
+def _activation(imp: _Importer, node: onnx.NodeProto, fn: str, alpha: float | None = None) -> None:
+    """An element-wise activation ``fn`` (:data:`imcflow.ir.activations.ACTIVATIONS`) of input 0."""
+    attrs = {"fn": fn} | ({} if alpha is None else {"alpha": float(alpha)})
+    imp.add(node, Op.ACTIVATION, [imp.tensor(node, 0)], attrs)
+
+
+def _act(fn: str, default_alpha: float | None = None) -> Callable[[_Importer, onnx.NodeProto], None]:
+    """The handler of an ONNX activation that is ``fn`` (with attr ``alpha`` where ``default_alpha`` is given)."""
+    def handler(imp: _Importer, node: onnx.NodeProto) -> None:
+        alpha = None if default_alpha is None else _attrs(node).get("alpha", default_alpha)
+        _activation(imp, node, fn, None if alpha is None else float(str(np.float32(alpha))))  # 0.2, not 0.2000000029
+    return handler
+
+
+def _hard_sigmoid(imp: _Importer, node: onnx.NodeProto) -> None:
+    """HardSigmoid ``max(0, min(1, alpha * x + beta))`` with PyTorch's alpha = 1/6, beta = 0.5 only."""
+    a = _attrs(node)
+    alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+    if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6:
+        raise _fail(node, f"HardSigmoid with alpha={alpha:g}, beta={beta:g}",
+                    "only PyTorch's Hardsigmoid (alpha=1/6, beta=0.5) is taken; use that (nn.Hardsigmoid)")
+    _activation(imp, node, "hardsigmoid")
+
+
+def _gelu(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Gelu (opset 20): approximate 'none' (the erf form) or 'tanh'."""
+    approximate = _attrs(node).get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise _fail(node, f"approximate={approximate!r}", "use approximate 'none' or 'tanh'")
+    _activation(imp, node, "gelu" if approximate == "none" else "gelu_tanh")
+
+
+def _erf(imp: _Importer, node: onnx.NodeProto) -> None:
+    raise _fail(node, "an Erf that is not part of GELU's exact pattern x * (1 + erf(x / sqrt(2))) * 0.5",
+                GELU_EXPORT_FIX)
+
+
+GELU_EXPORT_FIX = "export with opset_version >= 20 (ONNX Gelu) or use the dynamo exporter"
+
+_SQRT2 = math.sqrt(2.0)
+_TANH_GELU = (("Mul", "x"), ("Mul", "x"), ("Mul", 0.044715), ("Add", "x"), ("Mul", math.sqrt(2 / math.pi)),
+              ("Tanh", None), ("Add", 1.0))
+_ACTIVATION_PATTERNS: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (
+    ("silu", (("Sigmoid", None), ("Mul", "x"))),
+    ("mish", (("Softplus", None), ("Tanh", None), ("Mul", "x"))),
+    *(("gelu", (first, ("Erf", None), ("Add", 1.0), *last)) for first in (("Div", _SQRT2), ("Mul", 1 / _SQRT2))
+      for last in ((("Mul", "x"), ("Mul", 0.5)), (("Mul", 0.5), ("Mul", "x")))),
+    *(("gelu_tanh", (*_TANH_GELU, *last)) for last in ((("Mul", "x"), ("Mul", 0.5)), (("Mul", 0.5), ("Mul", "x")))),
+)
+"""Element-wise functions exporters write as several ONNX nodes: each a chain of steps (op type, its
+other operand: None for a unary op, "x" for the chain's input, or a number) from input x, each step
+reading the one before (the SiLU ``Mul(x, Sigmoid(x))``, PyTorch's Mish, and GELU below opset 20)."""
+
+
+def _scalar(imp: _Importer, name: str) -> float | None:
+    """Tensor ``name`` as a number when it is a one-element constant (an initializer or a Constant node,
+    also one later in the graph)."""
+    v = imp.values.get(name)
+    if isinstance(v, _Const):
+        arr = v.value
+    elif name in imp.constant_nodes and "value" in _attrs(imp.constant_nodes[name]):
+        arr = numpy_helper.to_array(_attrs(imp.constant_nodes[name])["value"])
+    else:
+        return None
+    return float(np.asarray(arr).reshape(-1)[0]) if np.asarray(arr).size == 1 else None
+
+
+def _step_matches(imp: _Importer, node: onnx.NodeProto, chain: str, x: str, step: tuple[str, Any]) -> bool:
+    """``node`` is ``step`` of an activation pattern applied to ``chain`` (the previous step's output)."""
+    op, other = step
+    if node.op_type != op or node.domain not in ("", "ai.onnx"):
+        return False
+    if other is None:
+        return list(node.input) == [chain]
+    if len(node.input) != 2:
+        return False
+    orders = [tuple(node.input)] if op == "Div" else [tuple(node.input), tuple(reversed(node.input))]
+    for a, b in orders:
+        if a != chain:
+            continue
+        if other == "x" and b == x:
+            return True
+        value = None if other == "x" else _scalar(imp, b)
+        if value is not None and math.isclose(value, other, rel_tol=1e-6):
+            return True
+    return False
+
+
+def _match_pattern(imp: _Importer, node: onnx.NodeProto, x: str,
+                   steps: tuple[tuple[str, Any], ...]) -> list[onnx.NodeProto] | None:
+    """The nodes of ``steps`` applied to ``x`` starting at ``node``, or None; inner outputs must have no
+    other reader (and not be graph outputs)."""
+    chain, nodes = x, []
+    for k, step in enumerate(steps):
+        if not _step_matches(imp, node, chain, x, step):
+            return None
+        nodes.append(node)
+        chain = node.output[0]
+        if k + 1 < len(steps):
+            readers = imp.users.get(chain, [])
+            if len(readers) != 1 or chain in imp.graph_outputs:
+                return None
+            node = readers[0]
+    return nodes
+
+
+def _fused_activation(imp: _Importer, node: onnx.NodeProto) -> bool:
+    """When ``node`` starts an activation pattern (:data:`_ACTIVATION_PATTERNS`) on a tensor: import
+    the whole chain as one activation node (named by its last node) and skip its other nodes."""
+    for x in dict.fromkeys(node.input):
+        if not isinstance(imp.values.get(x), _Tensor):
+            continue
+        for fn, steps in _ACTIVATION_PATTERNS:
+            nodes = _match_pattern(imp, node, x, steps)
+            if nodes:
+                imp.add(nodes[-1], Op.ACTIVATION, [imp.tensor(node, list(node.input).index(x))], {"fn": fn})
+                imp.fused.update(id(n) for n in nodes[1:])
+                return True
+    return False
 
 
 def _identity(imp: _Importer, node: onnx.NodeProto) -> None:
@@ -1190,7 +1328,16 @@ _HANDLERS: dict[str, Callable[[_Importer, onnx.NodeProto], None]] = {
     "Identity": _identity,
     "Softmax": _final_host_op,
     "LogSoftmax": _final_host_op,
-    "Sigmoid": _final_host_op,
+    "Sigmoid": _sigmoid,
+    "LeakyRelu": _act("leaky_relu", 0.01),
+    "Elu": _act("elu", 1.0),
+    "HardSwish": _act("hardswish"),
+    "HardSigmoid": _hard_sigmoid,
+    "Mish": _act("mish"),
+    "Softplus": _act("softplus"),
+    "Tanh": _act("tanh"),
+    "Gelu": _gelu,
+    "Erf": _erf,
     "Dropout": _identity,
     "QuantizeLinear": _quantize,
     "DequantizeLinear": _dequantize,

@@ -85,6 +85,7 @@ class _Importer:
         self.nodes: list[Node] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.alias: dict[str, Any] = {}
+        self.swish: dict[str, torch.fx.Node] = {}  # the multiply of x * sigmoid(x) -> x
         self.input_name = ""
         self.output = ""
         self.meta: dict[str, Any] = {"source": "torch"}
@@ -226,17 +227,17 @@ class _Importer:
             _sum(self, fx)
         elif fx.target in ("softmax", "log_softmax"):
             _final_host_op(self, fx, fx.target, _arg(fx, 1, "dim", None))
-        elif fx.target == "sigmoid":
-            _final_host_op(self, fx, "sigmoid", 1)
+        elif fx.target in ("sigmoid", "sigmoid_"):
+            _sigmoid(self, fx)
         elif fx.target == "squeeze":
             _squeeze(self, fx)
         elif fx.target in ("chunk", "split"):
             _split(self, fx, fx.target)
         elif fx.target in ("tanh", "tanh_"):
-            raise self.fail(fx, "unsupported activation", activation_fix("Tanh"))
+            _activation(self, fx, "tanh")
         else:
             raise self.fail(fx, f"unsupported tensor method .{fx.target}()",
-                            "use view/reshape/flatten/squeeze/relu/clamp/mean/amax/sum only")
+                            "use view/reshape/flatten/squeeze/relu/clamp/sigmoid/tanh/mean/amax/sum only")
 
     # --- shape ops ------------------------------------------------------------------------
     def reshape(self, fx: torch.fx.Node, how: str) -> None:
@@ -483,14 +484,72 @@ def _flatten_module(imp: _Importer, fx: torch.fx.Node, m: nn.Flatten) -> None:
         imp.add(fx, Op.FLATTEN, [imp.tensor(fx, fx.args[0])])
 
 
+def _activation(imp: _Importer, fx: torch.fx.Node, fn: str, alpha: Any = None) -> None:
+    """An element-wise activation ``fn`` (:data:`imcflow.ir.activations.ACTIVATIONS`) of the node's
+    input, with parameter ``alpha`` (LeakyReLU's negative slope, ELU's alpha) where it has one."""
+    attrs = {"fn": fn} | ({} if alpha is None else {"alpha": float(alpha)})
+    imp.add(fx, Op.ACTIVATION, [imp.tensor(fx, fx.args[0])], attrs)
+
+
+def _gelu(imp: _Importer, fx: torch.fx.Node, approximate: Any) -> None:
+    """nn.GELU / F.gelu: the erf form ('none') or the tanh approximation."""
+    if approximate not in ("none", "tanh"):
+        raise imp.fail(fx, f"GELU approximate={approximate!r}", "use approximate='none' or 'tanh'")
+    _activation(imp, fx, "gelu" if approximate == "none" else "gelu_tanh")
+
+
+def _softplus(imp: _Importer, fx: torch.fx.Node, beta: Any, threshold: Any) -> None:
+    """nn.Softplus / F.softplus with the defaults beta=1, threshold=20 only."""
+    for key, value, default in (("beta", beta, 1.0), ("threshold", threshold, 20.0)):
+        if value != default:
+            raise imp.fail(fx, f"Softplus with {key}={value}",
+                           f"use {key}={default:g} (the default; the chip's softplus is log(1 + exp(x)))")
+    _activation(imp, fx, "softplus")
+
+
+_MUL_FUNCTIONS = (operator.mul, operator.imul, torch.mul)
+
+
+def _swish_mul(sig: torch.fx.Node) -> torch.fx.Node | None:
+    """The multiply of ``x * sigmoid(x)`` (either order) when it is the sigmoid node ``sig``'s only user."""
+    if len(sig.users) != 1:
+        return None
+    mul = next(iter(sig.users))
+    is_mul = (mul.op == "call_function" and mul.target in _MUL_FUNCTIONS) or \
+        (mul.op == "call_method" and mul.target in ("mul", "mul_"))
+    if not is_mul or len(mul.args) + len(mul.kwargs) != 2:
+        return None
+    operands = {id(mul.args[0]), id(_arg(mul, 1, "other", None))}
+    return mul if operands == {id(sig), id(sig.args[0])} else None
+
+
+def _sigmoid(imp: _Importer, fx: torch.fx.Node) -> None:
+    """nn.Sigmoid / torch.sigmoid / F.sigmoid / ``.sigmoid()``: with ``x * sigmoid(x)`` one SiLU (the
+    multiply makes it); as the last op over (N, classes) logits, left to the host; else an activation."""
+    mul = _swish_mul(fx)
+    if mul is not None:
+        imp.swish[mul.name] = fx.args[0]
+        imp.alias[fx.name] = ("swish", fx.args[0])
+    elif len(imp.shapes[imp.tensor(fx, fx.args[0])]) == 1 and [u.op for u in fx.users] == ["output"]:
+        _final_host_op(imp, fx, "sigmoid", 1)
+    else:
+        _activation(imp, fx, "sigmoid")
+
+
+def _swish(imp: _Importer, fx: torch.fx.Node) -> None:
+    """The multiply of ``x * sigmoid(x)``: one SiLU of x."""
+    imp.add(fx, Op.ACTIVATION, [imp.tensor(fx, imp.swish[fx.name])], {"fn": "silu"})
+
+
 _ACTIVATION_MODULES: dict[type, str] = {
-    nn.LeakyReLU: "LeakyRelu", nn.PReLU: "PRelu", nn.ELU: "Elu", nn.SELU: "Selu", nn.CELU: "Celu", nn.GELU: "Gelu",
-    nn.Hardswish: "HardSwish", nn.Hardsigmoid: "HardSigmoid", nn.Tanh: "Tanh", nn.Softplus: "Softplus",
-    nn.Softsign: "Softsign", nn.Mish: "Mish", nn.SiLU: "SiLU", nn.Threshold: "ThresholdedRelu"}
+    nn.PReLU: "PReLU", nn.SELU: "SELU", nn.CELU: "CELU", nn.Softsign: "Softsign", nn.Threshold: "Threshold",
+    nn.RReLU: "RReLU", nn.LogSigmoid: "LogSigmoid", nn.Tanhshrink: "Tanhshrink", nn.Softshrink: "Softshrink",
+    nn.Hardshrink: "Hardshrink", nn.GLU: "GLU"}
+"""Activation modules the chip does not apply: refused with :func:`activation_fix`."""
 _ACTIVATION_FUNCTIONS: dict[Any, str] = {
-    F.leaky_relu: "LeakyRelu", F.prelu: "PRelu", F.elu: "Elu", F.selu: "Selu", F.celu: "Celu", F.gelu: "Gelu",
-    F.hardswish: "HardSwish", F.hardsigmoid: "HardSigmoid", torch.tanh: "Tanh", F.tanh: "Tanh",
-    F.softplus: "Softplus", F.softsign: "Softsign", F.mish: "Mish", F.silu: "SiLU"}
+    F.prelu: "PReLU", F.selu: "SELU", F.celu: "CELU", F.softsign: "Softsign", F.threshold: "Threshold",
+    F.rrelu: "RReLU", F.logsigmoid: "LogSigmoid", F.tanhshrink: "Tanhshrink", F.softshrink: "Softshrink",
+    F.hardshrink: "Hardshrink", F.glu: "GLU"}
 
 _MODULES_1D = (nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.ZeroPad1d,
                nn.ConstantPad1d)
@@ -527,7 +586,16 @@ _MODULES: dict[type, Callable] = {
     nn.Dropout: lambda imp, fx, m: imp.same(fx, fx.args[0]),
     nn.Softmax: lambda imp, fx, m: _final_host_op(imp, fx, "softmax", m.dim),
     nn.LogSoftmax: lambda imp, fx, m: _final_host_op(imp, fx, "log_softmax", m.dim),
-    nn.Sigmoid: lambda imp, fx, m: _final_host_op(imp, fx, "sigmoid", 1),
+    nn.Sigmoid: lambda imp, fx, m: _sigmoid(imp, fx),
+    nn.SiLU: lambda imp, fx, m: _activation(imp, fx, "silu"),
+    nn.GELU: lambda imp, fx, m: _gelu(imp, fx, m.approximate),
+    nn.Hardswish: lambda imp, fx, m: _activation(imp, fx, "hardswish"),
+    nn.Hardsigmoid: lambda imp, fx, m: _activation(imp, fx, "hardsigmoid"),
+    nn.Mish: lambda imp, fx, m: _activation(imp, fx, "mish"),
+    nn.Tanh: lambda imp, fx, m: _activation(imp, fx, "tanh"),
+    nn.LeakyReLU: lambda imp, fx, m: _activation(imp, fx, "leaky_relu", m.negative_slope),
+    nn.ELU: lambda imp, fx, m: _activation(imp, fx, "elu", m.alpha),
+    nn.Softplus: lambda imp, fx, m: _softplus(imp, fx, m.beta, m.threshold),
     nn.Dropout2d: lambda imp, fx, m: imp.same(fx, fx.args[0]),
     nn.ZeroPad2d: lambda imp, fx, m: _pad_module(imp, fx, m),
     nn.ConstantPad2d: lambda imp, fx, m: _pad_module(imp, fx, m),
@@ -555,6 +623,9 @@ _METHOD_ARITH = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul"
 def _arith(imp: _Importer, fx: torch.fx.Node, kind: str) -> None:
     """``a (+ - * /) b`` where one side is a constant: a per-channel affine (a batch norm that
     normalisation folds or lowers); both constant: a constant; both activations: only + is a layer."""
+    if fx.name in imp.swish:
+        _swish(imp, fx)
+        return
     if kind == "div" and _arg(fx, 2, "rounding_mode", None) is not None:
         raise imp.fail(fx, "division with a rounding mode", "use true division")
     if kind in ("add", "sub") and _arg(fx, 2, "alpha", 1) != 1:
@@ -570,8 +641,9 @@ def _arith(imp: _Importer, fx: torch.fx.Node, kind: str) -> None:
         if kind == "add":
             imp.add(fx, Op.ADD, [imp.tensor(fx, a), imp.tensor(fx, b)])
             return
-        raise imp.fail(fx, f"{kind} of two activations", "the chip multiplies activations only by weights; use a "
-                       "layer, or + for residual connections")
+        raise imp.fail(fx, f"{kind} of two activations (an element-wise product or quotient of tensors)",
+                       "the chip multiplies activations only by weights; use a layer, or + for residual connections "
+                       "(x * torch.sigmoid(x) of one tensor x, a SiLU, is taken when the sigmoid has no other user)")
     x = imp.tensor(fx, b if ca is not None else a)
     where = f"node {fx.name!r} ({_op_name(imp, fx)})"
     c = channel_constant(ca if ca is not None else cb, imp.user_shape(x), where)
@@ -896,10 +968,6 @@ def _final_host_op(imp: _Importer, fx: torch.fx.Node, what: str, dim: Any) -> No
     graph ends at its input (the logits: their order is kept, so the same top-1) and
     ``meta["host_output"]`` says so (see :func:`host_output_note`)."""
     src = imp.tensor(fx, fx.args[0])
-    if what == "sigmoid" and len(imp.shapes[src]) != 1:
-        raise imp.fail(fx, f"sigmoid on a rank-{len(imp.shapes[src]) + 1} tensor inside the network (SiLU/swish?)",
-                       "the chip's activations are ReLU and clip: use ReLU; a sigmoid is taken only as the final "
-                       "op over (N, classes) logits (it runs on the host)")
     if len(imp.shapes[src]) != 1 or dim not in (1, -1):
         raise imp.fail(fx, f"{what} over dim {dim} of a rank-{len(imp.shapes[src]) + 1} tensor",
                        f"only a final {what} over the classes of (N, classes) logits is taken (it runs on the host)")
@@ -966,10 +1034,22 @@ _FUNCTIONS: dict[Any, Callable] = {
     torch.softmax: lambda imp, fx: _final_host_op(imp, fx, "softmax", _arg(fx, 1, "dim", None)),
     F.log_softmax: lambda imp, fx: _final_host_op(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
     torch.log_softmax: lambda imp, fx: _final_host_op(imp, fx, "log_softmax", _arg(fx, 1, "dim", None)),
-    torch.sigmoid: lambda imp, fx: _final_host_op(imp, fx, "sigmoid", 1),
+    torch.sigmoid: _sigmoid,
     torch.squeeze: _squeeze,
     F.pad: _pad_fn,
     torch.chunk: lambda imp, fx: _split(imp, fx, "chunk"),
     torch.split: lambda imp, fx: _split(imp, fx, "split"),
-    F.sigmoid: lambda imp, fx: _final_host_op(imp, fx, "sigmoid", 1),
+    F.sigmoid: _sigmoid,
+    F.silu: lambda imp, fx: _activation(imp, fx, "silu"),
+    F.gelu: lambda imp, fx: _gelu(imp, fx, _arg(fx, 1, "approximate", "none")),
+    F.hardswish: lambda imp, fx: _activation(imp, fx, "hardswish"),
+    F.hardsigmoid: lambda imp, fx: _activation(imp, fx, "hardsigmoid"),
+    F.mish: lambda imp, fx: _activation(imp, fx, "mish"),
+    torch.tanh: lambda imp, fx: _activation(imp, fx, "tanh"),
+    F.tanh: lambda imp, fx: _activation(imp, fx, "tanh"),
+    F.leaky_relu: lambda imp, fx: _activation(imp, fx, "leaky_relu", _arg(fx, 1, "negative_slope", 0.01)),
+    F.leaky_relu_: lambda imp, fx: _activation(imp, fx, "leaky_relu", _arg(fx, 1, "negative_slope", 0.01)),
+    F.elu: lambda imp, fx: _activation(imp, fx, "elu", _arg(fx, 1, "alpha", 1.0)),
+    F.elu_: lambda imp, fx: _activation(imp, fx, "elu", _arg(fx, 1, "alpha", 1.0)),
+    F.softplus: lambda imp, fx: _softplus(imp, fx, _arg(fx, 1, "beta", 1.0), _arg(fx, 2, "threshold", 20.0)),
 }
