@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from imcflow.ir.graph import Graph, Node, Op
 from imcflow.ir.qgraph import QGraph, QOp
+from imcflow.quant.act_table import table_reference
 
 
 def _conv(name, src, c_in, c_out, k, rng, stride=1, out_hw=(8, 8)):
@@ -64,8 +65,13 @@ def plain_int_exec(qg: QGraph, x: np.ndarray) -> np.ndarray:
             m = torch.from_numpy(n.requant.multiplier).view(shape)
             b = torch.from_numpy(n.requant.bias).view(shape)
             s = n.requant.shift
-            y = torch.div(acc * m + b + (1 << (s - 1)), 1 << s, rounding_mode="floor")
-            out = y.clamp(n.requant.out_min, n.requant.out_max).to(torch.float64)
+            if n.requant.has_table:  # the table's defining formula in float64, not the table
+                rq = n.requant
+                out = torch.from_numpy(table_reference(rq.activation, rq.activation_alpha, (acc * m + b).numpy(), s,
+                                                       n.out.scale, rq.out_min, rq.out_max)).to(torch.float64)
+            else:
+                y = torch.div(acc * m + b + (1 << (s - 1)), 1 << s, rounding_mode="floor")
+                out = y.clamp(n.requant.out_min, n.requant.out_max).to(torch.float64)
         elif n.op is QOp.MAXPOOL:
             pe = n.pad_end  # more -inf padding at the end (ceil_mode)
             out = F.max_pool2d(F.pad(a, (0, pe[1], 0, pe[0]), value=float("-inf")), n.kernel, n.stride, n.padding)

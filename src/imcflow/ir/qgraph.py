@@ -20,7 +20,10 @@ Conventions (the contract between quantiser, reference executor, compiler and si
       y = clamp(floor((v * multiplier + bias) / 2**shift + 1/2), out_min, out_max)
 
   computed as ``(acc*num*multiplier + (bias << den_shift) + (1 << (shift+den_shift-1))) >> (shift+den_shift)``
-  with arithmetic shifts; ReLU is ``out_min = 0``. See :meth:`Requant.apply`.
+  with arithmetic shifts; ReLU is ``out_min = 0``. See :meth:`Requant.apply`. Another activation
+  (SiLU, GELU, LeakyReLU, ...) replaces the rounding by a table of thresholds on the fixed-point
+  pre-activation ``u = acc*num*multiplier + (bias << den_shift)``: ``y = codes[#(thresholds <= u)]``
+  (thresholds at ``shift``, scaled by ``2**den_shift``; :mod:`imcflow.quant.act_table`).
 - Average pooling: ``y = floor((sum + count // 2) / count)`` (round half up), count = kernel area.
 - Residual add: ``y = clamp((a*mult_a + b*mult_b + 2**(shift-1)) >> shift, out_min, out_max)`` with
   ``out_min, out_max`` the integer range of the node's ``out`` spec (a fused ReLU makes it unsigned).
@@ -94,6 +97,35 @@ class Requant:
     """Right shift >= 1 applied after multiply and bias."""
     out_min: int
     out_max: int
+    activation: str = ""
+    """A fused activation other than ReLU/clamp (e.g. ``"silu"``), applied by the table below;
+    "" when the output is rounded and clamped."""
+    activation_alpha: float | None = None
+    """The activation's parameter (LeakyReLU's slope, ELU's alpha), for the record; None if it has none."""
+    table_thresholds: np.ndarray | None = None
+    """int64 (m,) ascending: with a table, ``y = table_codes[#(thresholds <= u)]`` where ``u =
+    acc * multiplier + bias`` is the pre-activation in units of ``2**-shift`` output steps
+    (:mod:`imcflow.quant.act_table`)."""
+    table_codes: np.ndarray | None = None
+    """int64 (m + 1,) output integers of the table, within ``[out_min, out_max]``."""
+
+    @property
+    def has_table(self) -> bool:
+        return self.table_codes is not None
+
+    @property
+    def lane_ops(self) -> int:
+        """SIMD lane operations per output value: multiply-add and round/clamp (2), plus, with a
+        table, a binary search over its thresholds (one compare step per halving) [A]."""
+        if not self.has_table:
+            return 2
+        return 2 + max(1, math.ceil(math.log2(len(self.table_codes))))
+
+    def scaled_thresholds(self, acc_scale_shift: int) -> np.ndarray:
+        """The table's thresholds at binary point ``shift + acc_scale_shift`` (those beyond any
+        reachable ``u``, |u| < 2**62, are clipped there)."""
+        bound = 1 << (62 - acc_scale_shift)
+        return np.clip(self.table_thresholds.astype(np.int64), -bound, bound) << acc_scale_shift
 
     def apply(self, acc: np.ndarray, acc_scale_num: int = 1, acc_scale_shift: int = 0,
               channel_axis: int = 1) -> np.ndarray:
@@ -104,8 +136,10 @@ class Requant:
         m = self.multiplier.astype(np.int64).reshape(shape)
         b = self.bias.astype(np.int64).reshape(shape)
         total_shift = self.shift + acc_scale_shift
-        v = acc.astype(np.int64) * (acc_scale_num * m) + (b << acc_scale_shift) + (1 << (total_shift - 1))
-        return np.clip(v >> total_shift, self.out_min, self.out_max)
+        u = acc.astype(np.int64) * (acc_scale_num * m) + (b << acc_scale_shift)
+        if self.has_table:
+            return self.table_codes[np.searchsorted(self.scaled_thresholds(acc_scale_shift), u, side="right")]
+        return np.clip((u + (1 << (total_shift - 1))) >> total_shift, self.out_min, self.out_max)
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,6 +293,22 @@ def _verify_mvm(n: QNode, x: QTensor) -> None:
     if not n.out.min_int <= rq.out_min <= rq.out_max <= n.out.max_int:
         raise QuantError(f"layer {n.name!r}: requant clamp [{rq.out_min}, {rq.out_max}] must lie inside the "
                          f"output's {n.out.bits}-b range [{n.out.min_int}, {n.out.max_int}]")
+    if (rq.table_thresholds is None) != (rq.table_codes is None) or rq.has_table != bool(rq.activation):
+        raise QuantError(f"layer {n.name!r}: an activation table needs its name, thresholds and codes together")
+    if rq.has_table:
+        _verify_table(n.name, rq)
+
+
+def _verify_table(name: str, rq: Requant) -> None:
+    t, c = rq.table_thresholds, rq.table_codes
+    if t.ndim != 1 or c.shape != (len(t) + 1,):
+        raise QuantError(f"layer {name!r}: {rq.activation} table has {c.shape} codes for {t.shape} thresholds; "
+                         f"it needs one code more than thresholds")
+    if len(t) > 1 and not np.all(np.diff(t) > 0):
+        raise QuantError(f"layer {name!r}: {rq.activation} table thresholds must be strictly ascending")
+    if c.min() < rq.out_min or c.max() > rq.out_max:
+        raise QuantError(f"layer {name!r}: {rq.activation} table codes [{c.min()}, {c.max()}] leave the clamp "
+                         f"[{rq.out_min}, {rq.out_max}]")
 
 
 _SAME_SPEC = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.CONCAT, QOp.UPSAMPLE,

@@ -296,7 +296,7 @@ def simd_ops_of(ins, qgraph: QGraph) -> int:
     if ins.op == InstrKind.ACCUMULATE:
         return n * (ins.n_parts - 1 + (ins.row_tile > 0))   # plus a spilled sum read back
     if ins.op == InstrKind.REQUANT:
-        return 2 * n
+        return qgraph.node(ins.layer).requant.lane_ops * n
     if ins.op in (InstrKind.MAXPOOL, InstrKind.AVGPOOL, InstrKind.GLOBAL_AVGPOOL, InstrKind.ADD, InstrKind.UPSAMPLE,
                   InstrKind.DEPTH_TO_SPACE):
         channels = qgraph.node(ins.layer).out.shape[0]

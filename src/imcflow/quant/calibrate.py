@@ -281,7 +281,7 @@ def _mvm_node(step, specs, chip, spec: QuantSpec, full_scale, weight, bias, s_w,
     s_w = weight_scales(w, w_bits, spec.w_clip) if s_w is None else np.asarray(s_w, dtype=np.float64)
     w_int = quantize_weight(w, s_w, w_bits) if w_int is None else np.asarray(w_int).astype(np.int8)
     lo, hi = step.act_range
-    requant = derive_requant(node.name, x_spec.scale, s_w, b, out, lo, hi)
+    requant = derive_requant(node.name, x_spec.scale, s_w, b, out, lo, hi, activation=step.act_fn)
     if node.op is Op.CONV:
         kh, kw = w.shape[2:]
         geo = dict(kernel=(int(kh), int(kw)), stride=tuple(node.attrs.get("stride", (1, 1))),

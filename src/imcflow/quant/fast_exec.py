@@ -37,12 +37,27 @@ def requant_torch(rq: Requant, acc: torch.Tensor, num: int, den_shift: int) -> t
     mult = rq.multiplier.astype(np.int64) * num
     offset = (rq.bias.astype(np.int64) << den_shift) + (1 << (total - 1))
     bound = acc_max * float(np.abs(mult).max(initial=0)) + float(np.abs(offset).max(initial=0))
+    if rq.has_table:  # u without the rounding term, then the thresholds
+        offset = offset - (1 << (total - 1))
     if bound < 2.0 ** 52:
         v = torch.addcmul(torch.from_numpy(offset.astype(np.float64)).view(shape), acc.to(torch.float64),
                           torch.from_numpy(mult.astype(np.float64)).view(shape))
+        if rq.has_table:
+            return _table(rq, v, den_shift)
         return v.mul_(2.0 ** -total).floor_().clamp_(rq.out_min, rq.out_max).to(torch.int64)
     v = acc.to(torch.int64) * torch.from_numpy(mult).view(shape) + torch.from_numpy(offset).view(shape)
+    if rq.has_table:
+        return _table(rq, v, den_shift)
     return torch.clamp(v >> total, rq.out_min, rq.out_max)
+
+
+def _table(rq: Requant, u: torch.Tensor, den_shift: int) -> torch.Tensor:
+    """The activation table on the exact pre-activation ``u`` (float64 holding integers, or int64)."""
+    thresholds = torch.from_numpy(rq.scaled_thresholds(den_shift))
+    if u.dtype == torch.float64:  # exact: every |u| < 2**52, and clipping larger thresholds keeps the count
+        thresholds = thresholds.clamp(-(1 << 53), 1 << 53).to(torch.float64)
+    index = torch.bucketize(u, thresholds, right=True)
+    return torch.from_numpy(rq.table_codes.astype(np.int64))[index]
 
 
 def mvm_layer_fast(node: QNode, x_spec: QTensor, x: torch.Tensor, mode: str, chip: ChipConfig, seed: int,

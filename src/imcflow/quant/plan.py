@@ -3,6 +3,9 @@
 - A CONV, LINEAR or ADD whose only consumer is a RELU or CLAMP absorbs it: the SIMD applies the
   activation as the requant's clamp (``out_min``/``out_max``). The fused QNode keeps the name of
   the weight (or add) node; the activation's tensor name becomes an alias of it.
+- A CONV or LINEAR whose only consumer is an ACTIVATION (SiLU, GELU, LeakyReLU, ...) absorbs it
+  the same way; the SIMD applies it as the requant's table (:mod:`imcflow.quant.act_table`). An
+  add's SIMD rounds and clamps only, so such an activation after an add is refused by name.
 - MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, FLATTEN, UPSAMPLE, DEPTH_TO_SPACE and CONCAT map one to one.
 - A RELU or CLAMP that cannot be fused (after a pool, or on a tensor with several consumers)
   raises QuantError: the chip has no stand-alone activation unit in this model.
@@ -19,10 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from imcflow.errors import QuantError
+from imcflow.ir.activations import apply_activation, get_activation
 from imcflow.ir.graph import Graph, Node, Op
 from imcflow.ir.graph_exec import run_node
 
 FUSABLE = (Op.CONV, Op.LINEAR, Op.ADD)
+TABLE_FUSABLE = (Op.CONV, Op.LINEAR)
+ACTIVATIONS = (Op.RELU, Op.CLAMP, Op.ACTIVATION)
 SAME_SPEC_OPS = (Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.UPSAMPLE, Op.DEPTH_TO_SPACE)
 
 
@@ -36,7 +42,7 @@ class Step:
     inputs: tuple[str, ...]
     """Input tensors as QGraph names (graph input or earlier steps)."""
     act: Node | None
-    """The fused RELU or CLAMP node, or None."""
+    """The fused RELU, CLAMP or ACTIVATION node, or None."""
 
     @property
     def tensor(self) -> str:
@@ -45,12 +51,27 @@ class Step:
 
     @property
     def act_range(self) -> tuple[float | None, float | None]:
-        """Real clamp range of the fused activation: (0, None) for ReLU, (min, max) for clamp."""
+        """Real clamp range of the fused activation: (0, None) for ReLU and for a table activation
+        that is never negative, (min, max) for clamp, else (None, None)."""
         if self.act is None:
             return None, None
         if self.act.op is Op.RELU:
             return 0.0, None
+        if self.act.op is Op.ACTIVATION:
+            return (0.0, None) if get_activation(self.act.attrs["fn"]).non_negative else (None, None)
         return float(self.act.attrs["min"]), float(self.act.attrs["max"])
+
+    @property
+    def act_fn(self) -> tuple[str, float | None] | None:
+        """``(fn, alpha)`` of a fused table activation (SiLU, GELU, ...), else None."""
+        if self.act is None or self.act.op is not Op.ACTIVATION:
+            return None
+        return self.act.attrs["fn"], self.act.attrs.get("alpha")
+
+    def activate(self, v: torch.Tensor) -> torch.Tensor:
+        """The fused table activation's float function of ``v`` (identity without one)."""
+        fn = self.act_fn
+        return v if fn is None else apply_activation(fn[0], fn[1], v)
 
 
 @dataclass(frozen=True)
@@ -79,16 +100,14 @@ def plan_graph(graph: Graph) -> Plan:
     for n in graph.nodes:
         if n.op in FUSABLE:
             users = graph.consumers(n.name)
-            if len(users) == 1 and users[0].op in (Op.RELU, Op.CLAMP) and n.name != graph.output:
+            if len(users) == 1 and n.name != graph.output and (
+                    users[0].op in (Op.RELU, Op.CLAMP) or (users[0].op is Op.ACTIVATION and n.op in TABLE_FUSABLE)):
                 fused[users[0].name] = n
     steps = []
     for n in graph.nodes:
-        if n.op in (Op.RELU, Op.CLAMP):
+        if n.op in ACTIVATIONS:
             if n.name not in fused:
-                src = n.inputs[0]
-                raise QuantError(f"node {n.name!r} ({n.op.value}) follows {src!r}, which is not a conv, linear "
-                                 f"or add with it as only consumer; the chip applies activations in the requant "
-                                 f"of such a layer: move the activation directly after one")
+                raise QuantError(_unfused(graph, n))
             alias[n.name] = fused[n.name].name
             continue
         act = next((a for a, p in fused.items() if p is n), None)
@@ -96,6 +115,20 @@ def plan_graph(graph: Graph) -> Plan:
         steps.append(Step(n.name, n, tuple(alias[i] for i in n.inputs), act_node))
         alias[n.name] = n.name
     return Plan(graph=graph, steps=tuple(steps), alias=alias, output=alias[graph.output])
+
+
+def _unfused(graph: Graph, n: Node) -> str:
+    """Why activation ``n`` cannot be fused into its producer, and the fix."""
+    src = n.inputs[0]
+    what = n.attrs["fn"] if n.op is Op.ACTIVATION else n.op.value
+    producer = graph.node(src).op if src != graph.input_name else None
+    if n.op is Op.ACTIVATION and producer is Op.ADD and len(graph.consumers(src)) == 1:
+        return (f"node {n.name!r} ({what}) follows the add {src!r}; the chip applies {what} by a table in the "
+                f"requantisation of a conv or linear layer, and an add's SIMD only rounds and clamps (ReLU, clamp): "
+                f"move the {what} before the add or use ReLU after it")
+    kinds = "conv or linear" if n.op is Op.ACTIVATION else "conv, linear or add"
+    return (f"node {n.name!r} ({what}) follows {src!r}, which is not a {kinds} with it as only consumer; the chip "
+            f"applies activations in the requant of such a layer: move the activation directly after one")
 
 
 def pool_stride(node: Node) -> tuple[int, int]:

@@ -237,7 +237,7 @@ class QatNet(nn.Module):
         op = node.op
         if op in (Op.CONV, Op.LINEAR):
             lo, hi = step.act_range
-            return self._quantize(self._mvm_real(step, x), step.name, lo, hi)
+            return self._quantize(step.activate(self._mvm_real(step, x)), step.name, lo, hi)
         if op is Op.ADD:
             lo, hi = step.act_range
             v = xs[0] * self.tensor_scale(step.inputs[0]) + xs[1] * self.tensor_scale(step.inputs[1])

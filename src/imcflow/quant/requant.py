@@ -22,6 +22,7 @@ import numpy as np
 
 from imcflow.errors import QuantError
 from imcflow.ir.qgraph import QTensor, Requant
+from imcflow.quant.act_table import activation_table
 
 MULT_BITS = 16
 """Default width of a requant or add multiplier, in bits (signed)."""
@@ -64,9 +65,12 @@ def out_range(spec: QTensor, lo: float | None = None, hi: float | None = None) -
 
 
 def derive_requant(name: str, s_x: float, s_w: np.ndarray, bias: np.ndarray | None, out: QTensor,
-                   lo: float | None = None, hi: float | None = None, mult_bits: int = MULT_BITS) -> Requant:
+                   lo: float | None = None, hi: float | None = None, mult_bits: int = MULT_BITS,
+                   activation: tuple[str, float | None] | None = None) -> Requant:
     """The Requant of MVM layer ``name`` (see module doc); ``lo``/``hi`` is the fused activation's
-    real clamp range (ReLU: ``lo=0``; ReLU6: ``lo=0, hi=6``; none: the output spec's range)."""
+    real clamp range (ReLU: ``lo=0``; ReLU6: ``lo=0, hi=6``; none: the output spec's range);
+    ``activation`` = ``(fn, alpha)`` of a fused SiLU, GELU, ... makes it a table
+    (:func:`imcflow.quant.act_table.activation_table`) instead of rounding."""
     s_w = np.asarray(s_w, dtype=np.float64)
     if s_x <= 0 or out.scale <= 0 or np.any(s_w <= 0):
         raise QuantError(f"layer {name!r}: scales must be positive (input {s_x}, output {out.scale}, "
@@ -77,7 +81,11 @@ def derive_requant(name: str, s_x: float, s_w: np.ndarray, bias: np.ndarray | No
     mult = round_half_up(real_m * 2.0 ** shift)
     b = round_half_up(real_b * 2.0 ** shift)
     out_min, out_max = out_range(out, lo, hi)
-    return Requant(multiplier=mult, bias=b, shift=shift, out_min=out_min, out_max=out_max)
+    if activation is None:
+        return Requant(multiplier=mult, bias=b, shift=shift, out_min=out_min, out_max=out_max)
+    thresholds, codes = activation_table(activation[0], activation[1], shift, out.scale, out_min, out_max)
+    return Requant(multiplier=mult, bias=b, shift=shift, out_min=out_min, out_max=out_max, activation=activation[0],
+                   activation_alpha=activation[1], table_thresholds=thresholds, table_codes=codes)
 
 
 def derive_add(name: str, s_a: float, s_b: float, out: QTensor, lo: float | None = None,

@@ -17,7 +17,7 @@ MVM tiles are computed vectorised over the batch (:func:`imcflow.sim.kernels.til
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -230,8 +230,7 @@ def _execute(ctx, phase, core, ins, mem: _Store, loaded, tiles, streams, sent) -
             raise _Blocked(f"{where}: no accumulator for oc[{c[0]}:{c[1]}] px[{p[0]}:{p[1]}] on this core")
         num, shift = (1, 0) if ctx.mode == Mode.IDEAL.value else (node.adc_full_scale_rows, ctx.chip.adc.bits)
         rq = node.requant
-        sub = type(rq)(multiplier=rq.multiplier[c[0]:c[1]], bias=rq.bias[c[0]:c[1]], shift=rq.shift,
-                       out_min=rq.out_min, out_max=rq.out_max)
+        sub = replace(rq, multiplier=rq.multiplier[c[0]:c[1]], bias=rq.bias[c[0]:c[1]])
         y = sub.apply(mem.get(key, c, p), num, shift, channel_axis=1)
         oc, oh, ow = _chw(node.out)
         mem.put(ins.layer, (ctx.n, oc, oh * ow), c, p, y)

@@ -274,15 +274,16 @@ class _Lowerer:
                 key = ("acc", ins.layer) if self.n_row_tiles(node) > 1 else ("psum", ins.layer, 0)
                 all_deps = [self.deps_for(avail, key, ins.oc_lo, ins.oc_hi, k, k, where) for k, _, _ in chunks]
             for (k, p0, p1), deps in zip(chunks, all_deps):
+                outputs = width * (p1 - p0)
                 if ins.op == InstrKind.ACCUMULATE:
-                    n = width * (p1 - p0) * (ins.n_parts - 1 + (first > 0))
+                    n = outputs * (ins.n_parts - 1 + (first > 0))
                 else:
-                    n = 2 * width * (p1 - p0)
+                    n = node.requant.lane_ops * outputs
                 op = self.new(f"core{core}.simd", self.simd_op(core, n), OpKind.SIMD, deps, core, ins.layer, b, phase=pi)
                 ops.append(op)
                 self.count(core, ins.layer, EventCounts(simd_ops=n, control_cycles=0.0,
-                                                        buffer_bits=(n if ins.op == InstrKind.REQUANT else 0)
-                                                        * node.out.bits / 2))
+                                                        buffer_bits=(outputs if ins.op == InstrKind.REQUANT else 0)
+                                                        * node.out.bits))
                 self.mark_consumed(avail, deps, op)
             key = ("acc", ins.layer) if ins.op == InstrKind.ACCUMULATE else ins.layer
             avail[key].append((ins.oc_lo, ins.oc_hi, {k: o for (k, _, _), o in zip(self.chunks(ins.layer, ins.px_lo, ins.px_hi), ops)}))
