@@ -10,6 +10,7 @@ as a table of thresholds on the fixed-point pre-activation (imcflow.quant.act_ta
 Model assumption [A]: the SIMD evaluates a table by binary search, ceil(log2(codes)) compare
 steps per output value on top of the requant's multiply-add and round."""
 
+import dataclasses
 import json
 import math
 import os
@@ -89,6 +90,18 @@ def test_requant_apply_is_the_table_of_the_exact_pre_activation(num, den):
     assert np.array_equal(requant_torch(rq, torch.from_numpy(acc), num, den).numpy(), want)
     huge = acc * (1 << 30)
     assert np.array_equal(requant_torch(rq, torch.from_numpy(huge), num, den).numpy(), rq.apply(huge, num, den))
+
+
+@pytest.mark.parametrize("den", [0, 8])
+def test_both_requant_paths_step_exactly_at_the_thresholds(den):
+    """With multiplier 1 and bias 0 the pre-activation is the accumulator itself (shifted by ``den``),
+    so the accumulators can sit on every threshold and either side of it."""
+    rq = _table_requant("gelu")
+    unit = dataclasses.replace(rq, multiplier=np.ones(3, dtype=np.int64), bias=np.zeros(3, dtype=np.int64))
+    u = np.repeat(_dense(rq.table_thresholds, 2001)[:, None], 3, axis=1)
+    want = table_reference("gelu", None, u, rq.shift, 0.2, rq.out_min, rq.out_max)
+    assert np.array_equal(unit.apply(u << den, 1, den), want)
+    assert np.array_equal(requant_torch(unit, torch.from_numpy(u << den), 1, den).numpy(), want)
 
 
 def test_table_lane_ops_are_a_binary_search():
