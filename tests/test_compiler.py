@@ -241,14 +241,14 @@ def test_cli_compile_error_exits_2(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def _sigmoid_onnx(path) -> None:
-    """A conv followed by a Sigmoid (no chip mapping), as an ONNX file."""
+def _softsign_onnx(path) -> None:
+    """A conv followed by a Softsign (no chip mapping), as an ONNX file."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-         helper.make_node("Sigmoid", ["c"], ["y"], name="gate")], "bad",
+         helper.make_node("Softsign", ["c"], ["y"], name="gate")], "bad",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
@@ -266,8 +266,8 @@ def test_impossible_networks_exit_2_naming_layer_and_limit(case, tmp_path, capsy
     """Each kind of network the chip cannot run: exit 2, one line naming the layer/field and the limit."""
     small = chain_qgraph(TINY, [("conv", 4, 3), ("gap",), ("linear", 10)], (3, 6, 6))
     if case == "unsupported_op":
-        _sigmoid_onnx(tmp_path / "bad.onnx")
-        argv, words = [str(tmp_path / "bad.onnx"), "--chip", "tiny"], ["'gate'", "Sigmoid"]
+        _softsign_onnx(tmp_path / "bad.onnx")
+        argv, words = [str(tmp_path / "bad.onnx"), "--chip", "tiny"], ["'gate'", "Softsign"]
     elif case == "bits_beyond_array":   # 8-b input pixels on a 4-b array
         argv, words = [_saved(tmp_path, small), "--chip", "tiny", "--set", "array.max_bits=4"], \
             ["layer 'c0'", "8", "array.max_bits"]
