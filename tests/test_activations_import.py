@@ -109,6 +109,25 @@ def test_functional_forms_import(tmp_path):
     _check_both(Functional().eval(), tmp_path, expected)
 
 
+class InPlace(nn.Module):
+    """In-place function and method forms."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        x = F.leaky_relu(self.c1(x), 0.3, inplace=True)
+        x = F.elu_(self.c2(x), 0.4)
+        x = F.silu(x, inplace=True).tanh_()
+        return self.fc(x.mean((2, 3)))
+
+
+def test_inplace_forms_import(tmp_path):
+    _check_both(InPlace().eval(), tmp_path, [("leaky_relu", 0.3), ("elu", 0.4), ("silu", None), ("tanh", None)])
+
+
 class Swish(nn.Module):
     """``x * sigmoid(x)`` in the form ``form``; "shared": the sigmoid also feeds another layer."""
 

@@ -2,7 +2,12 @@
 
 Supported ops: Conv (symmetric pads; any dilations: the same k*k*C_in rows, the line buffer
 gathering taps d apart, receptive field (k-1)*d+1; group > 1 becomes a dense block-diagonal conv), Gemm, MatMul (+ Add of a constant bias),
-BatchNormalization (inference), Relu, Clip, MaxPool (undilated; ``ceil_mode=1``, ``auto_pad=SAME_UPPER`` and
+BatchNormalization (inference), Relu, Clip, the element-wise activations of the float op ``activation``
+(:mod:`imcflow.ir.activations`): LeakyRelu, Elu (alpha), HardSwish, HardSigmoid (PyTorch's alpha=1/6,
+beta=0.5 only), Mish, Softplus, Tanh, Gelu (opset 20), a Sigmoid that is not the final op over the classes,
+and the chains exporters write for SiLU (``Mul(x, Sigmoid(x))``), Mish (``Mul(x, Tanh(Softplus(x)))``) and
+GELU below opset 20 (Div by sqrt(2), Erf, Add 1, Mul x, Mul 0.5; or the Tanh form) as one node each
+(:data:`_ACTIVATION_PATTERNS`); PRelu, Selu, Celu, Softsign, ... are refused by name. MaxPool (undilated; ``ceil_mode=1``, ``auto_pad=SAME_UPPER`` and
 pads larger at the end become -inf padding at the end, ``pad_end``), AveragePool, GlobalAveragePool, GlobalMaxPool,
 ReduceMean, ReduceMax and ReduceSum (the average times the area) over the spatial axes, Add, Flatten, a final Softmax/LogSoftmax/Sigmoid (left
 to the host: the graph ends at the logits and ``meta["host_output"]`` says so),

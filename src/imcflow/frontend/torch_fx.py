@@ -3,7 +3,12 @@
 Supported: nn.Conv2d (zero padding; any dilation, square or rectangular: the same k*k*C_in rows, the line
 buffer gathering taps d apart; groups > 1 become a dense block-diagonal conv),
 nn.Linear, nn.BatchNorm1d/2d (running statistics), nn.ReLU/ReLU6/Hardtanh, F.relu/relu6/hardtanh,
-clamp/clip with a constant lower bound, nn.MaxPool2d (undilated; ``ceil_mode=True`` is -inf padding at the
+clamp/clip with a constant lower bound, the element-wise activations of the float op ``activation``
+(:mod:`imcflow.ir.activations`; modules, functions, methods and in-place forms): SiLU (also
+``x * torch.sigmoid(x)`` in either order, one node), GELU (approximate 'none' or 'tanh'), Hardswish,
+Hardsigmoid, LeakyReLU (alpha = negative_slope), ELU (alpha), Mish, Softplus (beta=1, threshold=20 only),
+Tanh and a sigmoid anywhere but as the final op over the classes (PReLU, SELU, CELU, Softsign, ... are
+refused by name), nn.MaxPool2d (undilated; ``ceil_mode=True`` is -inf padding at the
 end, ``pad_end``)/AvgPool2d, nn.AdaptiveAvgPool2d/
 AdaptiveMaxPool2d to (1, 1) or to a size that divides the map (a fixed pool), and their functions (a pooling window
 may be given by the map's own sizes, ``x.shape[2:]``, ``x.size(3)``), mean/amax/sum over dims (2, 3) (global pooling;
@@ -19,7 +24,7 @@ convolution is refused by name), + / torch.add, torch.cat(dim=1), nn.Identity an
 semantics), slicing ``x[:, c0:c1, ::s, ::s]`` (and chunk/split of the channels) and zero padding (``F.pad``, nn.ZeroPad2d: channels, or
 H and W symmetrically) as 1x1 layers with 0/1 weights that normalisation fuses (the option-A
 shortcut of CIFAR ResNets) or moves into the conv that reads them, + - * / of an activation and a constant (a number or a buffer/parameter) that is a scalar
-or one value per channel (input normalisation ``(x - mean) / std``: a per-channel affine), and a final softmax, log_softmax or sigmoid over the classes (left to the host: the
+or one value per channel (input normalisation ``(x - mean) / std``: a per-channel affine), and a final softmax, log_softmax or sigmoid over (N, classes) logits (left to the host: the
 graph ends at the logits, ``meta["host_output"]``). 1-D networks (``input_shape=(C, L)``) are the 2-D
 networks of height 1 (:func:`imcflow.frontend.normalize.map_of_1d`): nn.Conv1d (kernel (1, k), stride
 (1, s), padding (0, p), dilation (1, d), groups), BatchNorm1d, MaxPool1d/AvgPool1d, AdaptiveAvgPool1d/
@@ -512,7 +517,7 @@ _MUL_FUNCTIONS = (operator.mul, operator.imul, torch.mul)
 
 def _swish_mul(sig: torch.fx.Node) -> torch.fx.Node | None:
     """The multiply of ``x * sigmoid(x)`` (either order) when it is the sigmoid node ``sig``'s only user."""
-    if len(sig.users) != 1:
+    if len(sig.users) != 1 or sig.target == "sigmoid_":  # x.sigmoid_() overwrites x: x * it is not a SiLU
         return None
     mul = next(iter(sig.users))
     is_mul = (mul.op == "call_function" and mul.target in _MUL_FUNCTIONS) or \
