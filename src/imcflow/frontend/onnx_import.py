@@ -1212,12 +1212,13 @@ def _gelu(imp: _Importer, node: onnx.NodeProto) -> None:
     _activation(imp, node, "gelu" if approximate == "none" else "gelu_tanh")
 
 
+GELU_EXPORT_FIX = "export with opset_version >= 20 (ONNX Gelu) or use the dynamo exporter"
+
+
 def _erf(imp: _Importer, node: onnx.NodeProto) -> None:
+    """An Erf outside GELU's exported pattern (:data:`_ACTIVATION_PATTERNS`): refused with the export fix."""
     raise _fail(node, "an Erf that is not part of GELU's exact pattern x * (1 + erf(x / sqrt(2))) * 0.5",
                 GELU_EXPORT_FIX)
-
-
-GELU_EXPORT_FIX = "export with opset_version >= 20 (ONNX Gelu) or use the dynamo exporter"
 
 _SQRT2 = math.sqrt(2.0)
 _TANH_GELU = (("Mul", "x"), ("Mul", "x"), ("Mul", 0.044715), ("Add", "x"), ("Mul", math.sqrt(2 / math.pi)),
