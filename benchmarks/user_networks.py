@@ -135,13 +135,88 @@ class Normalised(nn.Module):
         return self.body((x - self.mean) / self.std)
 
 
-class SwishNet(nn.Module):
-    """An EfficientNet-style activation (SiLU): not a chip op, refused with the fix."""
+def _cba(c_in: int, c_out: int, k: int = 3, stride: int = 1, act: nn.Module | None = None) -> nn.Sequential:
+    """Conv-BN-activation, the detectors' basic block (default SiLU, as YOLOv5/v8)."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False), nn.BatchNorm2d(c_out),
+                         act if act is not None else nn.SiLU())
+
+
+class YoloTiny(nn.Module):
+    """YOLOv3-tiny's pattern at 64 x 64: conv-BN-LeakyReLU(0.1), max pools (the last one stride 1),
+    a 1x1 route, nearest x2 upsampling concatenated with an earlier map, and a 1x1 detection head
+    (3 anchors x (5 + 10 classes)) at 16 x 16. YOLOv3-tiny's stride-1 pool is 2x2 after
+    ``ZeroPad2d((0, 1, 0, 1))``; zero padding before a max of LeakyReLU values (which can be
+    negative) is refused by name, so this one is 3x3 with the max pool's own padding."""
+
+    input_shape = (3, 64, 64)
 
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Linear(16, 10))
+        leaky = lambda: nn.LeakyReLU(0.1)  # noqa: E731
+        self.b1 = nn.Sequential(_cba(3, 16, act=leaky()), nn.MaxPool2d(2), _cba(16, 32, act=leaky()), nn.MaxPool2d(2),
+                                _cba(32, 64, act=leaky()))                                        # 16 x 16
+        self.b2 = nn.Sequential(nn.MaxPool2d(2), _cba(64, 128, act=leaky()), nn.MaxPool2d(3, 1, 1), _cba(128, 64, 1, act=leaky()))                # 8 x 8
+        self.lateral = _cba(64, 32, 1, act=leaky())
+        self.head = nn.Sequential(_cba(32 + 64, 64, act=leaky()), nn.Conv2d(64, 45, 1))
+
+    def forward(self, x):
+        f16 = self.b1(x)
+        up = F.interpolate(self.lateral(self.b2(f16)), scale_factor=2, mode="nearest")
+        return self.head(torch.cat([up, f16], 1))
+
+
+class C3(nn.Module):
+    """YOLOv5's C3: two 1x1 branches, one through a residual bottleneck, concatenated, then 1x1."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.cv1, self.cv2, self.cv3 = _cba(c, c // 2, 1), _cba(c, c // 2, 1), _cba(c, c, 1)
+        self.m1, self.m2 = _cba(c // 2, c // 2, 1), _cba(c // 2, c // 2, 3)
+
+    def forward(self, x):
+        a = self.cv1(x)
+        return self.cv3(torch.cat([a + self.m2(self.m1(a)), self.cv2(x)], 1))
+
+
+class Sppf(nn.Module):
+    """YOLOv5's SPPF: 1x1, three chained 5x5 stride-1 max pools, the four maps concatenated, 1x1."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.cv1, self.cv2 = _cba(c, c // 2, 1), _cba(2 * c, c, 1)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x):
+        a = self.cv1(x)
+        b = self.pool(a)
+        c = self.pool(b)
+        return self.cv2(torch.cat([a, b, c, self.pool(c)], 1))
+
+
+class YoloV5s(nn.Module):
+    """YOLOv5-style backbone and head at 64 x 64, SiLU throughout: a 6x6 stride-2 stem, stride-2
+    convs, C3 blocks, SPPF, and a 1x1 detection head (3 x (5 + 10)) at 8 x 8."""
+
+    input_shape = (3, 64, 64)
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 6, 2, 2, bias=False), nn.BatchNorm2d(16), nn.SiLU(),
+                                 _cba(16, 32, 3, 2), C3(32), _cba(32, 64, 3, 2), C3(64), _cba(64, 128, 3, 2),
+                                 C3(128), Sppf(128), nn.Conv2d(128, 45, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class GeluMlpMixerish(nn.Module):
+    """GELU in a per-pixel MLP (1x1 convs, as ConvNeXt/MLP-Mixer channel MLPs), after a patchify stem."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 64, 4, 4), nn.BatchNorm2d(64), nn.Conv2d(64, 256, 1), nn.GELU(),
+                                 nn.Conv2d(256, 64, 1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(64, 10))
 
     def forward(self, x):
         return self.net(x)
@@ -305,10 +380,12 @@ class UNetTiny(nn.Module):
 
 
 NETWORKS = {"VGG-style": Vgg, "ResNet-20, option A": ResNet20A, "MobileNetV2 blocks": MobileV2,
-            "DenseNet-style": DenseTiny, "input normalisation + softmax": Normalised, "SiLU (refused)": SwishNet,
+            "DenseNet-style": DenseTiny, "input normalisation + softmax": Normalised,
             "TC-ResNet8 (1-D, 40 x 98)": TcResNet8, "SqueezeNet 1.1 (64 x 64)": SqueezeNet11,
             "ShuffleNet V2 units": ShuffleV2, "FPN segmentation (upsampling)": FpnSeg,
-            "ESPCN x3 (PixelShuffle)": Espcn, "U-Net (ConvTranspose2d)": UNetTiny}
+            "ESPCN x3 (PixelShuffle)": Espcn, "U-Net (ConvTranspose2d)": UNetTiny,
+            "YOLOv3-tiny-style (LeakyReLU)": YoloTiny, "YOLOv5-style C3/SPPF (SiLU)": YoloV5s,
+            "patchify + GELU channel MLP": GeluMlpMixerish}
 
 
 def measure(source, shape: tuple[int, ...]) -> dict:

@@ -54,7 +54,8 @@ def _dense(thresholds: np.ndarray, n: int = 40001) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fn", sorted(ACTIVATIONS))
-@pytest.mark.parametrize("bits, scale, shift", [(4, 0.25, 12), (4, 0.07, 30), (8, 0.02, 20), (2, 0.5, 6)])
+@pytest.mark.parametrize("bits, scale, shift", [(4, 0.25, 12), (4, 0.07, 30), (8, 0.02, 20), (2, 0.5, 6),
+                                                (4, 1.4e-5, 20)])
 def test_table_equals_its_slow_definition(fn, bits, scale, shift):
     non_neg = ACTIVATIONS[fn].non_negative
     lo, hi = (0, (1 << bits) - 1) if non_neg else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)

@@ -33,7 +33,11 @@ from imcflow.ir.activations import apply_activation, get_activation
 
 MAX_STEPS = 1 << 20
 """Largest |pre-activation| in output steps the search looks at (a LeakyReLU with a tiny slope
-needs many steps before it saturates); beyond it the function must be constant after rounding."""
+needs many steps before it saturates), or ``MAX_Z / out_scale`` if more; beyond it the function
+must be constant after rounding."""
+MAX_Z = 100.0
+"""Every supported function is within a rounding step of its limit beyond |z| = 100 (exponential
+tails) at any output scale a float64 can tell from 0, or is linear there."""
 
 
 def table_reference(fn: str, alpha: float | None, u: np.ndarray, shift: int, out_scale: float,
@@ -55,7 +59,7 @@ def activation_table(fn: str, alpha: float | None, shift: int, out_scale: float,
     def codes_of(u: np.ndarray) -> np.ndarray:
         return table_reference(fn, alpha, u, shift, out_scale, out_min, out_max)
 
-    lo, hi = _flat_ends(codes_of, shift, fn)
+    lo, hi = _flat_ends(codes_of, shift, fn, max(MAX_STEPS, int(MAX_Z / out_scale)))
     turn = [] if act.turning_point is None else [int(np.floor(act.turning_point / out_scale * 2.0 ** shift))]
     bounds = [lo] + [t for t in turn if lo < t < hi] + [hi]
     thresholds: list[int] = []
@@ -65,17 +69,17 @@ def activation_table(fn: str, alpha: float | None, shift: int, out_scale: float,
     return t, codes_of(np.concatenate([[lo], t]))
 
 
-def _flat_ends(codes_of, shift: int, fn: str) -> tuple[int, int]:
+def _flat_ends(codes_of, shift: int, fn: str, max_steps: int) -> tuple[int, int]:
     """Integers ``lo < hi`` such that the code is constant on (-inf, lo] and on [hi, inf): the
     functions are monotonic away from 0, so it is where the code equals its limit at +-infinity."""
     ends = []
     for sign in (-1, 1):
         steps = 64
-        limit = codes_of(np.array([sign * (MAX_STEPS << 4) << shift], dtype=np.float64))[0]
+        limit = codes_of(np.array([sign * 2.0 ** 70], dtype=np.float64))[0]
         while set(codes_of(np.array([sign * steps << shift, sign * (steps // 2) << shift], dtype=np.float64))) != {limit}:
             steps *= 2
-            if steps > MAX_STEPS:
-                raise QuantError(f"activation {fn}: its rounded output is still changing {MAX_STEPS} output steps "
+            if steps > 2 * max_steps or steps << shift >= 1 << 62:
+                raise QuantError(f"activation {fn}: its rounded output is still changing {steps // 2} output steps "
                                  f"from 0; use a larger output scale")
         ends.append(sign * steps << shift)
     return ends[0], ends[1]
