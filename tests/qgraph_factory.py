@@ -17,8 +17,8 @@ from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, Requant, pick_full_sc
 
 
 class _Builder:
-    def __init__(self, rng: np.random.Generator, chip: ChipConfig, w_bits: int, a_bits: int):
-        self.rng, self.chip, self.w_bits, self.a_bits = rng, chip, w_bits, a_bits
+    def __init__(self, rng: np.random.Generator, chip: ChipConfig, w_bits: int, a_bits: int, tables: bool = False):
+        self.rng, self.chip, self.w_bits, self.a_bits, self.tables = rng, chip, w_bits, a_bits, tables
         self.nodes: list[QNode] = []
         self.specs: dict[str, QTensor] = {}
 
@@ -53,11 +53,23 @@ class _Builder:
         shift = max(1, math.ceil(math.log2(max(2, acc_max * 64 / (1 << self.a_bits)))) - 2)
         bias = self.rng.integers(-(1 << shift), (1 << shift) + 1, size=c_out).astype(np.int64)
         requant = Requant(multiplier=mult, bias=bias, shift=int(shift), out_min=0, out_max=(1 << self.a_bits) - 1)
+        if self.tables and self.rng.random() < 0.5:
+            requant = self.table(requant)
         node = QNode(name=name, op=QOp.LINEAR if linear else QOp.CONV, inputs=(src,), out=out, weight=weight,
                      w_bits=self.w_bits, w_scale=np.full(c_out, 0.01), adc_full_scale_rows=fs,
                      requant=requant, kernel=(kh, kw), stride=(stride, stride),
                      padding=(0, 0) if linear else (k // 2, k // 2))
         return self.add_node(node)
+
+    def table(self, rq: Requant) -> Requant:
+        """``rq`` with a random activation table (any step function, not monotonic) over the
+        pre-activations of about -4 .. 2**a_bits output steps."""
+        n = int(self.rng.integers(1, 2 * (1 << self.a_bits)))
+        span = (1 << rq.shift) * (1 << self.a_bits)
+        t = np.unique(self.rng.integers(-span // 4, span, size=n)).astype(np.int64)
+        codes = self.rng.integers(rq.out_min, rq.out_max + 1, size=len(t) + 1).astype(np.int64)
+        return Requant(multiplier=rq.multiplier, bias=rq.bias, shift=rq.shift, out_min=rq.out_min,
+                       out_max=rq.out_max, activation="random", table_thresholds=t, table_codes=codes)
 
     def pool(self, name: str, src: str, op: QOp) -> str:
         c, h, w = self.specs[src].shape
@@ -83,11 +95,12 @@ class _Builder:
 def random_qgraph(seed: int, chip: ChipConfig, n_conv: int = 3, in_shape: tuple[int, int, int] = (3, 8, 8),
                   max_channels: int = 16, w_bits: int = 4, a_bits: int = 4, x_bits: int = 8,
                   n_linear: int = 1, allow_add: bool = True, allow_pool: bool = True,
-                  head: str = "flatten") -> QGraph:
+                  head: str = "flatten", tables: bool = False) -> QGraph:
     """A random verified QGraph: ``n_conv`` conv layers (with optional pooling and residual adds),
-    then ``head`` ("flatten" or "gap") and ``n_linear`` linear layers (10 outputs at the end)."""
+    then ``head`` ("flatten" or "gap") and ``n_linear`` linear layers (10 outputs at the end).
+    ``tables``: about half the MVM layers get a random activation table instead of ReLU."""
     rng = np.random.default_rng(seed)
-    b = _Builder(rng, chip, w_bits, a_bits)
+    b = _Builder(rng, chip, w_bits, a_bits, tables)
     b.specs["x"] = QTensor(shape=in_shape, bits=x_bits, signed=False, scale=1 / 255)
     cur = "x"
     for i in range(n_conv):

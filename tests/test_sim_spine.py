@@ -15,6 +15,7 @@ from qgraph_factory import random_qgraph  # noqa: E402
 from imcflow.config import JSSC2022, TINY  # noqa: E402
 from imcflow.errors import SimError  # noqa: E402
 from imcflow.ir.program import Program  # noqa: E402
+from imcflow.quant.fast_exec import run_qgraph_fast  # noqa: E402
 from imcflow.quant.reference import run_qgraph  # noqa: E402
 from imcflow.sim.functional import FunctionalStats, run_program  # noqa: E402
 from imcflow.sim.report import Features, make_report, simulate_timing  # noqa: E402
@@ -41,6 +42,20 @@ def test_random_networks_on_tiny_equal_reference(seed):
     x = _inputs(q, 3, seed)
     for mode in ("ideal", "bit_true"):
         assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), (seed, mode)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_networks_with_activation_tables_equal_reference(seed):
+    """Random step-function tables (not monotonic) in place of ReLU on about half the layers: the
+    compiled program, the reference and the fast executor agree, also after a JSON round trip."""
+    q = random_qgraph(seed, TINY, tables=True)
+    assert any(n.requant.has_table for n in q.mvm_nodes())
+    prog = Program.from_json(_compile(q, TINY).to_json())
+    x = _inputs(q, 3, seed)
+    for mode in ("ideal", "bit_true"):
+        want = run_qgraph(q, x, mode, TINY)
+        assert np.array_equal(run_program(prog, x, mode), want), (seed, mode)
+        assert np.array_equal(run_qgraph_fast(q, x, mode, TINY), want), (seed, mode)
 
 
 def test_program_round_trips_json_and_still_runs():
