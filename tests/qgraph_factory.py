@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from imcflow.config.chip import ChipConfig
-from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, Requant, pick_full_scale, row_tiles
+from imcflow.ir.qgraph import ActTable, QGraph, QNode, QOp, QTensor, Requant, pick_full_scale, row_tiles
 
 
 class _Builder:
@@ -69,7 +69,7 @@ class _Builder:
         t = np.unique(self.rng.integers(-span // 4, span, size=n)).astype(np.int64)
         codes = self.rng.integers(rq.out_min, rq.out_max + 1, size=len(t) + 1).astype(np.int64)
         return Requant(multiplier=rq.multiplier, bias=rq.bias, shift=rq.shift, out_min=rq.out_min,
-                       out_max=rq.out_max, activation="random", table_thresholds=t, table_codes=codes)
+                       out_max=rq.out_max, table=ActTable("random", None, t, codes))
 
     def pool(self, name: str, src: str, op: QOp) -> str:
         c, h, w = self.specs[src].shape

@@ -66,8 +66,8 @@ def plain_int_exec(qg: QGraph, x: np.ndarray) -> np.ndarray:
             b = torch.from_numpy(n.requant.bias).view(shape)
             s = n.requant.shift
             if n.requant.has_table:  # the table's defining formula in float64, not the table
-                rq = n.requant
-                out = torch.from_numpy(table_reference(rq.activation, rq.activation_alpha, (acc * m + b).numpy(), s,
+                rq, t = n.requant, n.requant.table
+                out = torch.from_numpy(table_reference(t.activation, t.alpha, (acc * m + b).numpy(), s,
                                                        n.out.scale, rq.out_min, rq.out_max)).to(torch.float64)
             else:
                 y = torch.div(acc * m + b + (1 << (s - 1)), 1 << s, rounding_mode="floor")
@@ -83,8 +83,14 @@ def plain_int_exec(qg: QGraph, x: np.ndarray) -> np.ndarray:
             out = torch.div(total + cnt // 2, cnt, rounding_mode="floor")
         elif n.op is QOp.ADD:
             b = vals[n.inputs[1]]
-            v = a * n.add_multipliers[0] + b * n.add_multipliers[1] + (1 << (n.add_shift - 1))
-            out = torch.div(v, 1 << n.add_shift, rounding_mode="floor").clamp(n.out.min_int, n.out.max_int)
+            v = a * n.add_multipliers[0] + b * n.add_multipliers[1]
+            if n.add_table is not None:  # the table's defining formula, as above
+                t = n.add_table
+                out = torch.from_numpy(table_reference(t.activation, t.alpha, v.to(torch.int64).numpy(), n.add_shift,
+                                                       n.out.scale, n.out.min_int, n.out.max_int)).to(torch.float64)
+            else:
+                v = v + (1 << (n.add_shift - 1))
+                out = torch.div(v, 1 << n.add_shift, rounding_mode="floor").clamp(n.out.min_int, n.out.max_int)
         elif n.op is QOp.FLATTEN:
             out = a.reshape(a.shape[0], -1)
         elif n.op is QOp.CONCAT:

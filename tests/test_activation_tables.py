@@ -1,5 +1,5 @@
 """Activations other than ReLU/clamp (SiLU, GELU, LeakyReLU, ...), fused into a layer's requantisation
-as a table of thresholds on the fixed-point pre-activation (imcflow.quant.act_table).
+(or a residual add) as a table of thresholds on the fixed-point pre-activation (imcflow.quant.act_table).
 
 (a) the table equals its slow float64 definition for every integer pre-activation tried, for every
     supported function; the numpy and torch requant paths equal each other, with and without an
@@ -32,13 +32,13 @@ from imcflow.ir.activations import ACTIVATIONS  # noqa: E402
 from imcflow.ir.graph import Graph, Node, Op  # noqa: E402
 from imcflow.ir.graph_exec import run_graph  # noqa: E402
 from imcflow.ir.program import InstrKind  # noqa: E402
-from imcflow.ir.qgraph import QGraph, QTensor, graphs_equal  # noqa: E402
+from imcflow.ir.qgraph import QGraph, QTensor, graphs_equal, simd_lane_ops  # noqa: E402
 from imcflow.perf.model import simd_ops_of  # noqa: E402
 from imcflow.quant.act_table import activation_table, apply_table, table_reference  # noqa: E402
 from imcflow.quant.calibrate import calibrate  # noqa: E402
 from imcflow.quant.fast_exec import requant_torch, run_qgraph_fast  # noqa: E402
 from imcflow.quant.qat import export_qgraph, prepare_qat  # noqa: E402
-from imcflow.quant.reference import dequantize_output, quantize_input, run_qgraph  # noqa: E402
+from imcflow.quant.reference import dequantize_output, quantize_input, run_qgraph, run_qgraph_all  # noqa: E402
 from imcflow.quant.requant import derive_requant  # noqa: E402
 from imcflow.sim.functional import run_program  # noqa: E402
 
@@ -82,7 +82,7 @@ def _table_requant(fn="silu", alpha=None, scale=0.2):
 @pytest.mark.parametrize("num, den", [(1, 0), (36, 8), (1152, 8)])
 def test_requant_apply_is_the_table_of_the_exact_pre_activation(num, den):
     rq = _table_requant("leaky_relu", 0.1)
-    assert rq.has_table and rq.activation == "leaky_relu" and rq.activation_alpha == 0.1
+    assert rq.has_table and rq.table.activation == "leaky_relu" and rq.table.alpha == 0.1
     acc = np.random.default_rng(0).integers(-3000, 3000, size=(64, 3))
     u = acc * (num * rq.multiplier) + (rq.bias << den)
     want = table_reference("leaky_relu", 0.1, u, rq.shift + den, 0.2, rq.out_min, rq.out_max)
@@ -99,7 +99,7 @@ def test_both_requant_paths_step_exactly_at_the_thresholds(den):
     so the accumulators can sit on every threshold and either side of it."""
     rq = _table_requant("gelu")
     unit = dataclasses.replace(rq, multiplier=np.ones(3, dtype=np.int64), bias=np.zeros(3, dtype=np.int64))
-    u = np.repeat(_dense(rq.table_thresholds, 2001)[:, None], 3, axis=1)
+    u = np.repeat(_dense(rq.table.thresholds, 2001)[:, None], 3, axis=1)
     want = table_reference("gelu", None, u, rq.shift, 0.2, rq.out_min, rq.out_max)
     assert np.array_equal(unit.apply(u << den, 1, den), want)
     assert np.array_equal(requant_torch(unit, torch.from_numpy(u << den), 1, den).numpy(), want)
@@ -107,7 +107,7 @@ def test_both_requant_paths_step_exactly_at_the_thresholds(den):
 
 def test_table_lane_ops_are_a_binary_search():
     rq = _table_requant()
-    assert rq.lane_ops == 2 + math.ceil(math.log2(len(rq.table_codes)))
+    assert rq.lane_ops == 2 + math.ceil(math.log2(len(rq.table.codes)))
     plain = derive_requant("p", 0.05, np.array([0.01]), None, QTensor((1,), 4, True, 0.2))
     assert plain.lane_ops == 2 and not plain.has_table
 
@@ -145,10 +145,10 @@ def _qgraph(chip=TINY) -> QGraph:
 
 def test_activations_fuse_into_their_layers_as_tables():
     q = _qgraph()
-    tables = {n.name: n.requant.activation for n in q.nodes if n.is_mvm and n.requant.has_table}
+    tables = {n.name: n.requant.table.activation for n in q.nodes if n.is_mvm and n.requant.has_table}
     assert tables == {"c1": "silu", "c2": "leaky_relu", "c3": "gelu", "c4": "sigmoid"}
     assert q.spec("c1").signed and not q.spec("c4").signed  # a sigmoid's output is never negative
-    assert q.node("c2").requant.activation_alpha == 0.1
+    assert q.node("c2").requant.table.alpha == 0.1
 
 
 @pytest.mark.parametrize("chip", [TINY, JSSC2022], ids=lambda c: c.name)
@@ -183,7 +183,7 @@ def test_json_round_trip_keeps_the_tables():
     q = _qgraph()
     back = QGraph.from_json(q.to_json())
     assert graphs_equal(q, back)
-    assert np.array_equal(back.node("c1").requant.table_codes, q.node("c1").requant.table_codes)
+    assert np.array_equal(back.node("c1").requant.table.codes, q.node("c1").requant.table.codes)
     x = random_inputs(q, 2, 5)
     assert np.array_equal(run_qgraph(back, x, "bit_true", TINY), run_qgraph(q, x, "bit_true", TINY))
 
@@ -192,7 +192,7 @@ def test_a_broken_table_is_refused_by_verify():
     obj = json.loads(_qgraph().to_json())
     for n in obj["nodes"]:
         if n["name"] == "c1":  # one code too few
-            n["requant"]["table_codes"] = n["requant"]["table_thresholds"]
+            n["requant"]["table"]["codes"] = n["requant"]["table"]["thresholds"]
     with pytest.raises(QuantError, match="'c1'.*silu table"):
         QGraph.from_json(json.dumps(obj)).verify()
 
@@ -203,7 +203,7 @@ def test_requant_instructions_cost_the_search():
     for ins in (i for ph in prog.phases for c in ph.cores for t in c.tasks for i in t.instrs
                 if i.op is InstrKind.REQUANT):
         n = (ins.oc_hi - ins.oc_lo) * (ins.px_hi - ins.px_lo)
-        want = 2 if ins.layer == "fc" else 2 + math.ceil(math.log2(len(q.node(ins.layer).requant.table_codes)))
+        want = 2 if ins.layer == "fc" else 2 + math.ceil(math.log2(len(q.node(ins.layer).requant.table.codes)))
         assert simd_ops_of(ins, q) == want * n
 
 
@@ -211,14 +211,39 @@ def _replace(g: Graph, nodes) -> Graph:
     return Graph(name=g.name, input_name=g.input_name, input_shape=g.input_shape, nodes=tuple(nodes), output=g.output)
 
 
-def test_an_activation_after_an_add_is_refused_by_name():
+def _add_graph(fn: str = "silu") -> Graph:
+    """conv+ReLU -> conv -> add(conv, relu) -> ``fn`` -> gap -> flatten -> linear."""
     rng = np.random.default_rng(0)
     nodes = [_conv("c1", "x", 3, 8, 3, rng), Node("r1", Op.RELU, ("c1",), out_shape=(8, 8, 8)),
              _conv("c2", "r1", 8, 8, 3, rng), Node("add", Op.ADD, ("c2", "r1"), out_shape=(8, 8, 8)),
-             _act("s", "add", "silu", (8, 8, 8)), Node("gap", Op.GLOBAL_AVGPOOL, ("s",), out_shape=(8, 1, 1))]
-    g = Graph(name="addsilu", input_name="x", input_shape=SHAPE, nodes=tuple(nodes), output="gap")
-    with pytest.raises(QuantError, match=r"'s' \(silu\) follows the add 'add'.*move the silu before the add"):
-        calibrate(g, images(8, SHAPE), TINY)
+             _act("s", "add", fn, (8, 8, 8)), Node("gap", Op.GLOBAL_AVGPOOL, ("s",), out_shape=(8, 1, 1)),
+             Node("flat", Op.FLATTEN, ("gap",), out_shape=(8,)),
+             Node("fc", Op.LINEAR, ("flat",), params={"weight": rng.normal(0, 0.5, size=(10, 8)).astype(np.float32)},
+                  out_shape=(10,))]
+    g = Graph(name="addact", input_name="x", input_shape=SHAPE, nodes=tuple(nodes), output="fc")
+    g.verify()
+    return g
+
+
+@pytest.mark.parametrize("fn", ["silu", "gelu", "tanh"])
+def test_an_activation_after_an_add_is_a_table_on_the_sum(fn):
+    q = calibrate(_add_graph(fn), images(32, SHAPE), TINY)
+    add = q.node("add")
+    assert add.add_table is not None and add.add_table.activation == fn and q.spec("add").signed
+    x = random_inputs(q, 3, 2)
+    vals = run_qgraph_all(q, x, "bit_true", TINY)
+    v = vals["c2"] * add.add_multipliers[0] + vals["c1"] * add.add_multipliers[1]
+    want = table_reference(fn, None, v, add.add_shift, add.out.scale, add.out.min_int, add.out.max_int)
+    assert np.array_equal(vals["add"], want) and len(np.unique(want)) > 3
+    assert np.array_equal(run_qgraph(q, x, "ideal", TINY), plain_int_exec(q, x))
+    prog = compile_qgraph(q, TINY)
+    for mode in ("ideal", "bit_true"):
+        assert np.array_equal(run_program(prog, x, mode), run_qgraph(q, x, mode, TINY)), mode
+        assert np.array_equal(run_qgraph_fast(q, x, mode, TINY), run_qgraph(q, x, mode, TINY)), mode
+    assert graphs_equal(q, QGraph.from_json(q.to_json()))
+    assert simd_lane_ops(q, "add") == (2 + add.add_table.search_ops) * 8 * 8 * 8
+    net = prepare_qat(_add_graph(fn), TINY, calib=images(16, SHAPE))
+    assert_qat_export_matches(net, export_qgraph(net), SHAPE, TINY)
 
 
 def test_an_activation_after_a_pool_is_refused_by_name():
@@ -231,7 +256,7 @@ def test_an_activation_after_a_pool_is_refused_by_name():
     nodes = nodes[:i] + [pooled] + [Node("c3", Op.CONV, ("pa",), nodes[i].attrs, nodes[i].params, nodes[i].out_shape)] \
         + nodes[i + 1:]
     nodes = [Node(n.name, n.op, ("c3",) if n.name == "c4" else n.inputs, n.attrs, n.params, n.out_shape) for n in nodes]
-    with pytest.raises(QuantError, match=r"'pa' \(tanh\) follows 'mp', which is not a conv or linear"):
+    with pytest.raises(QuantError, match=r"'pa' \(tanh\) follows 'mp', which is not a conv, linear or add"):
         calibrate(_replace(g, nodes), images(8, SHAPE), TINY)
 
 
@@ -244,5 +269,5 @@ def test_qat_trains_through_the_activation_and_exports_the_same_integers():
     assert net.weight["c1"].grad is not None and net.weight["c1"].grad.abs().sum() > 0
     opt.step()
     qg = export_qgraph(net)
-    assert qg.node("c3").requant.activation == "gelu"
+    assert qg.node("c3").requant.table.activation == "gelu"
     assert_qat_export_matches(net, qg, SHAPE, TINY)

@@ -23,10 +23,11 @@ Conventions (the contract between quantiser, reference executor, compiler and si
   with arithmetic shifts; ReLU is ``out_min = 0``. See :meth:`Requant.apply`. Another activation
   (SiLU, GELU, LeakyReLU, ...) replaces the rounding by a table of thresholds on the fixed-point
   pre-activation ``u = acc*num*multiplier + (bias << den_shift)``: ``y = codes[#(thresholds <= u)]``
-  (thresholds at ``shift``, scaled by ``2**den_shift``; :mod:`imcflow.quant.act_table`).
+  (:class:`ActTable`; thresholds at ``shift``, scaled by ``2**den_shift``; :mod:`imcflow.quant.act_table`).
 - Average pooling: ``y = floor((sum + count // 2) / count)`` (round half up), count = kernel area.
 - Residual add: ``y = clamp((a*mult_a + b*mult_b + 2**(shift-1)) >> shift, out_min, out_max)`` with
-  ``out_min, out_max`` the integer range of the node's ``out`` spec (a fused ReLU makes it unsigned).
+  ``out_min, out_max`` the integer range of the node's ``out`` spec (a fused ReLU makes it unsigned);
+  with a fused SiLU, GELU, ... (``add_table``) ``y = codes[#(thresholds <= a*mult_a + b*mult_b)]``.
 - Concat needs inputs of equal scale, bits and signedness (the quantiser ensures it).
 - Nearest upsampling (``upsample`` = (sh, sw)): ``y[c, i, j] = x[c, i // sh, j // sw]``, the same
   integers (same spec), output ``(C, H*sh, W*sw)``.
@@ -86,6 +87,49 @@ class QTensor:
 
 
 @dataclass(frozen=True, eq=False)
+class ActTable:
+    """An activation other than ReLU/clamp (SiLU, GELU, LeakyReLU, ...) applied exactly by the SIMD:
+    ``y = codes[#(thresholds <= u)]`` on the fixed-point pre-activation ``u`` of a requant or an
+    add (in units of ``2**-shift`` output steps; :mod:`imcflow.quant.act_table` derives it)."""
+
+    activation: str
+    """The function's name (``imcflow.ir.activations``), for the record."""
+    alpha: float | None
+    """Its parameter (LeakyReLU's slope, ELU's alpha), for the record; None if it has none."""
+    thresholds: np.ndarray
+    """int64 (m,) strictly ascending."""
+    codes: np.ndarray
+    """int64 (m + 1,) output integers."""
+
+    @property
+    def search_ops(self) -> int:
+        """SIMD lane operations of the binary search over the thresholds, per output value [A]."""
+        return max(1, math.ceil(math.log2(len(self.codes))))
+
+    def scaled(self, extra_shift: int) -> np.ndarray:
+        """The thresholds at a binary point ``extra_shift`` bits finer (those beyond any reachable
+        ``u``, |u| < 2**62, are clipped there)."""
+        bound = 1 << (62 - extra_shift)
+        return np.clip(self.thresholds.astype(np.int64), -bound, bound) << extra_shift
+
+    def apply(self, u: np.ndarray, extra_shift: int = 0) -> np.ndarray:
+        """``codes[#(thresholds <= u)]`` for int64 ``u`` at the thresholds' binary point + ``extra_shift``."""
+        return self.codes[np.searchsorted(self.scaled(extra_shift), u, side="right")]
+
+    def verify(self, where: str, out_min: int, out_max: int) -> None:
+        """QuantError naming ``where`` unless the table is well formed and inside ``[out_min, out_max]``."""
+        t, c = self.thresholds, self.codes
+        if t.ndim != 1 or c.shape != (len(t) + 1,):
+            raise QuantError(f"{where}: {self.activation} table has {c.shape} codes for {t.shape} thresholds; "
+                             f"it needs one code more than thresholds")
+        if len(t) > 1 and not np.all(np.diff(t) > 0):
+            raise QuantError(f"{where}: {self.activation} table thresholds must be strictly ascending")
+        if c.min() < out_min or c.max() > out_max:
+            raise QuantError(f"{where}: {self.activation} table codes [{c.min()}, {c.max()}] leave the output "
+                             f"range [{out_min}, {out_max}]")
+
+
+@dataclass(frozen=True, eq=False)
 class Requant:
     """Per-output-channel integer requantisation done by the near-memory SIMD (see module doc)."""
 
@@ -97,35 +141,19 @@ class Requant:
     """Right shift >= 1 applied after multiply and bias."""
     out_min: int
     out_max: int
-    activation: str = ""
-    """A fused activation other than ReLU/clamp (e.g. ``"silu"``), applied by the table below;
-    "" when the output is rounded and clamped."""
-    activation_alpha: float | None = None
-    """The activation's parameter (LeakyReLU's slope, ELU's alpha), for the record; None if it has none."""
-    table_thresholds: np.ndarray | None = None
-    """int64 (m,) ascending: with a table, ``y = table_codes[#(thresholds <= u)]`` where ``u =
-    acc * multiplier + bias`` is the pre-activation in units of ``2**-shift`` output steps
-    (:mod:`imcflow.quant.act_table`)."""
-    table_codes: np.ndarray | None = None
-    """int64 (m + 1,) output integers of the table, within ``[out_min, out_max]``."""
+    table: ActTable | None = None
+    """A fused activation other than ReLU/clamp, applied by table to ``u = acc * multiplier + bias``
+    instead of rounding and clamping; None for ReLU, clamp or none."""
 
     @property
     def has_table(self) -> bool:
-        return self.table_codes is not None
+        return self.table is not None
 
     @property
     def lane_ops(self) -> int:
         """SIMD lane operations per output value: multiply-add and round/clamp (2), plus, with a
-        table, a binary search over its thresholds (one compare step per halving) [A]."""
-        if not self.has_table:
-            return 2
-        return 2 + max(1, math.ceil(math.log2(len(self.table_codes))))
-
-    def scaled_thresholds(self, acc_scale_shift: int) -> np.ndarray:
-        """The table's thresholds at binary point ``shift + acc_scale_shift`` (those beyond any
-        reachable ``u``, |u| < 2**62, are clipped there)."""
-        bound = 1 << (62 - acc_scale_shift)
-        return np.clip(self.table_thresholds.astype(np.int64), -bound, bound) << acc_scale_shift
+        table, its binary search [A]."""
+        return 2 + (self.table.search_ops if self.has_table else 0)
 
     def apply(self, acc: np.ndarray, acc_scale_num: int = 1, acc_scale_shift: int = 0,
               channel_axis: int = 1) -> np.ndarray:
@@ -138,7 +166,7 @@ class Requant:
         total_shift = self.shift + acc_scale_shift
         u = acc.astype(np.int64) * (acc_scale_num * m) + (b << acc_scale_shift)
         if self.has_table:
-            return self.table_codes[np.searchsorted(self.scaled_thresholds(acc_scale_shift), u, side="right")]
+            return self.table.apply(u, acc_scale_shift)
         return np.clip((u + (1 << (total_shift - 1))) >> total_shift, self.out_min, self.out_max)
 
 
@@ -178,6 +206,9 @@ class QNode:
     # ADD
     add_multipliers: tuple[int, ...] = ()
     add_shift: int = 0
+    add_table: ActTable | None = None
+    """ADD only: a fused activation other than ReLU/clamp, applied to ``v = a*mult_a + b*mult_b``
+    (``2**-add_shift`` output steps) instead of rounding and clamping."""
 
     @property
     def is_mvm(self) -> bool:
@@ -293,22 +324,8 @@ def _verify_mvm(n: QNode, x: QTensor) -> None:
     if not n.out.min_int <= rq.out_min <= rq.out_max <= n.out.max_int:
         raise QuantError(f"layer {n.name!r}: requant clamp [{rq.out_min}, {rq.out_max}] must lie inside the "
                          f"output's {n.out.bits}-b range [{n.out.min_int}, {n.out.max_int}]")
-    if (rq.table_thresholds is None) != (rq.table_codes is None) or rq.has_table != bool(rq.activation):
-        raise QuantError(f"layer {n.name!r}: an activation table needs its name, thresholds and codes together")
     if rq.has_table:
-        _verify_table(n.name, rq)
-
-
-def _verify_table(name: str, rq: Requant) -> None:
-    t, c = rq.table_thresholds, rq.table_codes
-    if t.ndim != 1 or c.shape != (len(t) + 1,):
-        raise QuantError(f"layer {name!r}: {rq.activation} table has {c.shape} codes for {t.shape} thresholds; "
-                         f"it needs one code more than thresholds")
-    if len(t) > 1 and not np.all(np.diff(t) > 0):
-        raise QuantError(f"layer {name!r}: {rq.activation} table thresholds must be strictly ascending")
-    if c.min() < rq.out_min or c.max() > rq.out_max:
-        raise QuantError(f"layer {name!r}: {rq.activation} table codes [{c.min()}, {c.max()}] leave the clamp "
-                         f"[{rq.out_min}, {rq.out_max}]")
+        rq.table.verify(f"layer {n.name!r}", rq.out_min, rq.out_max)
 
 
 _SAME_SPEC = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.CONCAT, QOp.UPSAMPLE,
@@ -333,6 +350,8 @@ def _verify_other(n: QNode, ins: list[QTensor]) -> None:
                              f"{n.add_multipliers} and {n.add_shift}")
         if ins[0].shape != ins[1].shape:
             raise QuantError(f"add {n.name!r}: input shapes {ins[0].shape} and {ins[1].shape} differ")
+        if n.add_table is not None:
+            n.add_table.verify(f"add {n.name!r}", n.out.min_int, n.out.max_int)
     elif n.op in _SAME_SPEC:
         for x in ins:  # these ops move integers without rescaling them
             if (x.bits, x.signed, x.scale) != (n.out.bits, n.out.signed, n.out.scale):
@@ -342,7 +361,7 @@ def _verify_other(n: QNode, ins: list[QTensor]) -> None:
 
 
 _OP_FIELDS = {"pad_end": (QOp.MAXPOOL, (0, 0)), "upsample": (QOp.UPSAMPLE, (1, 1)),
-              "depth_to_space": (QOp.DEPTH_TO_SPACE, 1)}
+              "depth_to_space": (QOp.DEPTH_TO_SPACE, 1), "add_table": (QOp.ADD, None)}
 """QNode fields that only one op may set: field -> (that op, the default every other node keeps)."""
 
 
@@ -422,7 +441,8 @@ def row_tiles(c_in: int, kh: int, kw: int, array_rows: int) -> list[tuple[int, i
 
 def simd_lane_ops(qgraph: QGraph, name: str) -> int:
     """SIMD lane operations per image of the SIMD-only node ``name``: pooling one per window
-    element, global average pooling one per input element, a residual add two per output, an
+    element, global average pooling one per input element, a residual add two per output (plus an
+    activation table's search), an
     upsample one per output element (the output buffer writes each value sh*sw times), a
     depth-to-space one per output element (each value written once in its new place); the
     compiler's cost model and the simulator both count with this."""
@@ -433,7 +453,7 @@ def simd_lane_ops(qgraph: QGraph, name: str) -> int:
     if node.op == QOp.GLOBAL_AVGPOOL:
         return math.prod(qgraph.spec(node.inputs[0]).shape)
     if node.op == QOp.ADD:
-        return 2 * out
+        return (2 + (node.add_table.search_ops if node.add_table is not None else 0)) * out
     if node.op in (QOp.UPSAMPLE, QOp.DEPTH_TO_SPACE):
         return out
     return 0
@@ -450,7 +470,7 @@ def pick_full_scale(rows_used: int, full_scales_rows: tuple[int, ...]) -> int:
 
 _encode = encode
 
-_TYPES = {"QTensor": QTensor, "Requant": Requant, "QNode": QNode, "QGraph": QGraph}
+_TYPES = {"QTensor": QTensor, "ActTable": ActTable, "Requant": Requant, "QNode": QNode, "QGraph": QGraph}
 
 
 def _decode(obj: Any) -> Any:

@@ -49,7 +49,7 @@ from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, pick_full_scale, row_
 from imcflow.quant.adc_range import calibrate_full_scales, with_full_scales
 from imcflow.quant.plan import Plan, float_tensors, plan_graph, pool_stride, scale_groups
 from imcflow.quant.reference import quantize_input
-from imcflow.quant.requant import derive_add, derive_requant, round_half_up
+from imcflow.quant.requant import act_table, derive_add, derive_requant, round_half_up
 
 METHODS = ("percentile", "max", "mse")
 W_CLIPS = ("max", "mse")
@@ -305,9 +305,11 @@ def _other_node(step, specs) -> QNode:
     op = _QOP[node.op]
     if op is QOp.ADD:
         lo, hi = step.act_range
-        mults, shift, _, _ = derive_add(node.name, specs[step.inputs[0]].scale, specs[step.inputs[1]].scale,
-                                        out, lo, hi)
-        return QNode(name=node.name, op=op, inputs=step.inputs, out=out, add_multipliers=mults, add_shift=shift)
+        mults, shift, out_min, out_max = derive_add(node.name, specs[step.inputs[0]].scale,
+                                                    specs[step.inputs[1]].scale, out, lo, hi)
+        table = None if step.act_fn is None else act_table(step.act_fn, shift, out.scale, out_min, out_max)
+        return QNode(name=node.name, op=op, inputs=step.inputs, out=out, add_multipliers=mults, add_shift=shift,
+                     add_table=table)
     if op in (QOp.MAXPOOL, QOp.AVGPOOL):
         return QNode(name=node.name, op=op, inputs=step.inputs, out=out, kernel=tuple(node.attrs["kernel"]),
                      stride=pool_stride(node), padding=tuple(node.attrs.get("padding", (0, 0))),

@@ -22,7 +22,7 @@ from imcflow.config.chip import ChipConfig
 from imcflow.config.presets import get_preset
 from imcflow.errors import CimaError, QuantError
 from imcflow.ir.graph_exec import max_pool2d
-from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, Requant
+from imcflow.ir.qgraph import ActTable, QGraph, QNode, QOp, QTensor, Requant
 from imcflow.quant.reference import MODES, check_input_ints, tile_seed
 
 
@@ -43,21 +43,21 @@ def requant_torch(rq: Requant, acc: torch.Tensor, num: int, den_shift: int) -> t
         v = torch.addcmul(torch.from_numpy(offset.astype(np.float64)).view(shape), acc.to(torch.float64),
                           torch.from_numpy(mult.astype(np.float64)).view(shape))
         if rq.has_table:
-            return _table(rq, v, den_shift)
+            return _table(rq.table, v, den_shift)
         return v.mul_(2.0 ** -total).floor_().clamp_(rq.out_min, rq.out_max).to(torch.int64)
     v = acc.to(torch.int64) * torch.from_numpy(mult).view(shape) + torch.from_numpy(offset).view(shape)
     if rq.has_table:
-        return _table(rq, v, den_shift)
+        return _table(rq.table, v, den_shift)
     return torch.clamp(v >> total, rq.out_min, rq.out_max)
 
 
-def _table(rq: Requant, u: torch.Tensor, den_shift: int) -> torch.Tensor:
+def _table(table: ActTable, u: torch.Tensor, den_shift: int = 0) -> torch.Tensor:
     """The activation table on the exact pre-activation ``u`` (float64 holding integers, or int64)."""
-    thresholds = torch.from_numpy(rq.scaled_thresholds(den_shift))
+    thresholds = torch.from_numpy(table.scaled(den_shift))
     if u.dtype == torch.float64:  # exact: every |u| < 2**52, and clipping larger thresholds keeps the count
         thresholds = thresholds.clamp(-(1 << 53), 1 << 53).to(torch.float64)
     index = torch.bucketize(u, thresholds, right=True)
-    return torch.from_numpy(rq.table_codes.astype(np.int64))[index]
+    return torch.from_numpy(table.codes.astype(np.int64))[index]
 
 
 def mvm_layer_fast(node: QNode, x_spec: QTensor, x: torch.Tensor, mode: str, chip: ChipConfig, seed: int,
@@ -121,6 +121,8 @@ def run_node_fast(qgraph: QGraph, node: QNode, ins: list[torch.Tensor], mode: st
         return _floor_div(total, x.shape[2] * x.shape[3]).reshape(x.shape[0], *node.out.shape)
     if node.op is QOp.ADD:
         m_a, m_b = node.add_multipliers
+        if node.add_table is not None:
+            return _table(node.add_table, ins[0] * int(m_a) + ins[1] * int(m_b))
         v = ins[0] * int(m_a) + ins[1] * int(m_b) + (1 << (node.add_shift - 1))
         return torch.clamp(v >> node.add_shift, node.out.min_int, node.out.max_int)
     if node.op is QOp.FLATTEN:

@@ -3,9 +3,9 @@
 - A CONV, LINEAR or ADD whose only consumer is a RELU or CLAMP absorbs it: the SIMD applies the
   activation as the requant's clamp (``out_min``/``out_max``). The fused QNode keeps the name of
   the weight (or add) node; the activation's tensor name becomes an alias of it.
-- A CONV or LINEAR whose only consumer is an ACTIVATION (SiLU, GELU, LeakyReLU, ...) absorbs it
-  the same way; the SIMD applies it as the requant's table (:mod:`imcflow.quant.act_table`). An
-  add's SIMD rounds and clamps only, so such an activation after an add is refused by name.
+- A CONV, LINEAR or ADD whose only consumer is an ACTIVATION (SiLU, GELU, LeakyReLU, ...) absorbs
+  it the same way; the SIMD applies it as a table on the requant's or the add's fixed-point result
+  (:mod:`imcflow.quant.act_table`).
 - MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, FLATTEN, UPSAMPLE, DEPTH_TO_SPACE and CONCAT map one to one.
 - A RELU or CLAMP that cannot be fused (after a pool, or on a tensor with several consumers)
   raises QuantError: the chip has no stand-alone activation unit in this model.
@@ -27,7 +27,6 @@ from imcflow.ir.graph import Graph, Node, Op
 from imcflow.ir.graph_exec import run_node
 
 FUSABLE = (Op.CONV, Op.LINEAR, Op.ADD)
-TABLE_FUSABLE = (Op.CONV, Op.LINEAR)
 ACTIVATIONS = (Op.RELU, Op.CLAMP, Op.ACTIVATION)
 SAME_SPEC_OPS = (Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.UPSAMPLE, Op.DEPTH_TO_SPACE)
 
@@ -100,8 +99,7 @@ def plan_graph(graph: Graph) -> Plan:
     for n in graph.nodes:
         if n.op in FUSABLE:
             users = graph.consumers(n.name)
-            if len(users) == 1 and n.name != graph.output and (
-                    users[0].op in (Op.RELU, Op.CLAMP) or (users[0].op is Op.ACTIVATION and n.op in TABLE_FUSABLE)):
+            if len(users) == 1 and users[0].op in ACTIVATIONS and n.name != graph.output:
                 fused[users[0].name] = n
     steps = []
     for n in graph.nodes:
@@ -119,16 +117,10 @@ def plan_graph(graph: Graph) -> Plan:
 
 def _unfused(graph: Graph, n: Node) -> str:
     """Why activation ``n`` cannot be fused into its producer, and the fix."""
-    src = n.inputs[0]
     what = n.attrs["fn"] if n.op is Op.ACTIVATION else n.op.value
-    producer = graph.node(src).op if src != graph.input_name else None
-    if n.op is Op.ACTIVATION and producer is Op.ADD and len(graph.consumers(src)) == 1:
-        return (f"node {n.name!r} ({what}) follows the add {src!r}; the chip applies {what} by a table in the "
-                f"requantisation of a conv or linear layer, and an add's SIMD only rounds and clamps (ReLU, clamp): "
-                f"move the {what} before the add or use ReLU after it")
-    kinds = "conv or linear" if n.op is Op.ACTIVATION else "conv, linear or add"
-    return (f"node {n.name!r} ({what}) follows {src!r}, which is not a {kinds} with it as only consumer; the chip "
-            f"applies activations in the requant of such a layer: move the activation directly after one")
+    return (f"node {n.name!r} ({what}) follows {n.inputs[0]!r}, which is not a conv, linear or add with it as "
+            f"only consumer; the chip applies activations in the requant of such a layer: move the activation "
+            f"directly after one")
 
 
 def pool_stride(node: Node) -> tuple[int, int]:

@@ -241,7 +241,7 @@ class QatNet(nn.Module):
         if op is Op.ADD:
             lo, hi = step.act_range
             v = xs[0] * self.tensor_scale(step.inputs[0]) + xs[1] * self.tensor_scale(step.inputs[1])
-            return self._quantize(v, step.name, lo, hi)
+            return self._quantize(step.activate(v), step.name, lo, hi)
         if op in MOVES_INTEGERS:  # the same integers, selected, replicated or moved: the float op itself
             return run_node(node, xs)
         if op is Op.AVGPOOL:

@@ -110,7 +110,8 @@ def run_node(qgraph: QGraph, node: QNode, ins: list[np.ndarray], mode: str, chip
         count = x.shape[2] * x.shape[3]
         return avg_round(x.sum(axis=(2, 3), keepdims=True), count).reshape(x.shape[0], *node.out.shape)
     if node.op is QOp.ADD:
-        return apply_add(ins[0], ins[1], node.add_multipliers, node.add_shift, node.out.min_int, node.out.max_int)
+        return apply_add(ins[0], ins[1], node.add_multipliers, node.add_shift, node.out.min_int, node.out.max_int,
+                         node.add_table)
     if node.op is QOp.FLATTEN:
         return x.reshape(x.shape[0], -1)
     if node.op is QOp.CONCAT:

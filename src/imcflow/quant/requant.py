@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from imcflow.errors import QuantError
-from imcflow.ir.qgraph import QTensor, Requant
+from imcflow.ir.qgraph import ActTable, QTensor, Requant
 from imcflow.quant.act_table import activation_table
 
 MULT_BITS = 16
@@ -83,15 +83,22 @@ def derive_requant(name: str, s_x: float, s_w: np.ndarray, bias: np.ndarray | No
     out_min, out_max = out_range(out, lo, hi)
     if activation is None:
         return Requant(multiplier=mult, bias=b, shift=shift, out_min=out_min, out_max=out_max)
-    thresholds, codes = activation_table(activation[0], activation[1], shift, out.scale, out_min, out_max)
-    return Requant(multiplier=mult, bias=b, shift=shift, out_min=out_min, out_max=out_max, activation=activation[0],
-                   activation_alpha=activation[1], table_thresholds=thresholds, table_codes=codes)
+    return Requant(multiplier=mult, bias=b, shift=shift, out_min=out_min, out_max=out_max,
+                   table=act_table(activation, shift, out.scale, out_min, out_max))
+
+
+def act_table(activation: tuple[str, float | None], shift: int, out_scale: float, out_min: int,
+              out_max: int) -> ActTable:
+    """The :class:`ActTable` of ``activation`` = ``(fn, alpha)`` on pre-activations at binary point ``shift``."""
+    thresholds, codes = activation_table(activation[0], activation[1], shift, out_scale, out_min, out_max)
+    return ActTable(activation=activation[0], alpha=activation[1], thresholds=thresholds, codes=codes)
 
 
 def derive_add(name: str, s_a: float, s_b: float, out: QTensor, lo: float | None = None,
                hi: float | None = None, mult_bits: int = MULT_BITS) -> tuple[tuple[int, int], int, int, int]:
     """Multipliers, shift and clamp of residual add ``name``: ``y = (a*m_a + b*m_b + 2**(shift-1)) >> shift``
-    with ``m = round(s_in / s_out * 2**shift)``. Returns ``((m_a, m_b), shift, out_min, out_max)``."""
+    with ``m = round(s_in / s_out * 2**shift)``. Returns ``((m_a, m_b), shift, out_min, out_max)``
+    (a fused SiLU, GELU, ... is :func:`act_table` at that shift)."""
     real = np.array([s_a / out.scale, s_b / out.scale])
     shift = pick_shift(real, f"add {name!r}", mult_bits)
     m_a, m_b = (int(v) for v in round_half_up(real * 2.0 ** shift))
@@ -100,9 +107,12 @@ def derive_add(name: str, s_a: float, s_b: float, out: QTensor, lo: float | None
 
 
 def apply_add(a: np.ndarray, b: np.ndarray, multipliers: tuple[int, ...], shift: int,
-              out_min: int, out_max: int) -> np.ndarray:
-    """Residual add in integers, round half up (see :mod:`imcflow.ir.qgraph`). Returns int64."""
+              out_min: int, out_max: int, table: ActTable | None = None) -> np.ndarray:
+    """Residual add in integers, round half up, or through ``table`` (see :mod:`imcflow.ir.qgraph`).
+    Returns int64."""
     v = a.astype(np.int64) * int(multipliers[0]) + b.astype(np.int64) * int(multipliers[1])
+    if table is not None:
+        return table.apply(v)
     return np.clip((v + (1 << (shift - 1))) >> shift, out_min, out_max)
 
 

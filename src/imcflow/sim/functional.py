@@ -276,7 +276,7 @@ def _simd(ctx: _Ctx, where: str, node: QNode, ins_, mem: _Store) -> None:
         y = kernels.global_avgpool(x)
     elif node.op == QOp.ADD:
         y = kernels.residual_add(ins[0], ins[1], node.add_multipliers, node.add_shift,
-                                 node.out.min_int, node.out.max_int)
+                                 node.out.min_int, node.out.max_int, node.add_table)
     elif node.op == QOp.FLATTEN:
         y = x.reshape(ctx.n, -1)
     elif node.op == QOp.CONCAT:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from imcflow.cima.conv import bpbs_conv2d
 from imcflow.config.chip import ChipConfig
-from imcflow.ir.qgraph import receptive_field, window_out
+from imcflow.ir.qgraph import ActTable, receptive_field, window_out
 
 
 def out_size(h: int, k: int, s: int, p: int, d: int = 1) -> int:
@@ -115,7 +115,9 @@ def depth_to_space(x: np.ndarray, r: int) -> np.ndarray:
 
 
 def residual_add(a: np.ndarray, b: np.ndarray, multipliers: tuple[int, ...], shift: int,
-                 out_min: int, out_max: int) -> np.ndarray:
-    """clamp((a*m_a + b*m_b + 2**(shift-1)) >> shift, out_min, out_max)."""
+                 out_min: int, out_max: int, table: ActTable | None = None) -> np.ndarray:
+    """clamp((a*m_a + b*m_b + 2**(shift-1)) >> shift, out_min, out_max), or ``table`` of a*m_a + b*m_b."""
     v = a.astype(np.int64) * int(multipliers[0]) + b.astype(np.int64) * int(multipliers[1])
+    if table is not None:
+        return table.apply(v)
     return np.clip((v + (1 << (shift - 1))) >> shift, out_min, out_max)
