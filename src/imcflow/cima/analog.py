@@ -64,6 +64,20 @@ def analog_code(k, gain, offset_lsb, noise_lsb, full_scale: int, adc_bits: int):
 
     Works on python floats and on arrays alike; the order of operations is fixed so that every
     caller rounds identically."""
+    return analog_codes_f64(k, gain, offset_lsb, noise_lsb, full_scale, adc_bits).astype(np.int64)
+
+
+def analog_codes_f64(k, gain, offset_lsb, noise_lsb, full_scale: int, adc_bits: int) -> np.ndarray:
+    """:func:`analog_code` as float64 codes, computed in one new buffer of ``k``'s broadcast shape
+    with in-place operations: the same operations in the same order, so the same codes, without
+    a temporary array per operation (the analog mode's hot path)."""
     levels = float(1 << adc_bits)
-    v = np.floor(np.asarray(k, dtype=np.float64) * levels * gain / full_scale + offset_lsb + noise_lsb + 0.5)
-    return np.clip(v, 0, levels - 1).astype(np.int64)
+    v = np.array(k, dtype=np.float64)
+    v *= levels
+    v *= gain
+    v /= full_scale
+    v += offset_lsb
+    v += noise_lsb
+    v += 0.5
+    np.floor(v, out=v)
+    return np.clip(v, 0, levels - 1, out=v)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imcflow.cima.analog import AnalogStream, analog_code
+from imcflow.cima.analog import AnalogStream, analog_codes_f64
 from imcflow.cima.common import Mode, MvmArgs, MvmResult, check_mvm_args
 from imcflow.config.chip import ChipConfig
 
@@ -86,8 +86,7 @@ def adc_codes(k: torch.Tensor, rows: int, mode: Mode, full_scale: int, adc_bits:
     if mode is Mode.BIT_TRUE:
         return adc_bit_true(k, full_scale, adc_bits, rows)
     noise = stream.noise_lsb(k.shape[0])
-    codes = analog_code(k.numpy(), stream.gain, stream.offset_lsb, noise, full_scale, adc_bits)
-    return torch.from_numpy(codes.astype(np.float32))
+    return torch.from_numpy(analog_codes_f64(k.numpy(), stream.gain, stream.offset_lsb, noise, full_scale, adc_bits))
 
 
 def combine(codes: torch.Tensor, x_bits: int, x_signed: bool, w_bits: int, w_signed: bool,
