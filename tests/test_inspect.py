@@ -84,3 +84,11 @@ def test_onnx_file(tmp_path, capsys):
     assert main(["inspect", str(path), "--w-bits", "8"]) == 0
     out = capsys.readouterr().out
     assert "2,410 parameters" in out and "2,368 MACs" in out
+
+
+def test_an_activation_is_listed_by_its_function(capsys):
+    from torch import nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 4, 1), nn.LeakyReLU(0.1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    stats = graph_stats(load_graph(model, (3, 8, 8)), get_preset("tiny"), 4)
+    assert [layer.op for layer in stats.layers][:4] == ["conv", "silu", "conv", "leaky_relu"]

@@ -81,7 +81,8 @@ def _layer(graph: Graph, n: Node, chip: ChipConfig, w_bits: int) -> LayerStats:
     if n.op is Op.BATCHNORM:
         return LayerStats(n.name, n.op.value, n.out_shape, n.params["gamma"].size + n.params["beta"].size, 0)
     if not n.is_weight_layer:
-        return LayerStats(n.name, n.op.value, n.out_shape, 0, 0)
+        op = n.attrs["fn"] if n.op is Op.ACTIVATION else n.op.value  # "silu", not "activation"
+        return LayerStats(n.name, op, n.out_shape, 0, 0)
     w = n.params["weight"]
     params = w.size + (n.bias.size if n.bias is not None else 0)
     c_out, c_in = w.shape[:2]
