@@ -95,6 +95,13 @@ def plain_int_exec(qg: QGraph, x: np.ndarray) -> np.ndarray:
             out = a.reshape(a.shape[0], -1)
         elif n.op is QOp.CONCAT:
             out = torch.cat([vals[i] for i in n.inputs], 1)
+        elif n.op is QOp.UPSAMPLE and n.upsample_mode == "bilinear":
+            # PyTorch's float64 bilinear times D = 4 sh sw is an integer up to ~1e-12: snap it, then
+            # round half up in integers (PyTorch's float error would break exact ties k + 1/2)
+            d = 4 * n.upsample[0] * n.upsample[1]
+            total = torch.round(F.interpolate(a, scale_factor=tuple(float(f) for f in n.upsample), mode="bilinear",
+                                              align_corners=False) * d)
+            out = torch.div(total + d // 2, d, rounding_mode="floor")
         elif n.op is QOp.UPSAMPLE:  # PyTorch's own nearest rule, independent of the executors
             out = F.interpolate(a, scale_factor=tuple(float(f) for f in n.upsample), mode="nearest")
         elif n.op is QOp.DEPTH_TO_SPACE:  # PyTorch's PixelShuffle

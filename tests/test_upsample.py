@@ -16,12 +16,12 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from onnx_testing import ort_run, random_inputs, to_onnx  # noqa: E402
+from onnx_testing import ort_run, random_inputs, resize_model, to_onnx  # noqa: E402
 from quant_testnets import (assert_qat_export_matches, assert_reference_is_exact_and_tracks_float, images,  # noqa: E402
                             plain_int_exec, strip_key)
 
@@ -139,30 +139,6 @@ def test_rectangular_factor_imports_from_torch_and_onnx(tmp_path):
         np.testing.assert_allclose(run_graph(g, x.numpy()), m(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
-def _resize_model(ctm=None, nm=None, factor=2, opset=19, op="Resize", sizes=False, mode="nearest", hw=(5, 6)):
-    """x (1, 2, H, W) -> one Resize/Upsample node, scales or sizes as initializers."""
-    s = np.array([1, 1, factor, factor], np.float32)
-    attrs = {"mode": mode}
-    attrs.update({k: v for k, v in (("coordinate_transformation_mode", ctm), ("nearest_mode", nm)) if v})
-    inits = []
-    if opset == 7:
-        attrs["scales"] = [float(v) for v in s]
-        ins = ["x"]
-    elif op == "Upsample" or opset == 10:
-        inits, ins = [numpy_helper.from_array(s, "sc")], ["x", "sc"]
-    elif sizes:
-        inits = [numpy_helper.from_array(np.array([1, 2, round(hw[0] * factor), round(hw[1] * factor)], np.int64), "sz")]
-        ins = ["x", "", "", "sz"]
-    else:
-        inits, ins = [numpy_helper.from_array(s, "sc")], ["x", "", "sc"]
-    node = helper.make_node(op, ins, ["y"], name="rs", **attrs)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, *hw])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 7
-    return model
-
-
 CTMS = ("half_pixel", "pytorch_half_pixel", "asymmetric", "tf_half_pixel_for_nn", "align_corners",
         "half_pixel_symmetric")
 NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
@@ -175,7 +151,7 @@ def test_onnx_resize_modes_accepted_exactly_when_onnxruntime_replicates(ctm):
     x = np.random.default_rng(3).standard_normal((1, 2, 5, 6)).astype(np.float32)
     for nm in NEAREST:
         for factor, sizes in ((2, False), (3, False), (4, True)):
-            model = _resize_model(ctm, nm, factor, sizes=sizes)
+            model = resize_model(ctm, nm, factor, sizes=sizes)
             want = ort_run(model, x)
             exact = want.shape == (1, 2, 5 * factor, 6 * factor) and np.array_equal(
                 want, x.repeat(factor, 2).repeat(factor, 3))
@@ -188,7 +164,7 @@ def test_onnx_resize_modes_accepted_exactly_when_onnxruntime_replicates(ctm):
 
 @pytest.mark.parametrize("opset,op", [(10, "Resize"), (9, "Upsample"), (7, "Upsample")])
 def test_old_onnx_resize_and_upsample(opset, op):
-    model = _resize_model(factor=3, opset=opset, op=op)
+    model = resize_model(factor=3, opset=opset, op=op)
     x = np.random.default_rng(4).standard_normal((1, 2, 5, 6)).astype(np.float32)
     g = load_graph(model)
     assert [tuple(n.attrs["scale"]) for n in g.nodes] == [(3, 3)]
@@ -198,40 +174,40 @@ def test_old_onnx_resize_and_upsample(opset, op):
 # --- refusals, by name ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("up, why", [
-    (nn.Upsample(scale_factor=2, mode="bilinear"), "mode='bilinear'"),
-    (nn.UpsamplingBilinear2d(scale_factor=2), "mode='bilinear' with align_corners"),
+    (nn.Upsample(scale_factor=2, mode="bicubic"), "mode='bicubic'"),
     (nn.Upsample(scale_factor=1.5), r"scale factors \(1.5, 1.5\) are not positive integers"),
     (nn.Upsample(size=(12, 12)), r"output size \(12, 12\) is not an integer multiple of the 8x8 map"),
 ])
 def test_torch_refusals_name_the_node_and_the_fix(up, why):
     m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), up)
-    with pytest.raises(ModelError, match=f"node '_1' \\(Upsampl\\w+\\): .*{why}.*nearest-neighbour replication only"):
+    with pytest.raises(ModelError, match=f"node '_1' \\(Upsampl\\w+\\): .*{why}.*nearest-neighbour replication or bilinear"):
         load_graph(m, (3, 8, 8))
 
 
 def test_torch_functional_refusals():
-    class Bilinear(nn.Module):
+    class Bicubic(nn.Module):
         def forward(self, x):
-            return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            return F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
 
     class Fraction(nn.Module):
         def forward(self, x):
             return F.interpolate(x, scale_factor=2.5)
 
-    with pytest.raises(ModelError, match="node 'interpolate' .*mode='bilinear'.*integer factors"):
-        load_graph(Bilinear(), (3, 8, 8))
+    with pytest.raises(ModelError, match="node 'interpolate' .*mode='bicubic'.*integer factors"):
+        load_graph(Bicubic(), (3, 8, 8))
     with pytest.raises(ModelError, match=r"node 'interpolate' .*\(2.5, 2.5\) are not positive integers"):
         load_graph(Fraction(), (3, 8, 8))
 
 
 def test_onnx_refusals():
-    with pytest.raises(ModelError, match="'rs' \\(Resize\\): mode 'linear'.*nearest-neighbour replication only"):
-        load_graph(_resize_model("asymmetric", "floor", mode="linear"))
+    with pytest.raises(ModelError, match="'rs' \\(Resize\\): mode 'linear' with coordinate_transformation_mode "
+                                         "'asymmetric'.*nearest-neighbour replication or bilinear"):
+        load_graph(resize_model("asymmetric", "floor", mode="linear"))
     with pytest.raises(ModelError, match=r"'rs' \(Resize\): scale factors \(1.5, 1.5\) are not positive integers"):
-        load_graph(_resize_model("asymmetric", "floor", factor=1.5))
+        load_graph(resize_model("asymmetric", "floor", factor=1.5))
     with pytest.raises(ModelError, match=r"'rs' \(Resize\): output size \(5, 6\) is not an integer multiple"):
-        load_graph(_resize_model("asymmetric", "floor", factor=0.5, sizes=True, hw=(10, 12)))
-    batch = _resize_model("asymmetric", "floor", sizes=True)
+        load_graph(resize_model("asymmetric", "floor", factor=0.5, sizes=True, hw=(10, 12)))
+    batch = resize_model("asymmetric", "floor", sizes=True)
     batch.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([3, 2, 10, 12], np.int64), "sz"))
     with pytest.raises(ModelError, match=r"'rs' \(Resize\): sizes \[3, 2, 10, 12\]"):
         load_graph(batch)   # resizing the batch

@@ -349,7 +349,13 @@ def remove_identities(graph: Graph) -> Graph:
 
 
 MOVES = (Op.DEPTH_TO_SPACE, Op.UPSAMPLE)
-"""Ops that only move or copy values: an elementwise activation after one equals it before one."""
+"""Ops that only move or copy values: an elementwise activation after one equals it before one
+(a bilinear upsample interpolates, so it is not one: see :func:`moves_values`)."""
+
+
+def moves_values(n: Node) -> bool:
+    """Whether ``n`` only moves or copies values (a :data:`MOVES` op, a nearest upsample)."""
+    return n.op in MOVES and n.attrs.get("mode", "nearest") == "nearest"
 
 
 def activations_before_moves(graph: Graph) -> Graph:
@@ -365,7 +371,7 @@ def activations_before_moves(graph: Graph) -> Graph:
         for k, act in enumerate(nodes):
             move = current.node(act.inputs[0]) if act.op in (Op.RELU, Op.CLAMP) and act.inputs[0] != graph.input_name \
                 else None
-            if move is None or move.op not in MOVES or move.name == graph.output \
+            if move is None or not moves_values(move) or move.name == graph.output \
                     or [n.name for n in current.consumers(move.name)] != [act.name]:
                 continue
             j = nodes.index(move)
@@ -456,14 +462,19 @@ def host_output_note(op: str, node: str) -> str:
             f"(same top-1); apply it on the host")
 
 
-UPSAMPLE_FIX = ("upsample by integer factors with nearest-neighbour replication only (PyTorch: nn.Upsample("
-                "scale_factor=2, mode='nearest') or F.interpolate(x, scale_factor=2); ONNX: Resize mode 'nearest'); "
-                "the chip replicates pixels and has no interpolation")
+UPSAMPLE_FIX = ("upsample by integer factors with nearest-neighbour replication or bilinear interpolation with "
+                "align_corners=False only (PyTorch: nn.Upsample(scale_factor=2, mode='nearest' or mode='bilinear'), "
+                "F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False); ONNX: Resize mode 'nearest', "
+                "or mode 'linear' with coordinate_transformation_mode 'half_pixel' or 'pytorch_half_pixel')")
+
+BILINEAR_CORNERS_FIX = ("align_corners=True has non-uniform weights; use nn.Upsample(scale_factor=2, mode='bilinear', "
+                        "align_corners=False) or F.interpolate(x, scale_factor=2, mode='bilinear', "
+                        "align_corners=False)")
 
 
 def upsample_factors(hw: tuple[int, int], scale: tuple | None = None,
                      size: tuple | None = None) -> tuple[tuple[int, int] | None, str | None]:
-    """Nearest-upsampling factors (sh, sw) of an (H, W) map from per-axis ``scale`` factors or an
+    """Upsampling factors (sh, sw) of an (H, W) map from per-axis ``scale`` factors or an
     output ``size`` (H', W'): ``(factors, None)``, or ``(None, problem)`` when they are not
     positive integers (or the size is not an integer multiple of the map)."""
     if scale is not None:

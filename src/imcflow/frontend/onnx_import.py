@@ -14,7 +14,10 @@ to the host: the graph ends at the logits and ``meta["host_output"]`` says so),
 Reshape to (N, -1), Concat on channels, Resize with mode 'nearest' and constant scales [1, 1, sh, sw] or
 sizes [N, C, sh*H, sw*W] of integer factors (nearest upsampling; only the coordinate_transformation_mode /
 nearest_mode pairs that pick source pixel y // s for every output y, e.g. asymmetric with floor (PyTorch's
-export) or half_pixel with round_prefer_floor; see :func:`resize_replicates`) and Upsample (opset 7-9, nearest),
+export) or half_pixel with round_prefer_floor; see :func:`resize_replicates`), Resize (opset 11+) with mode
+'linear' and coordinate_transformation_mode 'half_pixel' or 'pytorch_half_pixel' of integer factors (bilinear
+upsampling, PyTorch's align_corners=False export; equal for integer factors, whose outputs have more than one
+pixel or the identity) and Upsample (opset 7-9, nearest),
 DepthToSpace (mode CRD, PyTorch's pixel_shuffle export; DCR as a channel shuffle then CRD), ConvTranspose
 whose square kernel_shape equals its strides with zero pads, output_padding and group 1 (a 1x1 Conv to
 C_out*r*r channels then depth to space; any other ConvTranspose is refused by name), Identity, Dropout, and the constant arithmetic exporters emit
@@ -56,8 +59,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (ARITH, CONV_TRANSPOSE_FIX, DEPTH_TO_SPACE_MODES, NON_CHIP_ACTIVATIONS,
-                                        UPSAMPLE_FIX, activation_fix, affine_params, channel_constant,
+from imcflow.frontend.normalize import (ARITH, BILINEAR_CORNERS_FIX, CONV_TRANSPOSE_FIX, DEPTH_TO_SPACE_MODES,
+                                        NON_CHIP_ACTIVATIONS, UPSAMPLE_FIX, activation_fix, affine_params, channel_constant,
                                         channel_selection, channel_shuffle, conv_transpose_as_conv,
                                         conv_transpose_problem, dense_grouped_weight, host_output_note,
                                         input_layout_1d, map_of_1d, pad_layer, per_axis_of_1d, slice_layer,
@@ -666,13 +669,17 @@ def resize_replicates(ctm: str, nearest_mode: str, factor: int, n: int) -> bool:
 
 
 def _resize(imp: _Importer, node: onnx.NodeProto) -> None:
-    """Resize (opset 10+) and Upsample (opset 7-9) with mode 'nearest' and constant integer factors."""
+    """Resize (opset 10+) and Upsample (opset 7-9) with mode 'nearest', or Resize (opset 11+) with
+    mode 'linear' and a half-pixel coordinate mode (bilinear), and constant integer factors."""
     a = _attrs(node)
     x = imp.tensor(node, 0)
     shape = imp.user_shape(node)
     if len(shape) != 3:
         raise _fail(node, f"resizing a tensor of shape {shape} (batch excluded)", "upsample (N, C, H, W) maps only")
-    if a.get("mode", "nearest") != "nearest":
+    mode = a.get("mode", "nearest")
+    if mode == "linear":
+        _check_linear(node, a)
+    elif mode != "nearest":
         raise _fail(node, f"mode {a['mode']!r}", UPSAMPLE_FIX)
     if a.get("keep_aspect_ratio_policy", "stretch") != "stretch" or a.get("antialias", 0):
         raise _fail(node, "keep_aspect_ratio_policy or antialias set", "use the defaults (stretch, antialias=0)")
@@ -688,12 +695,30 @@ def _resize(imp: _Importer, node: onnx.NodeProto) -> None:
     if problem:
         raise _fail(node, problem, UPSAMPLE_FIX)
     modes = (a.get("coordinate_transformation_mode", "half_pixel"), a.get("nearest_mode", "round_prefer_floor"))
-    if node.op_type == "Resize" and len(node.input) > 2 and not all(
+    if mode == "nearest" and node.op_type == "Resize" and len(node.input) > 2 and not all(
             resize_replicates(*modes, f, n) for f, n in zip(factors, shape[1:])):
         raise _fail(node, f"coordinate_transformation_mode {modes[0]!r} with nearest_mode {modes[1]!r} does not "
                     f"replicate pixels exactly for factors {factors} on the {shape[1]}x{shape[2]} map",
                     "export with PyTorch's defaults (asymmetric, floor) or use half_pixel with round_prefer_floor")
-    imp.add(node, Op.UPSAMPLE, [x], {"scale": factors})
+    imp.add(node, Op.UPSAMPLE, [x], {"scale": factors, **({"mode": "bilinear"} if mode == "linear" else {})})
+
+
+LINEAR_CTMS = ("half_pixel", "pytorch_half_pixel")
+"""Resize 'linear' coordinate modes imported as bilinear ``align_corners=False`` (for integer factors
+both give source position ``(y + 1/2) / s - 1/2``: pytorch_half_pixel differs only for a 1-pixel output)."""
+
+
+def _check_linear(node: onnx.NodeProto, a: dict) -> None:
+    """Refuse, by name, a 'linear' Resize/Upsample that is not PyTorch's bilinear ``align_corners=False``."""
+    if node.op_type == "Upsample" or len(node.input) == 2:   # Upsample-7/9, Resize-10: asymmetric coordinates
+        raise _fail(node, f"mode 'linear' of {node.op_type} opset <= 10 (asymmetric coordinates)",
+                    "export at opset 11 or later (Resize with coordinate_transformation_mode 'half_pixel'); "
+                    + UPSAMPLE_FIX)
+    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    if ctm == "align_corners":
+        raise _fail(node, "mode 'linear' with coordinate_transformation_mode 'align_corners'", BILINEAR_CORNERS_FIX)
+    if ctm not in LINEAR_CTMS:
+        raise _fail(node, f"mode 'linear' with coordinate_transformation_mode {ctm!r}", UPSAMPLE_FIX)
 
 
 def _resize_inputs(imp: _Importer, node: onnx.NodeProto, a: dict) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -16,8 +16,9 @@ a sum is the average times the area),
 nn.Flatten/torch.flatten/view/reshape to (N, -1) (the batch as -1, x.size(0), x.shape[0] or
 x.size()[0]), squeeze of an (N, C, 1, 1) map to (N, C), nearest upsampling by integer factors (nn.Upsample and
 nn.UpsamplingNearest2d, F.interpolate/F.upsample/F.upsample_nearest with mode 'nearest' or 'nearest-exact'
-and a scale_factor or size that is an integer multiple of the map; bilinear and other modes, align_corners
-and non-integer factors are refused), depth to space (nn.PixelShuffle, F.pixel_shuffle, torch.pixel_shuffle),
+and a scale_factor or size that is an integer multiple of the map), bilinear upsampling by integer factors
+(nn.Upsample / F.interpolate with mode 'bilinear' and align_corners False or None; nn.UpsamplingBilinear2d
+and align_corners=True, other modes, antialias and non-integer factors are refused), depth to space (nn.PixelShuffle, F.pixel_shuffle, torch.pixel_shuffle),
 nn.ConvTranspose2d whose square kernel equals its stride with no padding, output_padding, dilation or
 groups (U-Net's up-convolution: a 1x1 conv to C_out*r*r channels then depth to space; any other transposed
 convolution is refused by name), + / torch.add, torch.cat(dim=1), nn.Identity and dropout (dropped: inference
@@ -46,8 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from imcflow.errors import ModelError
-from imcflow.frontend.normalize import (ARITH, CONV_TRANSPOSE_FIX, UPSAMPLE_FIX, activation_fix, affine_params,
-                                        channel_constant, channel_selection, channel_shuffle, conv_transpose_as_conv,
+from imcflow.frontend.normalize import (ARITH, BILINEAR_CORNERS_FIX, CONV_TRANSPOSE_FIX, UPSAMPLE_FIX,
+                                        activation_fix, affine_params, channel_constant, channel_selection, channel_shuffle, conv_transpose_as_conv,
                                         conv_transpose_problem, dense_grouped_weight, host_output_note,
                                         input_layout_1d, map_of_1d, pad_layer, per_axis_of_1d, slice_layer,
                                         split_sizes, squeeze_shape, upsample_factors, view_1d)
@@ -432,20 +433,23 @@ def _adaptive(imp: _Importer, fx: torch.fx.Node, m: nn.Module) -> None:
 
 def _upsample(imp: _Importer, fx: torch.fx.Node, size: Any, scale: Any, mode: str, align_corners: Any,
               antialias: bool = False) -> None:
-    """nn.Upsample / F.interpolate: nearest-neighbour upsampling of an (N, C, H, W) map by integer factors."""
+    """nn.Upsample / F.interpolate: nearest-neighbour or bilinear (``align_corners=False``) upsampling of
+    an (N, C, H, W) map by integer factors."""
     src = imp.tensor(fx, fx.args[0])
     shape = imp.user_shape(src)
     if len(shape) != 3:
         raise imp.fail(fx, f"upsampling a tensor of shape {shape} (batch excluded)",
                        "upsample (N, C, H, W) maps only (2-D networks)")
-    if mode not in ("nearest", "nearest-exact") or align_corners or antialias:
+    if mode == "bilinear" and align_corners and not antialias:
+        raise imp.fail(fx, "mode='bilinear' with align_corners=True", BILINEAR_CORNERS_FIX)
+    if mode not in ("nearest", "nearest-exact", "bilinear") or align_corners or antialias:
         raise imp.fail(fx, f"mode={mode!r}{' with align_corners' if align_corners else ''}"
                        f"{' with antialias' if antialias else ''}", UPSAMPLE_FIX)
     pair = (lambda v: None if v is None else (tuple(v) if isinstance(v, (tuple, list)) else (v, v)))
     factors, problem = upsample_factors(shape[1:], pair(scale), pair(_static_size(imp, fx, size)))
     if problem:
         raise imp.fail(fx, problem, UPSAMPLE_FIX)
-    imp.add(fx, Op.UPSAMPLE, [src], {"scale": factors})
+    imp.add(fx, Op.UPSAMPLE, [src], {"scale": factors, **({"mode": "bilinear"} if mode == "bilinear" else {})})
 
 
 def _upsample_module(imp: _Importer, fx: torch.fx.Node, m: nn.Upsample) -> None:

@@ -33,9 +33,10 @@ global_avgpool  -                                                         -  (ou
 add             -                                                         -  (2 inputs of equal shape)
 flatten         -                                                         -  ((C, H, W) -> (C*H*W,))
 concat          -                                                         axis = 0 (channels, without batch)
-upsample        -                                                         scale (sh, sw) positive ints: nearest-
-                                                                          neighbour replication, output
-                                                                          (C, H*sh, W*sw); out[y, x] = in[y//sh, x//sw]
+upsample        -                                                         scale (sh, sw) positive ints, output
+                                                                          (C, H*sh, W*sw); mode "nearest" (default;
+                                                                          out[y, x] = in[y//sh, x//sw]) or
+                                                                          "bilinear" (align_corners=False)
 depth_to_space  -                                                         block r (int >= 1): PixelShuffle / ONNX
                                                                           DepthToSpace CRD, (C*r*r, H, W) ->
                                                                           (C, H*r, W*r); out[c, y, x] =
@@ -334,6 +335,8 @@ def infer_shape(n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
         sh, sw = _pair(n, "scale")
         if min(sh, sw) < 1:
             raise ModelError(f"{n.describe()}: scale {(sh, sw)} must be positive integers")
+        if n.attrs.get("mode", "nearest") not in ("nearest", "bilinear"):
+            raise ModelError(f"{n.describe()}: mode {n.attrs['mode']!r} must be 'nearest' or 'bilinear'")
         return (x[0], x[1] * sh, x[2] * sw)
     if n.op is Op.DEPTH_TO_SPACE:
         return _depth_to_space_shape(n, x)

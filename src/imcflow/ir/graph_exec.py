@@ -84,6 +84,8 @@ def run_node(n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(xs, dim=1)
     if n.op is Op.UPSAMPLE:
         sh, sw = a["scale"]
+        if a.get("mode", "nearest") == "bilinear":
+            return F.interpolate(x, scale_factor=(float(sh), float(sw)), mode="bilinear", align_corners=False)
         return x.repeat_interleave(sh, dim=2).repeat_interleave(sw, dim=3)
     if n.op is Op.DEPTH_TO_SPACE:
         return torch.pixel_shuffle(x, int(a["block"]))

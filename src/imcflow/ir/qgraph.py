@@ -31,6 +31,14 @@ Conventions (the contract between quantiser, reference executor, compiler and si
 - Concat needs inputs of equal scale, bits and signedness (the quantiser ensures it).
 - Nearest upsampling (``upsample`` = (sh, sw)): ``y[c, i, j] = x[c, i // sh, j // sw]``, the same
   integers (same spec), output ``(C, H*sh, W*sw)``.
+- Bilinear upsampling (``upsample_mode`` = "bilinear"; PyTorch's ``F.interpolate(x, scale_factor=(sh,
+  sw), mode='bilinear', align_corners=False)``): per axis of factor s, output index y reads source
+  position ``max(0, (y + 1/2) / s - 1/2)``, taps ``i0 = floor`` of it and ``i1 = min(i0 + 1, n - 1)``,
+  weights ``w1 = 2s * (position - i0)`` and ``w0 = 2s - w1``: integers over ``2s``
+  (:func:`bilinear_taps`). The 2-D weights ``w_row * w_col`` are integers over ``D = (2 sh)(2 sw)``
+  and sum to D; the SIMD computes ``y = floor((sum_k w_k * x_k + D // 2) / D)`` (round half up, like
+  average pooling). Same spec as the input (a convex combination stays in range), output
+  ``(C, H*sh, W*sw)``.
 - Depth to space (``depth_to_space`` = r, PyTorch's PixelShuffle): ``y[c, i, j] =
   x[c*r*r + (i % r)*r + j % r, i // r, j // r]``, the same integers, output ``(C / r^2, H*r, W*r)``.
 """
@@ -198,8 +206,11 @@ class QNode:
     """CONV only: distance between a window's taps. The rows stay ``C_in * kh * kw``; the input
     line buffer gathers taps ``dilation`` pixels apart (receptive field :func:`receptive_field`)."""
     upsample: tuple[int, int] = (1, 1)
-    """UPSAMPLE only: nearest-neighbour factors (sh, sw) >= 1; output pixel (i, j) copies input
-    pixel (i // sh, j // sw)."""
+    """UPSAMPLE only: factors (sh, sw) >= 1; nearest: output pixel (i, j) copies input pixel
+    (i // sh, j // sw)."""
+    upsample_mode: str = "nearest"
+    """UPSAMPLE only: "nearest" (replication) or "bilinear" (``align_corners=False`` interpolation,
+    integer weights over ``4 sh sw``, round half up; see the module docstring)."""
     depth_to_space: int = 1
     """DEPTH_TO_SPACE only: block size r >= 1; output pixel (i, j) of channel c copies input channel
     ``c*r*r + (i % r)*r + j % r`` at pixel (i // r, j // r)."""
@@ -264,6 +275,7 @@ class QGraph:
                     raise QuantError(f"node {n.name!r} ({n.op.value}): input {i!r} is not produced before it")
             if n.name in seen:
                 raise QuantError(f"node {n.name!r}: duplicate name")
+            _verify_op_fields(n)
             if n.is_mvm:
                 _verify_mvm(n, self.spec(n.inputs[0]))
             else:
@@ -332,12 +344,16 @@ _SAME_SPEC = (QOp.MAXPOOL, QOp.AVGPOOL, QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.CON
               QOp.DEPTH_TO_SPACE)
 
 
-def _verify_other(n: QNode, ins: list[QTensor]) -> None:
-    arity = 2 if n.op is QOp.ADD else (len(ins) if n.op is QOp.CONCAT else 1)
+def _verify_op_fields(n: QNode) -> None:
+    """Only the owner op of each :data:`_OP_FIELDS` field sets it."""
     for key, (owner, default) in _OP_FIELDS.items():
         value = getattr(n, key)
         if (tuple(value) if isinstance(default, tuple) else value) != default and n.op is not owner:
             raise QuantError(f"node {n.name!r} ({n.op.value}): {key} {value} is for {owner.value} nodes only")
+
+
+def _verify_other(n: QNode, ins: list[QTensor]) -> None:
+    arity = 2 if n.op is QOp.ADD else (len(ins) if n.op is QOp.CONCAT else 1)
     if n.op is QOp.MAXPOOL and min(n.pad_end) < 0:
         raise QuantError(f"maxpool {n.name!r}: pad_end {tuple(n.pad_end)} must be >= 0")
     if len(ins) != arity or not ins:
@@ -361,6 +377,7 @@ def _verify_other(n: QNode, ins: list[QTensor]) -> None:
 
 
 _OP_FIELDS = {"pad_end": (QOp.MAXPOOL, (0, 0)), "upsample": (QOp.UPSAMPLE, (1, 1)),
+              "upsample_mode": (QOp.UPSAMPLE, "nearest"),
               "depth_to_space": (QOp.DEPTH_TO_SPACE, 1), "add_table": (QOp.ADD, None)}
 """QNode fields that only one op may set: field -> (that op, the default every other node keeps)."""
 
@@ -368,6 +385,9 @@ _OP_FIELDS = {"pad_end": (QOp.MAXPOOL, (0, 0)), "upsample": (QOp.UPSAMPLE, (1, 1
 def _verify_move_shape(n: QNode, x: QTensor) -> None:
     """An UPSAMPLE's or DEPTH_TO_SPACE's factor fits its input, and its output shape is what it makes."""
     if n.op is QOp.UPSAMPLE:
+        if n.upsample_mode not in UPSAMPLE_MODES:
+            raise QuantError(f"upsample {n.name!r}: upsample_mode {n.upsample_mode!r} is not one of "
+                             f"{UPSAMPLE_MODES}; re-quantise the graph")
         (sh, sw), what = n.upsample, f"factors {tuple(n.upsample)}"
         ok = min(sh, sw) >= 1 and len(x.shape) == 3
         want = (x.shape[0], x.shape[1] * sh, x.shape[2] * sw) if ok else ()
@@ -383,6 +403,21 @@ def _verify_move_shape(n: QNode, x: QTensor) -> None:
                          f"gives {want}; re-quantise the graph")
 
 
+UPSAMPLE_MODES = ("nearest", "bilinear")
+"""Values of :attr:`QNode.upsample_mode`."""
+
+
+def bilinear_taps(size: int, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear (``align_corners=False``) upsampling of an axis of ``size`` pixels by an integer
+    ``factor`` s: per output index y, the taps ``i0, i1`` and integer weights ``w0, w1`` (over 2s,
+    ``w0 + w1 = 2s``) of ``x[y'] = (w0 x[i0] + w1 x[i1]) / 2s``. The source position times 2s is
+    ``2y + 1 - s``, clamped below at 0; ``i1`` is clamped to ``size - 1``."""
+    num = np.maximum(2 * np.arange(size * factor, dtype=np.int64) + 1 - factor, 0)
+    i0 = num // (2 * factor)
+    w1 = num - 2 * factor * i0
+    return i0, np.minimum(i0 + 1, size - 1), 2 * factor - w1, w1
+
+
 def receptive_field(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
     """Extent ``(k - 1) * d + 1`` per axis of a ``kernel`` window whose taps are ``dilation`` apart."""
     return tuple((int(k) - 1) * int(d) + 1 for k, d in zip(kernel, dilation))
@@ -390,11 +425,15 @@ def receptive_field(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1))
 
 def input_rows(node: QNode, y0: int, y1: int, h_in: int) -> tuple[int, int]:
     """Input rows [lo, hi] (inclusive) that output rows ``y0 .. y1`` of a CONV, pooling, UPSAMPLE or
-    DEPTH_TO_SPACE ``node`` read: an upsample's row y copies input row ``y // sh``, a depth-to-space's
-    row y input row ``y // r``; a window op's rows span its (dilated) receptive fields, clipped to the
-    ``h_in`` input rows."""
+    DEPTH_TO_SPACE ``node`` read: a nearest upsample's row y copies input row ``y // sh``, a bilinear
+    one's reads rows ``floor(max(0, (y + 1/2) / sh - 1/2))`` and the next (at most ``h_in - 1``), a
+    depth-to-space's row y input row ``y // r``; a window op's rows span its (dilated) receptive
+    fields, clipped to the ``h_in`` input rows."""
     if node.op is QOp.UPSAMPLE:
-        return y0 // node.upsample[0], y1 // node.upsample[0]
+        sh = node.upsample[0]
+        if node.upsample_mode == "bilinear":   # floor((2y + 1 - sh) / 2sh), in integers
+            return max(0, (2 * y0 + 1 - sh) // (2 * sh)), min(h_in - 1, (2 * y1 + 1 - sh) // (2 * sh) + 1)
+        return y0 // sh, y1 // sh
     if node.op is QOp.DEPTH_TO_SPACE:
         return y0 // node.depth_to_space, y1 // node.depth_to_space
     lo = y0 * node.stride[0] - node.padding[0]
@@ -442,9 +481,10 @@ def row_tiles(c_in: int, kh: int, kw: int, array_rows: int) -> list[tuple[int, i
 def simd_lane_ops(qgraph: QGraph, name: str) -> int:
     """SIMD lane operations per image of the SIMD-only node ``name``: pooling one per window
     element, global average pooling one per input element, a residual add two per output (plus an
-    activation table's search), an
-    upsample one per output element (the output buffer writes each value sh*sw times), a
-    depth-to-space one per output element (each value written once in its new place); the
+    activation table's search), a
+    nearest upsample one per output element (the output buffer writes each value sh*sw times), a
+    bilinear upsample five per output element (4 multiply-adds and a rounding shift; model assumption
+    [A]), a depth-to-space one per output element (each value written once in its new place); the
     compiler's cost model and the simulator both count with this."""
     node = qgraph.node(name)
     out = math.prod(node.out.shape)
@@ -454,6 +494,8 @@ def simd_lane_ops(qgraph: QGraph, name: str) -> int:
         return math.prod(qgraph.spec(node.inputs[0]).shape)
     if node.op == QOp.ADD:
         return (2 + (node.add_table.search_ops if node.add_table is not None else 0)) * out
+    if node.op is QOp.UPSAMPLE and node.upsample_mode == "bilinear":
+        return 5 * out
     if node.op in (QOp.UPSAMPLE, QOp.DEPTH_TO_SPACE):
         return out
     return 0

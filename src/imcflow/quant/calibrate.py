@@ -315,7 +315,8 @@ def _other_node(step, specs) -> QNode:
                      stride=pool_stride(node), padding=tuple(node.attrs.get("padding", (0, 0))),
                      pad_end=tuple(node.attrs.get("pad_end", (0, 0))))
     if op is QOp.UPSAMPLE:
-        return QNode(name=node.name, op=op, inputs=step.inputs, out=out, upsample=tuple(node.attrs["scale"]))
+        return QNode(name=node.name, op=op, inputs=step.inputs, out=out, upsample=tuple(node.attrs["scale"]),
+                     upsample_mode=node.attrs.get("mode", "nearest"))
     if op is QOp.DEPTH_TO_SPACE:
         return QNode(name=node.name, op=op, inputs=step.inputs, out=out, depth_to_space=int(node.attrs["block"]))
     return QNode(name=node.name, op=op, inputs=step.inputs, out=out)

@@ -22,7 +22,7 @@ from imcflow.config.chip import ChipConfig
 from imcflow.config.presets import get_preset
 from imcflow.errors import CimaError, QuantError
 from imcflow.ir.graph_exec import max_pool2d
-from imcflow.ir.qgraph import ActTable, QGraph, QNode, QOp, QTensor, Requant
+from imcflow.ir.qgraph import ActTable, QGraph, QNode, QOp, QTensor, Requant, bilinear_taps
 from imcflow.quant.reference import MODES, check_input_ints, tile_seed
 
 
@@ -98,6 +98,21 @@ def _int_conv(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation) -> to
     return F.conv2d(x.to(dtype), w.to(dtype), stride=stride, padding=padding, dilation=dilation).round_()
 
 
+def bilinear_sum(x: torch.Tensor, factor: tuple[int, int]) -> torch.Tensor:
+    """``sum_k w_k x_k`` of bilinear (``align_corners=False``) upsampling of (N, C, H, W) ``x`` by
+    integer factors: the interpolation times ``D = 4 sh sw``, with the integer weights of
+    :func:`imcflow.ir.qgraph.bilinear_taps` (exact for int64 ``x``, and for float ``x`` holding
+    integers below 2**24 / D; differentiable)."""
+    def taps(size: int, s: int) -> list[torch.Tensor]:
+        return [torch.from_numpy(t).to(x.device) for t in bilinear_taps(size, s)]
+
+    r0, r1, a0, a1 = taps(x.shape[2], factor[0])
+    c0, c1, b0, b1 = taps(x.shape[3], factor[1])
+    a0, a1, b0, b1 = (w.to(x.dtype) for w in (a0, a1, b0, b1))
+    rows = x[:, :, r0] * a0[:, None] + x[:, :, r1] * a1[:, None]
+    return rows[..., c0] * b0 + rows[..., c1] * b1
+
+
 def _floor_div(total: torch.Tensor, count: int) -> torch.Tensor:
     return torch.div(total + count // 2, count, rounding_mode="floor")
 
@@ -129,6 +144,8 @@ def run_node_fast(qgraph: QGraph, node: QNode, ins: list[torch.Tensor], mode: st
         return x.reshape(x.shape[0], -1)
     if node.op is QOp.CONCAT:
         return torch.cat(ins, dim=1)
+    if node.op is QOp.UPSAMPLE and node.upsample_mode == "bilinear":
+        return _floor_div(bilinear_sum(x, node.upsample), 4 * node.upsample[0] * node.upsample[1])
     if node.op is QOp.UPSAMPLE:
         return x.repeat_interleave(node.upsample[0], dim=2).repeat_interleave(node.upsample[1], dim=3)
     if node.op is QOp.DEPTH_TO_SPACE:

@@ -63,7 +63,7 @@ from imcflow.ir.graph_exec import run_node
 from imcflow.ir.qgraph import QGraph
 from imcflow.quant.calibrate import (QuantSpec, Ranges, adc_full_scales, build_qgraph, collect_ranges, full_scale_for,
                                      layer_w_bits, tensor_specs)
-from imcflow.quant.fast_exec import run_qgraph_fast
+from imcflow.quant.fast_exec import bilinear_sum, run_qgraph_fast
 from imcflow.quant.plan import float_node, plan_graph, pool_stride, scale_groups
 from imcflow.quant.reference import dequantize_output, quantize_input
 from imcflow.quant.requant import out_range
@@ -242,6 +242,9 @@ class QatNet(nn.Module):
             lo, hi = step.act_range
             v = xs[0] * self.tensor_scale(step.inputs[0]) + xs[1] * self.tensor_scale(step.inputs[1])
             return self._quantize(step.activate(v), step.name, lo, hi)
+        if op is Op.UPSAMPLE and node.attrs.get("mode", "nearest") == "bilinear":
+            sh, sw = node.attrs["scale"]   # integer weights over D = 4 sh sw, round half up (STE)
+            return floor_ste((bilinear_sum(x, (sh, sw)) + 2 * sh * sw) / (4 * sh * sw))
         if op in MOVES_INTEGERS:  # the same integers, selected, replicated or moved: the float op itself
             return run_node(node, xs)
         if op is Op.AVGPOOL:

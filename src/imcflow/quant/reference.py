@@ -30,7 +30,7 @@ from imcflow import cima
 from imcflow.config.chip import ChipConfig
 from imcflow.config.presets import get_preset
 from imcflow.errors import DataError, QuantError
-from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, row_tiles, window_out
+from imcflow.ir.qgraph import QGraph, QNode, QOp, QTensor, bilinear_taps, row_tiles, window_out
 from imcflow.quant.requant import apply_add, avg_round, round_half_up
 
 MODES = ("ideal", "bit_true", "analog")
@@ -117,6 +117,8 @@ def run_node(qgraph: QGraph, node: QNode, ins: list[np.ndarray], mode: str, chip
     if node.op is QOp.CONCAT:
         return np.concatenate(ins, axis=1)
     if node.op is QOp.UPSAMPLE:
+        if node.upsample_mode == "bilinear":
+            return bilinear_int(x, node.upsample)
         return upsample_int(x, node.upsample)
     if node.op is QOp.DEPTH_TO_SPACE:
         return depth_to_space_int(x, node.depth_to_space)
@@ -126,6 +128,18 @@ def run_node(qgraph: QGraph, node: QNode, ins: list[np.ndarray], mode: str, chip
 def upsample_int(x: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
     """Nearest upsampling of (N, C, H, W) ``x``: ``y[..., i, j] = x[..., i // sh, j // sw]``."""
     return np.repeat(np.repeat(x, factor[0], axis=2), factor[1], axis=3)
+
+
+def bilinear_int(x: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
+    """Bilinear (``align_corners=False``) upsampling of (N, C, H, W) ``x`` by integer factors:
+    ``floor((sum_k w_k x_k + D // 2) / D)`` with the integer weights of
+    :func:`imcflow.ir.qgraph.bilinear_taps`, ``D = 4 sh sw``; rows then columns, exact in int64."""
+    (sh, sw), x = factor, x.astype(np.int64)
+    r0, r1, a0, a1 = bilinear_taps(x.shape[2], sh)
+    c0, c1, b0, b1 = bilinear_taps(x.shape[3], sw)
+    rows = x[:, :, r0] * a0[:, None] + x[:, :, r1] * a1[:, None]       # (N, C, H*sh, W), over 2 sh
+    total = rows[..., c0] * b0 + rows[..., c1] * b1                   # over D
+    return avg_round(total, 4 * sh * sw)
 
 
 def depth_to_space_int(x: np.ndarray, r: int) -> np.ndarray:

@@ -281,6 +281,8 @@ def _simd(ctx: _Ctx, where: str, node: QNode, ins_, mem: _Store) -> None:
         y = x.reshape(ctx.n, -1)
     elif node.op == QOp.CONCAT:
         y = np.concatenate(ins, axis=1)
+    elif node.op == QOp.UPSAMPLE and node.upsample_mode == "bilinear":
+        y = kernels.upsample_bilinear(x, node.upsample)
     elif node.op == QOp.UPSAMPLE:
         y = kernels.upsample_nearest(x, node.upsample)
     elif node.op == QOp.DEPTH_TO_SPACE:

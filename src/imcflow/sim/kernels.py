@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from imcflow.cima.conv import bpbs_conv2d
 from imcflow.config.chip import ChipConfig
-from imcflow.ir.qgraph import ActTable, receptive_field, window_out
+from imcflow.ir.qgraph import ActTable, bilinear_taps, receptive_field, window_out
 
 
 def out_size(h: int, k: int, s: int, p: int, d: int = 1) -> int:
@@ -103,6 +103,20 @@ def upsample_nearest(x: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
     rows = np.arange(x.shape[2] * factor[0]) // factor[0]
     cols = np.arange(x.shape[3] * factor[1]) // factor[1]
     return x.astype(np.int64)[:, :, rows][:, :, :, cols]
+
+
+def upsample_bilinear(x: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
+    """Bilinear (``align_corners=False``) upsampling of (N, C, H, W) by integer factors as the SIMD
+    computes it: per output pixel four multiply-adds of 2-D integer weights ``w_row * w_col`` (sum
+    ``D = 4 sh sw``), then ``floor((acc + D // 2) / D)``."""
+    rows = bilinear_taps(x.shape[2], factor[0])
+    cols = bilinear_taps(x.shape[3], factor[1])
+    x = x.astype(np.int64)
+    acc = np.zeros((*x.shape[:2], len(rows[0]), len(cols[0])), dtype=np.int64)
+    for i, wi in ((rows[0], rows[2]), (rows[1], rows[3])):
+        for j, wj in ((cols[0], cols[2]), (cols[1], cols[3])):
+            acc += (wi[:, None] * wj[None, :]) * x[:, :, i[:, None], j[None, :]]
+    return round_avg(acc, 4 * factor[0] * factor[1])
 
 
 def depth_to_space(x: np.ndarray, r: int) -> np.ndarray:

@@ -314,7 +314,7 @@ class _Lowerer:
             y0, y1 = max(y0, px[0] // w_out), min(y1, (px[1] - 1) // w_out)
         if node.op in (QOp.ADD, QOp.CONCAT):
             return y0 // r_in, y1 // r_in
-        lo, hi = input_rows(node, y0, y1, h_in)   # dilated windows; upsample / depth-to-space row y reads y // s
+        lo, hi = input_rows(node, y0, y1, h_in)   # dilated windows; upsample / depth-to-space rows too
         return lo // r_in, hi // r_in
 
     def mvm(self, phase: Phase, core: int, ins, b: int, avail, tkey, where) -> list[int]:
@@ -417,6 +417,8 @@ class _Lowerer:
         for n in self.p.qgraph.nodes:
             if s.tensor in n.inputs and n.op in (QOp.CONV, QOp.MAXPOOL, QOp.AVGPOOL):
                 kh = max(kh, n.span[0])
+            if s.tensor in n.inputs and n.op is QOp.UPSAMPLE and n.upsample_mode == "bilinear":
+                kh = max(kh, 2)   # each output row interpolates two input rows
             if s.tensor in n.inputs and n.op in (QOp.GLOBAL_AVGPOOL, QOp.FLATTEN, QOp.LINEAR):
                 kh = max(kh, h)
         return math.ceil(kh / r) + 2
