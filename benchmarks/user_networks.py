@@ -331,14 +331,15 @@ class ShuffleV2(nn.Module):
 
 class FpnSeg(nn.Module):
     """A small FPN-style segmentation network (Lin et al. 2017): a strided encoder, a top-down path of
-    nearest x2 upsampling added to 1x1 lateral projections, a per-pixel 1x1 head (5 classes at 32 x 32)."""
+    x2 upsampling (``mode`` 'nearest' or 'bilinear') added to 1x1 lateral projections, a per-pixel 1x1
+    head (5 classes at 32 x 32)."""
 
-    def __init__(self, classes: int = 5):
+    def __init__(self, classes: int = 5, mode: str = "nearest"):
         super().__init__()
         self.e1, self.e2, self.e3 = nn.Sequential(*_cbr(3, 32)), nn.Sequential(*_cbr(32, 64, 2)), \
             nn.Sequential(*_cbr(64, 128, 2))
         self.l1, self.l2, self.l3 = nn.Conv2d(32, 64, 1), nn.Conv2d(64, 64, 1), nn.Conv2d(128, 64, 1)
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.up = nn.Upsample(scale_factor=2, mode=mode)   # bilinear: align_corners=False (the default)
         self.head = nn.Sequential(*_cbr(64, 64), nn.Conv2d(64, classes, 1))
 
     def forward(self, x):
@@ -348,6 +349,13 @@ class FpnSeg(nn.Module):
         p2 = self.l2(c2) + self.up(p3)
         p1 = self.l1(c1) + self.up(p2)
         return self.head(p1)
+
+
+class FpnSegBilinear(FpnSeg):
+    """:class:`FpnSeg` with bilinear (``align_corners=False``) upsampling, as most FPN/DeepLab heads use."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__(classes, mode="bilinear")
 
 
 class Espcn(nn.Module):
@@ -383,6 +391,7 @@ NETWORKS = {"VGG-style": Vgg, "ResNet-20, option A": ResNet20A, "MobileNetV2 blo
             "DenseNet-style": DenseTiny, "input normalisation + softmax": Normalised,
             "TC-ResNet8 (1-D, 40 x 98)": TcResNet8, "SqueezeNet 1.1 (64 x 64)": SqueezeNet11,
             "ShuffleNet V2 units": ShuffleV2, "FPN segmentation (upsampling)": FpnSeg,
+            "FPN segmentation (bilinear)": FpnSegBilinear,
             "ESPCN x3 (PixelShuffle)": Espcn, "U-Net (ConvTranspose2d)": UNetTiny,
             "YOLOv3-tiny-style (LeakyReLU)": YoloTiny, "YOLOv5-style C3/SPPF (SiLU)": YoloV5s,
             "patchify + GELU channel MLP": GeluMlpMixerish}
