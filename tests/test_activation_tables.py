@@ -32,9 +32,9 @@ from imcflow.ir.activations import ACTIVATIONS  # noqa: E402
 from imcflow.ir.graph import Graph, Node, Op  # noqa: E402
 from imcflow.ir.graph_exec import run_graph  # noqa: E402
 from imcflow.ir.program import InstrKind  # noqa: E402
-from imcflow.ir.qgraph import QGraph, QTensor, graphs_equal, simd_lane_ops  # noqa: E402
+from imcflow.ir.qgraph import ActTable, QGraph, QTensor, graphs_equal, simd_lane_ops  # noqa: E402
 from imcflow.perf.model import simd_ops_of  # noqa: E402
-from imcflow.quant.act_table import activation_table, apply_table, table_reference  # noqa: E402
+from imcflow.quant.act_table import activation_table, table_reference  # noqa: E402
 from imcflow.quant.calibrate import calibrate  # noqa: E402
 from imcflow.quant.fast_exec import requant_torch, run_qgraph_fast  # noqa: E402
 from imcflow.quant.qat import export_qgraph, prepare_qat  # noqa: E402
@@ -64,7 +64,7 @@ def test_table_equals_its_slow_definition(fn, bits, scale, shift):
     assert np.all(np.diff(t) > 0) and c.shape == (len(t) + 1,)
     assert c.min() >= lo and c.max() <= hi and len(np.unique(c)) > 1
     u = _dense(t)
-    assert np.array_equal(apply_table(u, t, c), table_reference(fn, alpha, u, shift, scale, lo, hi))
+    assert np.array_equal(ActTable(fn, alpha, t, c).apply(u), table_reference(fn, alpha, u, shift, scale, lo, hi))
 
 
 def test_non_monotonic_functions_keep_their_dip():

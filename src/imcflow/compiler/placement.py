@@ -258,7 +258,8 @@ def phase_work_of(qgraph: QGraph, plan_nodes: tuple[str, ...], placed: tuple[Pla
         oc_lo, oc_hi = tl.col_tiles[q.ct]
         n = (oc_hi - oc_lo) * (hi - lo)
         # adds of the group's row tiles (and of a spilled sum read back); requantise in the last group
-        simd[p.array] += n * (r1 - r0 - 1 + (r0 > 0)) + (qgraph.node(q.layer).requant.lane_ops * n if r1 == len(tl.row_tiles) else 0)
+        requant = qgraph.node(q.layer).requant.lane_ops * n if r1 == len(tl.row_tiles) else 0
+        simd[p.array] += n * (r1 - r0 - 1 + (r0 > 0)) + requant
     for name, groups in hosts.items():
         total, channels = node_simd_ops(qgraph, name), qgraph.node(name).out.shape[0]
         for a, lo, hi in groups:

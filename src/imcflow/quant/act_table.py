@@ -102,8 +102,3 @@ def _steps_in(codes_of, a: int, b: int) -> list[int]:
         past = c > targets if up else c < targets
         left, right = np.where(past, left, mid), np.where(past, mid, right)
     return [int(v) for v in right]
-
-
-def apply_table(u: np.ndarray, thresholds: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """``codes[#(thresholds <= u)]`` for an integer array ``u`` (numpy, int64)."""
-    return codes[np.searchsorted(thresholds, np.asarray(u, dtype=np.int64), side="right")]

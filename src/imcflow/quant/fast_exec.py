@@ -35,19 +35,18 @@ def requant_torch(rq: Requant, acc: torch.Tensor, num: int, den_shift: int) -> t
     total = rq.shift + den_shift
     acc_max = max(abs(float(v)) for v in torch.aminmax(acc)) if acc.numel() else 0.0
     mult = rq.multiplier.astype(np.int64) * num
-    offset = (rq.bias.astype(np.int64) << den_shift) + (1 << (total - 1))
+    rounding = 0 if rq.has_table else 1 << (total - 1)  # a table reads the pre-activation u itself
+    offset = (rq.bias.astype(np.int64) << den_shift) + rounding
     bound = acc_max * float(np.abs(mult).max(initial=0)) + float(np.abs(offset).max(initial=0))
-    if rq.has_table:  # u without the rounding term, then the thresholds
-        offset = offset - (1 << (total - 1))
     if bound < 2.0 ** 52:
         v = torch.addcmul(torch.from_numpy(offset.astype(np.float64)).view(shape), acc.to(torch.float64),
                           torch.from_numpy(mult.astype(np.float64)).view(shape))
-        if rq.has_table:
-            return _table(rq.table, v, den_shift)
-        return v.mul_(2.0 ** -total).floor_().clamp_(rq.out_min, rq.out_max).to(torch.int64)
-    v = acc.to(torch.int64) * torch.from_numpy(mult).view(shape) + torch.from_numpy(offset).view(shape)
+    else:
+        v = acc.to(torch.int64) * torch.from_numpy(mult).view(shape) + torch.from_numpy(offset).view(shape)
     if rq.has_table:
         return _table(rq.table, v, den_shift)
+    if v.dtype == torch.float64:
+        return v.mul_(2.0 ** -total).floor_().clamp_(rq.out_min, rq.out_max).to(torch.int64)
     return torch.clamp(v >> total, rq.out_min, rq.out_max)
 
 
